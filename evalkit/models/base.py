@@ -1,0 +1,92 @@
+"""What an adapter is: one interface in front of any model (native, HF, vLLM).
+
+The runner only ever talks to this interface. Identity and limits are class methods of the
+*spec*, so planning (``--dry-run``, cell keys, length checks) never loads weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from evalkit.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from evalkit.spec import ModelSpec
+
+
+class Adapter:
+    """Base class; subclasses register with ``@register_adapter``."""
+
+    kind: ClassVar[str]
+    formats: ClassVar[tuple[str, ...]]  # formats this adapter can take, default first
+
+    # --- from the spec alone ----------------------------------------------------------------
+    @classmethod
+    def validate_arch(cls, arch: dict[str, Any]) -> None:
+        """Raise ValueError naming the field when ``arch`` is not a valid config."""
+
+    @classmethod
+    def identity(cls, spec: ModelSpec) -> str:
+        """Stable hash of everything that changes the model's outputs (config and weights)."""
+        raise NotImplementedError
+
+    @classmethod
+    def max_context(cls, spec: ModelSpec) -> int | None:
+        """Longest sequence the model accepts, or None when unknown."""
+        return None
+
+    @classmethod
+    def random_weights(cls, spec: ModelSpec) -> bool:
+        return spec.checkpoint is None
+
+    # --- a loaded model ----------------------------------------------------------------------
+    def __init__(self, spec: ModelSpec, device: str) -> None:
+        self.spec = spec
+        self.device = device
+
+    def describe(self) -> dict[str, Any]:
+        """Parameters, layer types, attention fraction, KV bytes per token, fixed state bytes."""
+        raise NotImplementedError
+
+    def predict(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced argmax: input_ids (B, L), positions (B, P) → next-token ids (B, P)
+        predicted from the logits at each position."""
+        raise NotImplementedError
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Greedy continuation: input_ids (B, L) → new token ids (B, max_new_tokens)."""
+        raise NotImplementedError
+
+
+ADAPTERS: Registry[type[Adapter]] = Registry("adapter")
+
+
+def register_adapter(cls: type[Adapter]) -> type[Adapter]:
+    return ADAPTERS.register(cls.kind)(cls)
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, cached by (path, size, mtime) within a process."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _FILE_HASHES[key] = h.hexdigest()
+    return _FILE_HASHES[key]
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj`` (sorted keys, no whitespace)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -1,0 +1,86 @@
+"""The ``native`` adapter: evalkit's own transformer / Mamba / Mamba-2 / hybrid models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from evalkit.errors import CheckpointError
+from evalkit.models.base import Adapter, file_sha256, register_adapter, stable_hash
+
+if TYPE_CHECKING:
+    import torch
+
+    from evalkit.models.native.config import NativeConfig
+    from evalkit.spec import ModelSpec
+
+
+def weights_file(spec: ModelSpec) -> Path | None:
+    """The safetensors file of a spec's checkpoint (a directory or the file itself)."""
+    if spec.checkpoint is None:
+        return None
+    p = Path(spec.checkpoint)
+    f = p / "model.safetensors" if p.is_dir() else p
+    if not f.is_file():
+        raise CheckpointError(f"{f}: checkpoint weights file not found")
+    return f
+
+
+@register_adapter
+class NativeAdapter(Adapter):
+    kind = "native"
+    formats = ("tokens",)
+
+    @classmethod
+    def config(cls, spec: ModelSpec) -> NativeConfig:
+        from evalkit.models.native.config import NativeConfig
+
+        return NativeConfig.from_dict(spec.arch_dict()).resolved()
+
+    @classmethod
+    def validate_arch(cls, arch: dict[str, Any]) -> None:
+        from evalkit.models.native.config import NativeConfig
+
+        NativeConfig.from_dict(arch).resolved()
+
+    @classmethod
+    def identity(cls, spec: ModelSpec) -> str:
+        f = weights_file(spec)
+        weights = f"sha256:{file_sha256(f)}" if f else f"init_seed:{spec.init_seed}"
+        return stable_hash({"adapter": cls.kind, "config": cls.config(spec).to_dict(), "weights": weights})[:16]
+
+    @classmethod
+    def max_context(cls, spec: ModelSpec) -> int | None:
+        return cls.config(spec).max_context
+
+    def __init__(self, spec: ModelSpec, device: str) -> None:
+        super().__init__(spec, device)
+        import torch
+
+        from evalkit.models.native.lm import NativeLM
+
+        cfg = self.config(spec)
+        f = weights_file(spec)
+        if f is None:
+            model = NativeLM(cfg)
+            model.init_weights(spec.init_seed)
+        else:
+            model = NativeLM(cfg)
+            model.load_weights(f)
+        self.model = model.to(device).eval()
+        self._torch = torch
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.model.describe(), "kind": self.kind, "random_weights": self.random_weights(self.spec)}
+
+    def predict(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        torch = self._torch
+        with torch.inference_mode():
+            h = self.model.hidden(input_ids.to(self.device))  # (B, L, D)
+            idx = positions.to(self.device).unsqueeze(-1).expand(-1, -1, h.shape[-1])
+            logits = self.model.head(torch.gather(h, 1, idx))  # (B, P, V)
+            return logits.argmax(-1).cpu()
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        with self._torch.inference_mode():
+            return self.model.generate_greedy(input_ids.to(self.device), max_new_tokens).cpu()

@@ -1,0 +1,1 @@
+"""Views of stored results: the terminal recall table (and, later, the HTML leaderboard)."""

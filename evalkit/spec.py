@@ -1,0 +1,362 @@
+"""YAML → frozen, validated specs. Strict at the edge: every error names file, line and field.
+
+Task spec (``tasks/needle.yaml``)::
+
+    task: needle            # plugin name (required)
+    name: needle            # optional; defaults to the file's stem
+    format: tokens          # optional; default: the adapter's default format
+    filler: random          # haystack kind of the tokens format: random | repeat | constant
+    lengths: [256, 1024]    # context lengths (tokens of the rendered sequence)
+    samples: 20             # samples per cell
+    seed: 0
+    params:                 # the plugin's Params; a list on a sweep axis sweeps it
+      depth: [0.0, 0.5, 1.0]
+
+Model spec (``models/hybrid.yaml``)::
+
+    name: hybrid
+    kind: native            # adapter
+    arch: {flavor: small, ssm: mamba2, attention_fraction: 0.25}
+    checkpoint: null        # path (relative to the spec) to a directory or .safetensors file
+    init_seed: 0            # seeds the random init when there is no checkpoint
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evalkit.errors import SpecError, UnknownNameError
+from evalkit.registry import closest, did_you_mean
+
+FILLERS = ("random", "repeat", "constant")
+
+
+# --------------------------------------------------------------------------- YAML with lines
+class _Doc:
+    """A parsed YAML document plus the node tree, to find the line of any field path."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.path = path
+        try:
+            self.node = yaml.compose(text, Loader=yaml.SafeLoader)
+            self.data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else path
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise SpecError(f"{where}: malformed YAML: {problem}") from None
+        self._check_duplicates(self.node)
+
+    def _check_duplicates(self, node: Any) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for k, v in node.value:
+                if k.value in seen:
+                    raise SpecError(f"{self.path}:{k.start_mark.line + 1}: duplicate field '{k.value}'")
+                seen.add(k.value)
+                self._check_duplicates(v)
+        elif isinstance(node, yaml.SequenceNode):
+            for v in node.value:
+                self._check_duplicates(v)
+
+    def line(self, *fields: str | int) -> int | None:
+        node = self.node
+        line = node.start_mark.line + 1 if node is not None else None
+        for f in fields:
+            if isinstance(node, yaml.MappingNode):
+                nxt = next(((k, v) for k, v in node.value if k.value == f), None)
+                if nxt is None:
+                    return line
+                line, node = nxt[0].start_mark.line + 1, nxt[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(f, int) and f < len(node.value):
+                node = node.value[f]
+                line = node.start_mark.line + 1
+            else:
+                return line
+        return line
+
+    def error(self, fields: tuple[str | int, ...], msg: str) -> SpecError:
+        line = self.line(*fields)
+        where = f"{self.path}:{line}" if line else self.path
+        name = ".".join(str(f) for f in fields)
+        return SpecError(f"{where}: field '{name}': {msg}" if name else f"{where}: {msg}")
+
+
+def _read(path: Path) -> _Doc:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read spec: {e.strerror}") from None
+    doc = _Doc(str(path), text)
+    if not isinstance(doc.data, dict):
+        raise SpecError(f"{path}: expected a mapping of fields at the top level, got {type(doc.data).__name__}")
+    return doc
+
+
+def _check_keys(doc: _Doc, data: Mapping[str, Any], allowed: tuple[str, ...], prefix: tuple[str, ...] = ()) -> None:
+    for key in data:
+        if key not in allowed:
+            best = closest(str(key), allowed)
+            hint = f"did you mean '{best}'? " if best else ""
+            raise doc.error((*prefix, key), f"unknown field; {hint}(expected one of: {', '.join(allowed)})")
+
+
+def _typed(doc: _Doc, fields: tuple[str | int, ...], value: Any, typ: type | tuple[type, ...], what: str) -> Any:
+    ok = isinstance(value, typ) and not (isinstance(value, bool) and bool not in (typ if isinstance(typ, tuple) else (typ,)))
+    if not ok:
+        raise doc.error(fields, f"expected {what}, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- built-in specs
+def builtin_dir(kind: str) -> Path:
+    """Directory of the built-in ``tasks`` or ``models``: package data when installed from a
+    wheel, the repo's own top-level folder in a source checkout (the same files)."""
+    import evalkit
+
+    pkg = Path(evalkit.__file__).resolve().parent
+    installed = pkg / "_builtin" / kind
+    return installed if installed.is_dir() else pkg.parent / kind
+
+
+def builtin_names(kind: str) -> list[str]:
+    d = builtin_dir(kind)
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def _resolve_path(ref: str, kind: str) -> Path:
+    p = Path(ref)
+    if p.suffix in (".yaml", ".yml") or p.exists() or "/" in ref:
+        if not p.exists():
+            raise UnknownNameError(f"{kind} spec '{ref}' does not exist")
+        return p
+    candidate = builtin_dir(kind) / f"{ref}.yaml"
+    if candidate.exists():
+        return candidate
+    noun = "task" if kind == "tasks" else "model"
+    raise UnknownNameError(f"unknown {noun} '{ref}'{did_you_mean(ref, builtin_names(kind))}")
+
+
+# --------------------------------------------------------------------------- task specs
+@dataclass(frozen=True)
+class TaskSpec:
+    """A validated task spec: which plugin, which formats/lengths/samples, fixed params and sweeps."""
+
+    name: str
+    task: str
+    path: str
+    format: str | None
+    filler: str
+    lengths: tuple[int, ...]
+    samples: int
+    seed: int
+    params: tuple[tuple[str, Any], ...]  # fixed (non-swept) params, sorted
+    sweep: tuple[tuple[str, tuple[Any, ...]], ...]  # axis → values, in Params order
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every combination of swept axis values, merged with the fixed params."""
+        names = [a for a, _ in self.sweep]
+        out = []
+        for combo in itertools.product(*(v for _, v in self.sweep)):
+            out.append({**dict(self.params), **dict(zip(names, combo))})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["params"] = dict(self.params)
+        d["sweep"] = {k: list(v) for k, v in self.sweep}
+        return d
+
+
+_TASK_FIELDS = ("task", "name", "format", "filler", "lengths", "samples", "seed", "params", "description")
+
+
+def load_task_spec(ref: str | Path) -> TaskSpec:
+    """Load and validate a task spec from a path or a built-in name (``needle``)."""
+    from evalkit.tasks import FORMATS, TASKS
+
+    path = _resolve_path(str(ref), "tasks")
+    doc = _read(path)
+    d = doc.data
+    _check_keys(doc, d, _TASK_FIELDS)
+    if "task" not in d:
+        raise doc.error((), "missing required field 'task' (the task plugin name)")
+    task_name = _typed(doc, ("task",), d["task"], str, "a task plugin name")
+    if task_name not in TASKS:
+        raise doc.error(("task",), f"unknown task '{task_name}'{did_you_mean(task_name, TASKS.names())}")
+    cls = TASKS.get(task_name)
+    fmt = d.get("format")
+    if fmt is not None and fmt not in FORMATS:
+        raise doc.error(("format",), f"unknown format '{fmt}'{did_you_mean(str(fmt), FORMATS.names())}")
+    filler = d.get("filler", "random")
+    if filler not in FILLERS:
+        raise doc.error(("filler",), f"unknown filler '{filler}'{did_you_mean(str(filler), FILLERS)}")
+    lengths = d.get("lengths", [256, 1024])
+    if not isinstance(lengths, list) or not lengths:
+        raise doc.error(("lengths",), f"expected a non-empty list of positive integers, got {lengths!r}")
+    for i, n in enumerate(lengths):
+        _typed(doc, ("lengths", i), n, int, "a positive integer")
+        if n < 1:
+            raise doc.error(("lengths", i), f"expected a positive integer, got {n}")
+    samples = _typed(doc, ("samples",), d.get("samples", 20), int, "a positive integer")
+    if samples < 1:
+        raise doc.error(("samples",), f"expected a positive integer, got {samples}")
+    seed = _typed(doc, ("seed",), d.get("seed", 0), int, "an integer")
+    params = d.get("params") or {}
+    if not isinstance(params, dict):
+        raise doc.error(("params",), f"expected a mapping of {task_name} parameters, got {params!r}")
+    fixed, sweep = _task_params(doc, cls, params)
+    return TaskSpec(
+        name=str(d.get("name", path.stem)), task=task_name, path=str(path), format=fmt, filler=filler,
+        lengths=tuple(sorted(set(lengths))), samples=samples, seed=seed, params=fixed, sweep=sweep,
+    )
+
+
+def _task_params(doc: _Doc, cls: Any, params: dict[str, Any]) -> tuple[tuple, tuple]:
+    fields = {f.name: f for f in dataclasses.fields(cls.Params)}
+    _check_keys(doc, params, tuple(fields), ("params",))
+    defaults = cls.Params()
+    fixed: dict[str, Any] = {}
+    sweep: list[tuple[str, tuple[Any, ...]]] = []
+    for name in fields:
+        default = getattr(defaults, name)
+        if name not in params:
+            fixed[name] = default
+            continue
+        value = params[name]
+        values = value if isinstance(value, list) else [value]
+        if isinstance(value, list):
+            if name not in cls.axes:
+                raise doc.error(("params", name), f"is not a sweep axis of task '{cls.name}', so it takes one value, not a list (axes: {', '.join(cls.axes) or 'none'})")
+            if not value:
+                raise doc.error(("params", name), "expected a non-empty list of values")
+        for i, v in enumerate(values):
+            where = ("params", name, i) if isinstance(value, list) else ("params", name)
+            _check_value(doc, where, v, default)
+            try:
+                cls(dataclasses.replace(defaults, **{name: v})).validate()
+            except (ValueError, TypeError) as e:
+                raise doc.error(where, str(e)) from None
+        if isinstance(value, list):
+            sweep.append((name, tuple(values)))
+        else:
+            fixed[name] = value
+    # validate each combination too (e.g. num_queries <= num_needles)
+    for combo in itertools.product(*(v for _, v in sweep)):
+        p = {**fixed, **dict(zip([a for a, _ in sweep], combo))}
+        try:
+            cls(cls.Params(**p)).validate()
+        except (ValueError, TypeError) as e:
+            raise doc.error(("params",), f"invalid combination {p}: {e}") from None
+    return tuple(sorted(fixed.items())), tuple(sweep)
+
+
+def _check_value(doc: _Doc, where: tuple, v: Any, default: Any) -> None:
+    if default is None or v is None:
+        return
+    if isinstance(default, bool):
+        ok = isinstance(v, bool)
+    elif isinstance(default, int):
+        ok = isinstance(v, int) and not isinstance(v, bool)
+    elif isinstance(default, float):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    else:
+        ok = isinstance(v, type(default))
+    if not ok:
+        raise doc.error(where, f"expected {type(default).__name__}, got {v!r}")
+
+
+# --------------------------------------------------------------------------- model specs
+@dataclass(frozen=True)
+class ModelSpec:
+    """A validated model spec. ``arch`` is the adapter's own config mapping (validated by it)."""
+
+    name: str
+    kind: str
+    path: str | None
+    arch: tuple[tuple[str, Any], ...]
+    checkpoint: str | None  # absolute path, or None for random init
+    init_seed: int
+    description: str = ""
+
+    def arch_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dict(self.arch)))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["arch"] = self.arch_dict()
+        return d
+
+
+_MODEL_FIELDS = ("name", "kind", "arch", "checkpoint", "init_seed", "description")
+
+
+def load_model_spec(ref: str) -> ModelSpec:
+    """Resolve a model reference: a built-in name, a spec path, or a checkpoint directory."""
+    p = Path(ref)
+    if p.is_dir():
+        return _checkpoint_dir_spec(p)
+    path = _resolve_path(ref, "models")
+    doc = _read(path)
+    d = doc.data
+    _check_keys(doc, d, _MODEL_FIELDS)
+    from evalkit.models import ADAPTERS
+
+    kind = _typed(doc, ("kind",), d.get("kind", "native"), str, "an adapter name")
+    if kind not in ADAPTERS:
+        raise doc.error(("kind",), f"unknown adapter '{kind}'{did_you_mean(kind, ADAPTERS.names())}")
+    arch = d.get("arch") or {}
+    if not isinstance(arch, dict):
+        raise doc.error(("arch",), f"expected a mapping, got {arch!r}")
+    try:
+        ADAPTERS.get(kind).validate_arch(arch)
+    except ValueError as e:
+        field = _field_in_message(str(e), arch)
+        raise doc.error(("arch", field) if field else ("arch",), str(e)) from None
+    ckpt = d.get("checkpoint")
+    if ckpt is not None:
+        _typed(doc, ("checkpoint",), ckpt, str, "a path")
+        cpath = (path.parent / ckpt).resolve()
+        if not cpath.exists():
+            raise doc.error(("checkpoint",), f"checkpoint '{cpath}' does not exist")
+        ckpt = str(cpath)
+    init_seed = _typed(doc, ("init_seed",), d.get("init_seed", 0), int, "an integer")
+    return ModelSpec(
+        name=str(d.get("name", path.stem)), kind=kind, path=str(path), arch=tuple(sorted(arch.items())),
+        checkpoint=ckpt, init_seed=init_seed, description=str(d.get("description", "")),
+    )
+
+
+def _field_in_message(msg: str, arch: Mapping[str, Any]) -> str | None:
+    for key in arch:
+        if f"'{key}'" in msg:
+            return str(key)
+    return None
+
+
+def _checkpoint_dir_spec(p: Path) -> ModelSpec:
+    if (p / "model.yaml").exists():
+        return load_model_spec(str(p / "model.yaml"))
+    cfg = p / "config.json"
+    if not cfg.exists():
+        raise SpecError(f"{p}: not a checkpoint directory (no config.json or model.yaml)")
+    try:
+        arch = json.loads(cfg.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SpecError(f"{cfg}: unreadable checkpoint config: {e}") from None
+    from evalkit.models import ADAPTERS
+
+    try:
+        ADAPTERS.get("native").validate_arch(arch)
+    except ValueError as e:
+        raise SpecError(f"{cfg}: {e}") from None
+    return ModelSpec(name=p.name, kind="native", path=str(p), arch=tuple(sorted(arch.items())),
+                     checkpoint=str(p.resolve()), init_seed=0)

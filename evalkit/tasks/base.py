@@ -1,0 +1,146 @@
+"""What a task plugin is: a seeded generator of structured samples.
+
+A ``Sample`` is a sequence of parts — filler, needles (key → value facts) and queries — not a
+string, so the same sample renders as synthetic tokens (``evalkit.tasks.tokens``) or, later, as
+text. Lengths are a property of the *rendering*: filler parts carry a *share* of whatever budget is
+left once the needles and queries are placed, so each format can hit the requested context length
+exactly in its own units.
+
+Plugins subclass ``Task``, declare a frozen ``Params`` dataclass, which of its fields are sweep
+``axes``, and register with ``@register_task``. ``Task.sample`` must be a pure function of
+(params, context length, rng, index): the runner seeds ``rng`` from the cell key and the index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from evalkit.registry import Registry
+
+# Size of the abstract symbol spaces tasks draw from; every format must be able to render them.
+KEY_SPACE = 128
+VALUE_SPACE = 128
+
+Space = Literal["value", "digit"]
+
+
+@dataclass(frozen=True)
+class Filler:
+    """Haystack: ``share`` of the filler budget (shares of one sample sum to 1)."""
+
+    share: float
+
+
+@dataclass(frozen=True)
+class Needle:
+    """A fact to recall: ``key`` (ids in KEY_SPACE, may be empty) → ``value``.
+
+    ``space`` says what the value ids are: ``value`` (ids in VALUE_SPACE) or ``digit`` (0-9).
+    """
+
+    key: tuple[int, ...]
+    value: tuple[int, ...]
+    space: Space = "value"
+
+
+@dataclass(frozen=True)
+class Query:
+    """Ask for the value of ``key``; ``answer`` is scored (teacher-forced or generated)."""
+
+    key: tuple[int, ...]
+    answer: tuple[int, ...]
+    space: Space = "value"
+
+
+Part = Filler | Needle | Query
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One structured sample; ``seed`` drives whatever a format draws at render time (filler)."""
+
+    task: str
+    index: int
+    seed: int
+    parts: tuple[Part, ...]
+    meta: tuple[tuple[str, Any], ...] = ()  # e.g. (("depth", 0.5),) — plain, hashable
+
+    @property
+    def queries(self) -> tuple[Query, ...]:
+        return tuple(p for p in self.parts if isinstance(p, Query))
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A sample as model input: ``input_ids`` holds prompt, queries and (teacher-forced) answers.
+
+    ``context_length == len(input_ids)``: the whole sequence the model processes.
+    ``answer_spans[i] = (start, end)``: positions of query i's answer tokens; the model predicts
+    token ``p`` from the logits at ``p - 1``. ``prompt_len`` is the start of the first answer.
+    """
+
+    input_ids: tuple[int, ...]
+    answer_spans: tuple[tuple[int, int], ...]
+    format: str
+
+    @property
+    def context_length(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def prompt_len(self) -> int:
+        return self.answer_spans[0][0]
+
+
+class Task:
+    """Base class of task plugins. Subclasses set the class variables and ``sample``."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1  # bump whenever the samples a seed produces change
+    Params: ClassVar[type]  # a frozen dataclass with a default for every field
+    axes: ClassVar[tuple[str, ...]] = ()  # Params fields a spec may sweep with a list
+    # secondary metrics: name → "queries" (fraction of answers right) or "tokens" (fraction of
+    # answer tokens right); both teacher-forced.
+    secondary: ClassVar[dict[str, str]] = {}
+    description: ClassVar[str] = ""
+
+    def __init__(self, params: Any) -> None:
+        self.params = params
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field for out-of-range params (spec.py adds file/line)."""
+
+    def sample(self, context_length: int, rng: np.random.Generator, index: int) -> Sample:
+        raise NotImplementedError
+
+    # helpers for plugins -------------------------------------------------------------------
+    @staticmethod
+    def distinct_keys(rng: np.random.Generator, n: int, key_len: int) -> list[tuple[int, ...]]:
+        """``n`` distinct keys of ``key_len`` ids each."""
+        if n > KEY_SPACE**key_len:
+            raise ValueError(f"cannot draw {n} distinct keys of length {key_len}")
+        seen: set[tuple[int, ...]] = set()
+        out: list[tuple[int, ...]] = []
+        while len(out) < n:
+            k = tuple(int(x) for x in rng.integers(0, KEY_SPACE, size=key_len))
+            if k not in seen:
+                seen.add(k)
+                out.append(k)
+        return out
+
+    @staticmethod
+    def values(rng: np.random.Generator, n: int, value_len: int) -> list[tuple[int, ...]]:
+        return [tuple(int(x) for x in rng.integers(0, VALUE_SPACE, size=value_len)) for _ in range(n)]
+
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: register a Task subclass under ``cls.name``."""
+    assert dataclasses.is_dataclass(cls.Params), f"{cls.__name__}.Params must be a dataclass"
+    return TASKS.register(cls.name)(cls)
