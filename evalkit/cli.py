@@ -55,8 +55,10 @@ def cli() -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate at most N pending cells now; re-run for the rest.")
 @click.option("--scoring", type=click.Choice(["teacher_forced", "greedy"]), default="teacher_forced", show_default=True)
 @click.option("--dry-run", is_flag=True, help="Print the planned cells, their count and an estimated time.")
+@click.option("--no-cost", is_flag=True, help="Skip the cost probe (prefill / decode latency, memory) per model and length.")
 def run(specs: Sequence[str], models: str, lengths: list[int] | None, samples: int | None, seed: int | None,
-        output_dir: str, device: str, overwrite: bool, limit: int | None, scoring: str, dry_run: bool) -> None:
+        output_dir: str, device: str, overwrite: bool, limit: int | None, scoring: str, dry_run: bool,
+        no_cost: bool) -> None:
     """Evaluate task SPECS (paths or built-in names) on --models; store and print recall."""
     from evalkit.runner import plan
     from evalkit.spec import load_model_spec, load_task_spec
@@ -71,7 +73,7 @@ def run(specs: Sequence[str], models: str, lengths: list[int] | None, samples: i
     if dry_run:
         _print_plan(console, cells, output_dir)
         return
-    failed = _run(console, cells, output_dir, device, overwrite, limit)
+    failed = _run(console, cells, output_dir, device, overwrite, limit, cost=not no_cost)
     sys.exit(1 if failed else 0)
 
 
@@ -97,7 +99,8 @@ def _print_plan(console: Any, cells: Sequence[Any], output_dir: str) -> None:
                   f"{sum(c.n_samples for c in pending)} samples); estimated time ≈ {secs:.0f} s")
 
 
-def _run(console: Any, cells: Sequence[Any], output_dir: str, device: str, overwrite: bool, limit: int | None) -> bool:
+def _run(console: Any, cells: Sequence[Any], output_dir: str, device: str, overwrite: bool, limit: int | None,
+         cost: bool = True) -> bool:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from evalkit.models import ADAPTERS
@@ -120,13 +123,17 @@ def _run(console: Any, cells: Sequence[Any], output_dir: str, device: str, overw
 
         try:
             result = execute(cells, output_dir, device=device, overwrite=overwrite, limit=limit,
-                             progress=lambda n: bar.advance(job, n), on_cell=on_cell, command=command)
+                             progress=lambda n: bar.advance(job, n), on_cell=on_cell, command=command,
+                             cost=cost)
         except KeyboardInterrupt:
             bar.stop()
             console.print(f"interrupted: every finished cell is stored in {output_dir}; run the same command again to continue")
             sys.exit(130)
         bar.update(job, completed=total)
     _print_summary(console, result)
+    if result.cost_points:
+        console.print(f"cost probe: {result.cost_points} (model, length) points measured in {result.cost_s:.1f} s "
+                      "(see `evalkit cost`; skip with --no-cost)")
     return bool(result.failed)
 
 
@@ -242,6 +249,221 @@ def export(fmt: str, level: str, output: str | None, output_dir: str, store_path
         Path(output).write_text(text)
     else:
         click.echo(text, nl=False)
+
+
+# ----------------------------------------------------------------------------------- gate
+@cli.command()
+@click.argument("gate_file", type=click.Path(dir_okay=False))
+@click.option("--output-dir", "-d", default=None, type=click.Path(file_okay=False),
+              help="Directory holding the candidate's store [default: the gate file's 'store:', else runs].")
+@STORE
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Write JUnit XML here.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False),
+              help="Write the markdown summary here (it is also appended to $GITHUB_STEP_SUMMARY when set).")
+def gate(gate_file: str, output_dir: str | None, store_path: str | None, junit_path: str | None,
+         markdown_path: str | None) -> None:
+    """Check stored results against GATE_FILE: exit 0 pass, 1 fail, 2 bad input (see docs/gate.md)."""
+    from evalkit import gate as g
+
+    spec = g.load_gate(gate_file)
+    result = g.evaluate(spec, store=store_path or output_dir)
+    console = _console()
+    console.print(g.rich_table(result))
+    for path in g.write_outputs(result, junit_path, markdown_path):
+        console.print(f"wrote {path}")
+    console.print(("[bold green]" if result.passed else "[bold red]") + g.summary_line(result) + "[/]")
+    sys.exit(0 if result.passed else 1)
+
+
+# ----------------------------------------------------------------------------------- report
+@cli.command()
+@OUTPUT_DIR
+@STORE
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="File to write, '-' for stdout [default: reports/leaderboard.html or .md].")
+@click.option("--format", "fmt", type=click.Choice(["html", "markdown"]), default="html", show_default=True)
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Recall that counts as 'recalled' for the effective context length.")
+@click.option("--reference-length", type=click.IntRange(min=1),
+              help="Context length for the cost columns and recall-vs-cost plots [default: the longest stored].")
+def report(output_dir: str, store_path: str | None, output: str | None, fmt: str, threshold: float,
+           reference_length: int | None) -> None:
+    """Write the leaderboard: one self-contained HTML file (tables, plots, provenance) or markdown."""
+    from evalkit.report.data import load_report, write_atomic
+    from evalkit.store import Store
+
+    store = Store(store_path) if store_path else Store.open_dir(output_dir)
+    try:
+        data = load_report(store, threshold=threshold, reference_length=reference_length)
+        source = str(store.path)
+    finally:
+        store.close()
+    if fmt == "html":
+        from evalkit.report.html import render_html
+
+        text = render_html(data, source=source)
+    else:
+        from evalkit.report.markdown import render_markdown
+
+        text = render_markdown(data)
+    if output == "-":
+        click.echo(text, nl=False)
+        return
+    path = write_atomic(output or f"reports/leaderboard.{'html' if fmt == 'html' else 'md'}", text)
+    click.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, {len(data.rows)} rows, {len(data.models)} models)")
+
+
+# ----------------------------------------------------------------------------------- cost
+@cli.command("cost")
+@click.argument("model")
+@click.option("--lengths", callback=_ints, default="256,512,1024,2048,4096", show_default=True,
+              help="Comma-separated context lengths to probe.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed repeats (median reported).")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Sequences per prefill.")
+@click.option("--decode-tokens", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Decode steps timed per repeat.")
+@click.option("--arch", "arch", multiple=True, metavar="KEY=VALUE",
+              help="Override an architecture field (repeatable), e.g. --arch d_model=2048 --arch n_layers=48; "
+                   "overrides run with random weights.")
+@OUTPUT_DIR
+def cost(model: str, lengths: list[int], device: str, repeats: int, batch: int, decode_tokens: int,
+         arch: Sequence[str], output_dir: str) -> None:
+    """Measure what MODEL (a name, spec path or checkpoint dir) costs per context length: prefill and
+    decode latency, peak memory, KV-cache / state bytes, FLOPs/token, and the fitted exponent of
+    prefill time vs length. No weights or training needed; rows go to the store."""
+    import datetime
+    import platform
+    import uuid
+
+    from evalkit import __version__
+    from evalkit import cost as _cost
+    from evalkit.models import ADAPTERS
+    from evalkit.runner import _git_commit, resolve_device
+    from evalkit.spec import load_model_spec
+    from evalkit.store import Store, writer_lock
+
+    spec = load_model_spec(model)
+    if arch:
+        spec = _arch_overrides(spec, arch)
+    adapter_cls = ADAPTERS.get(spec.kind)
+    device = resolve_device(device)
+    console = _console()
+    if not console.is_terminal:  # piped / captured: do not squeeze the table to 80 columns
+        console.width = max(console.width, 120)
+    import torch
+
+    try:
+        adapter = adapter_cls(spec, device)
+    except (RuntimeError, MemoryError) as e:  # e.g. a realistic size that does not fit this device
+        raise EvalkitError(f"model '{spec.name}' could not be built on {device}: {type(e).__name__}: {e}") from None
+
+    dev_name = _cost.device_name(device)
+    info = adapter.describe()
+    console.print(f"{spec.name} ({spec.kind}, {info.get('params', 0) / 1e6:.2f} M params, layers "
+                  f"{' '.join(info.get('layer_types', []))}){' RANDOM WEIGHTS' if adapter_cls.random_weights(spec) else ''}"
+                  f" on {device} ({dev_name}{f', torch threads: {torch.get_num_threads()}' if device == 'cpu' else ''})")
+    run_id = f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    out = Path(output_dir)
+    with writer_lock(out):
+        store = Store.open_dir(out, create=True)
+        try:
+            store.start_run({
+                "run_id": run_id, "started_at": _cost._now(), "status": "running",
+                "command": " ".join(["evalkit", *sys.argv[1:]]), "git_commit": _git_commit(),
+                "evalkit_version": __version__, "torch_version": torch.__version__,
+                "python_version": platform.python_version(), "device": _cost.device_kind(device),
+                "device_name": dev_name, "seed": spec.init_seed, "specs": {"models": {spec.name: spec.to_dict()}},
+            })
+            status = "error"
+            try:
+                rows = []
+                for L in sorted(set(lengths)):  # one length at a time, so progress shows and rows land
+                    with console.status(f"probing L={L} ..."):
+                        row = _cost.probe(adapter, [L], device, repeats=repeats, batch=batch,
+                                          decode_tokens=decode_tokens, run_id=run_id)[0]
+                    if rows and rows[-1]["status"] == "oom" and row["status"] != "too_long":
+                        row.update(status="oom", error=f"not tried: out of memory at {rows[-1]['context_length']} tokens already",
+                                   prefill_s=None, prefill_tokens_per_s=None, decode_s_per_token=None, peak_mem_bytes=None)
+                    store.write_cost(row)
+                    rows.append(row)
+                status = "complete"
+            except KeyboardInterrupt:
+                status = "interrupted"
+                raise
+            finally:
+                store.finish_run(run_id, status, _cost._now())
+        finally:
+            store.close()
+    console.print(_cost_table(rows, f"cost of {spec.name} on {dev_name} (batch {batch}, median of {repeats}, path reference)"))
+    ok = [r for r in rows if r["status"] == "ok"]
+    exp = _cost.fitted_exponent(rows)
+    if len(ok) >= 2:
+        tail = _cost.scaling_exponent([r["context_length"] for r in ok[-2:]], [r["prefill_s"] for r in ok[-2:]])
+        console.print(f"prefill time ∝ length^{exp:.2f} (least squares over {len(ok)} lengths; "
+                      f"{tail:.2f} between the two longest)  [attention → 2, SSM → 1]")
+    else:
+        console.print("prefill scaling exponent: needs at least two lengths that ran")
+    console.print(f"model_id {rows[0]['model_id'] if rows else '-'}; store: {out / 'evalkit.sqlite'} (run {run_id})")
+
+
+def _arch_overrides(spec: Any, pairs: Sequence[str]) -> Any:
+    """Apply ``--arch key=value`` overrides (values parsed as YAML scalars / lists), validated like
+    the spec's own arch; the result has no checkpoint (its weights would not fit)."""
+    import dataclasses
+
+    import yaml
+
+    from evalkit.errors import SpecError
+    from evalkit.models import ADAPTERS
+
+    arch = spec.arch_dict()
+    for pair in pairs:
+        key, eq, raw = pair.partition("=")
+        if not eq or not key.strip():
+            raise SpecError(f"--arch '{pair}': expected KEY=VALUE, e.g. --arch d_model=2048")
+        try:
+            arch[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise SpecError(f"--arch '{pair}': value '{raw}' is not a valid scalar or list") from None
+    try:
+        ADAPTERS.get(spec.kind).validate_arch(arch)
+    except (ValueError, TypeError) as e:
+        raise SpecError(f"--arch {' '.join(pairs)}: {e} (model '{spec.name}')") from None
+    return dataclasses.replace(spec, arch=tuple(sorted(arch.items())), checkpoint=None,
+                               name=f"{spec.name}[{','.join(p.strip() for p in pairs)}]")
+
+
+def _cost_table(rows: Sequence[dict[str, Any]], title: str) -> Any:
+    """Rich table of cost rows; reasons of non-ok rows go in the caption to keep it narrow."""
+    from rich.table import Table
+
+    def num(v: Any, fmt: str, scale: float = 1.0) -> str:
+        return "-" if v is None else format(v * scale, fmt)
+
+    def size(v: Any) -> str:
+        if v is None:
+            return "-"
+        for unit in ("B", "K", "M", "G"):
+            if v < 1024 or unit == "G":
+                return f"{v:.0f}{unit}" if unit == "B" else f"{v:.1f}{unit}"
+            v /= 1024
+        return "-"
+
+    t = Table(title=title)
+    for col in ("length", "prefill ms", "tok/s", "decode ms/tok", "peak MB", "KV bytes", "state bytes", "GFLOP/tok", "status"):
+        t.add_column(col, justify="left" if col == "status" else "right", no_wrap=col in ("length", "status"))
+    notes = []
+    for r in rows:
+        if r["status"] != "ok":
+            notes.append(f"L={r['context_length']} {r['status']}: {r['error']}")
+        t.add_row(str(r["context_length"]), num(r["prefill_s"], ".1f", 1e3), num(r["prefill_tokens_per_s"], ",.0f"),
+                  num(r["decode_s_per_token"], ".2f", 1e3), num(r["peak_mem_bytes"], ".1f", 1 / 2**20),
+                  size(r["kv_cache_bytes"]), size(r["fixed_state_bytes"]), num(r["flops_per_token"], ".4f", 1e-9),
+                  r["status"] if r["status"] == "ok" else f"[red]{r['status']}[/]")
+    t.caption = "\n".join(notes) or None
+    t.caption_justify = "left"
+    return t
 
 
 def main(argv: Sequence[str] | None = None) -> None:

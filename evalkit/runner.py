@@ -153,6 +153,8 @@ class RunResult:
     failed: dict[str, str] = field(default_factory=dict)  # cell label → reason
     skipped: int = 0  # over --limit, left for the next run
     random_models: list[str] = field(default_factory=list)
+    cost_points: int = 0  # cost rows measured by this run's probe (evalkit/cost.py)
+    cost_s: float = 0.0  # seconds the cost probe added to the run
 
 
 def resolve_device(device: str) -> str:
@@ -190,11 +192,14 @@ def execute(
     progress: Callable[[int], None] | None = None,
     on_cell: Callable[[Cell, str], None] | None = None,
     command: str | None = None,
+    cost: bool = True,
 ) -> RunResult:
     """Evaluate the cells not already complete in the store; write each one atomically.
 
     ``progress(n)`` is called after every batch with the number of samples done; ``on_cell(cell,
     status)`` after every cell. A failing cell is recorded as failed and the run goes on.
+    With ``cost`` (the default), after each model's cells the cost probe measures every distinct
+    context length of that model's cells that has no cost row on this device yet (batch 1).
     """
     import torch
 
@@ -224,7 +229,10 @@ def execute(
             })
             status = "error"
             try:
-                _execute_cells(store, todo, device, result, progress, on_cell)
+                probe = _cost_hook(store, cells, device, result) if cost else None
+                _execute_cells(store, todo, device, result, progress, on_cell, probe)
+                if probe is not None:
+                    probe(None, None)  # models with no pending cells: probe what is missing
                 status = "complete" if not result.failed else "failed"
             except KeyboardInterrupt:
                 status = "interrupted"
@@ -237,8 +245,44 @@ def execute(
             store.close()
 
 
+def _cost_hook(store: Store, cells: Sequence[Cell], device: str, result: RunResult
+               ) -> Callable[[Adapter | None, str | None], None]:
+    """``probe(adapter, model_key)`` runs the cost probe for one model's lengths (reusing the
+    loaded adapter); ``probe(None, None)`` then covers every model not probed yet, loading it
+    only if some length is missing. Failures become ``error`` cost rows, never lost cells."""
+    from evalkit import cost as _cost
+
+    by_model: dict[str, list[Cell]] = {}
+    for c in cells:
+        by_model.setdefault(c.model_id + c.model.name, []).append(c)
+    probed: set[str] = set()
+
+    def probe_one(adapter: Adapter | None, key: str) -> None:
+        probed.add(key)
+        group = by_model[key]
+        spec = group[0].model
+        t0 = time.perf_counter()
+        rows = _cost.probe_into_store(
+            store, lambda: ADAPTERS.get(spec.kind)(spec, device), group[0].model_id, spec.name,
+            sorted({c.context_length for c in group}), device, run_id=result.run_id, adapter=adapter)
+        if rows:
+            result.cost_points += len(rows)
+            result.cost_s += time.perf_counter() - t0
+
+    def probe(adapter: Adapter | None, key: str | None) -> None:
+        if key is not None:
+            probe_one(adapter, key)
+            return
+        for k in by_model:
+            if k not in probed:
+                probe_one(None, k)
+
+    return probe
+
+
 def _execute_cells(store: Store, todo: Sequence[Cell], device: str, result: RunResult,
-                   progress: Callable[[int], None] | None, on_cell: Callable[[Cell, str], None] | None) -> None:
+                   progress: Callable[[int], None] | None, on_cell: Callable[[Cell, str], None] | None,
+                   probe: Callable[[Adapter | None, str | None], None] | None = None) -> None:
     by_model: dict[str, list[Cell]] = {}
     for c in todo:
         by_model.setdefault(c.model_id + c.model.name, []).append(c)
@@ -267,6 +311,8 @@ def _execute_cells(store: Store, todo: Sequence[Cell], device: str, result: RunR
 
                     torch.cuda.empty_cache()
                 _fail(store, c, result, f"{type(e).__name__}: {e}", device, on_cell)
+        if probe is not None:
+            probe(adapter, group[0].model_id + group[0].model.name)
 
 
 def _fail(store: Store, c: Cell, result: RunResult, reason: str, device: str,

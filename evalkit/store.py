@@ -48,6 +48,15 @@ CREATE TABLE IF NOT EXISTS records (
   PRIMARY KEY (cell_key, idx)
 );
 CREATE INDEX IF NOT EXISTS cells_by_run ON cells(run_id);
+CREATE TABLE IF NOT EXISTS costs (
+  model_id TEXT NOT NULL, model TEXT NOT NULL, device TEXT NOT NULL, device_name TEXT NOT NULL,
+  context_length INTEGER NOT NULL, batch INTEGER NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('ok', 'oom', 'too_long', 'error')), error TEXT,
+  prefill_s REAL, prefill_tokens_per_s REAL, decode_s_per_token REAL, peak_mem_bytes INTEGER,
+  kv_cache_bytes INTEGER, fixed_state_bytes INTEGER, flops_per_token REAL, repeats INTEGER,
+  path TEXT, model_info TEXT, run_id TEXT, measured_at TEXT NOT NULL,
+  PRIMARY KEY (model_id, device_name, context_length, batch)
+);
 """
 
 # version v → function migrating a store at v to v + 1 (runs inside one transaction)
@@ -60,6 +69,11 @@ CELL_COLUMNS = (
     "device", "wall_s", "tokens_per_s", "finished_at",
 )
 RECORD_COLUMNS = ("cell_key", "idx", "prompt_hash", "target_hash", "prompt", "prediction", "answer", "correct", "scores")
+COST_COLUMNS = (
+    "model_id", "model", "device", "device_name", "context_length", "batch", "status", "error",
+    "prefill_s", "prefill_tokens_per_s", "decode_s_per_token", "peak_mem_bytes", "kv_cache_bytes",
+    "fixed_state_bytes", "flops_per_token", "repeats", "path", "model_info", "run_id", "measured_at",
+)
 JSON_COLUMNS = ("axes", "params", "metrics", "model_info", "scores", "specs")
 
 
@@ -191,6 +205,16 @@ class Store:
     def records(self, cell_key: str) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT * FROM records WHERE cell_key=? ORDER BY idx", (cell_key,)).fetchall()
         return [_decode(r) for r in rows]
+
+    # ------------------------------------------------------------------ costs
+    def write_cost(self, row: dict[str, Any]) -> None:
+        """Insert or replace one cost point (key: model_id, device_name, context_length, batch)."""
+        vals = [json.dumps(row.get(k)) if k in JSON_COLUMNS else row.get(k) for k in COST_COLUMNS]
+        with self.transaction() as c:
+            c.execute(f"INSERT OR REPLACE INTO costs VALUES ({','.join('?' * len(COST_COLUMNS))})", vals)
+
+    def costs(self, where: str = "", args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return [_decode(r) for r in self.conn.execute(f"SELECT * FROM costs {where}", args)]
 
     def runs(self) -> list[dict[str, Any]]:
         return [_decode(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY started_at")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sqlite3
 import subprocess
 import sys
@@ -57,7 +58,7 @@ def test_show_and_export(cli, tiny_models, tiny_task, tmp_path):
     assert {"context_length", "depth", "correct", "prediction", "answer", "cell_key", "attention_fraction"} <= set(df.columns)
     assert set(df["context_length"]) == {64, 128} and set(df["depth"]) == {0.0, 1.0}
     code, js, _ = cli("export", "--format", "json", "--level", "cells", "--store", str(out / "evalkit.sqlite"))
-    assert code == 0 and len(pd.read_json(js)) == 4
+    assert code == 0 and len(pd.read_json(io.StringIO(js))) == 4
     key = df["cell_key"].iloc[0]
     code, stdout, _ = cli("show", key[:10], "-d", str(out))
     assert code == 0 and key in stdout and "prediction" in stdout and "<q>" in stdout

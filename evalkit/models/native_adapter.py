@@ -65,8 +65,12 @@ class NativeAdapter(Adapter):
             model = NativeLM(cfg)
             model.init_weights(spec.init_seed)
         else:
-            model = NativeLM(cfg)
-            model.load_weights(f)
+            model = NativeLM.from_pretrained(f)
+            got, want = model.cfg.resolved().to_dict(), cfg.to_dict()
+            diff = sorted(k for k in want if got.get(k) != want.get(k))
+            if diff:
+                raise CheckpointError(f"{f.parent}: checkpoint config differs from model spec "
+                                      f"'{spec.name}' in field '{diff[0]}' ({got.get(diff[0])!r} vs {want.get(diff[0])!r})")
         self.model = model.to(device).eval()
         self._torch = torch
 
@@ -84,3 +88,14 @@ class NativeAdapter(Adapter):
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         with self._torch.inference_mode():
             return self.model.generate_greedy(input_ids.to(self.device), max_new_tokens).cpu()
+
+    # --- cost probe hooks (evalkit/cost.py): results stay on the device --------------------
+    def prefill(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Prompt (B, L) → last position's logits (B, V) and the decode state, on the device."""
+        with self._torch.inference_mode():
+            return self.model.prefill(input_ids.to(self.device))
+
+    def decode(self, token: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """One decode step from a state: token (B,) → logits (B, V) and the next state."""
+        with self._torch.inference_mode():
+            return self.model.step(token.to(self.device), state)

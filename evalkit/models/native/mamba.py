@@ -1,0 +1,123 @@
+"""Mamba-1 mixer (Gu & Dao, 2023), following mamba_ssm's ``mamba_simple.Mamba``.
+
+in_proj → (x, z); x → causal depthwise conv + SiLU → x_proj → (Δ low-rank, B, C); Δ → dt_proj;
+selective scan with per-(channel, state) decay A = -exp(A_log); y * SiLU(z) → out_proj.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evalkit.kernels.selective_scan import selective_scan
+from evalkit.models.native.config import NativeConfig
+from evalkit.models.native.mixer import (Mixer, init_dt_bias_, init_normal_, init_uniform_,
+                                         out_proj_std, register_mixer)
+
+# Decode state: (conv_state (B, d_inner, d_conv-1): the last inputs of the conv,
+#                ssm_state (B, d_inner, N), kept in float32 / float64).
+SSMState = tuple[torch.Tensor, torch.Tensor]
+
+
+def causal_conv_step(conv_state: torch.Tensor, x_t: torch.Tensor, conv: nn.Conv1d
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of a causal depthwise conv. conv_state: (B, C, K-1), x_t: (B, C) → (B, C)."""
+    window = torch.cat([conv_state, x_t[:, :, None]], dim=2)  # (B, C, K)
+    y = (window * conv.weight[:, 0]).sum(-1)  # (B, C)
+    if conv.bias is not None:
+        y = y + conv.bias
+    return y, window[:, :, 1:]
+
+
+def conv_tail(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The conv state after a prefix: last k-1 inputs of x: (B, C, L), zero-padded on the left."""
+    x = F.pad(x, (k - 1, 0))  # (B, C, L + k - 1)
+    return x[:, :, x.shape[2] - (k - 1):]
+
+
+@register_mixer("mamba")
+class Mamba(Mixer):
+    """Mamba-1 selective SSM block (no MLP; the LM adds one if cfg.d_ff > 0)."""
+
+    is_attention = False
+
+    def __init__(self, cfg: NativeConfig, layer_idx: int) -> None:
+        super().__init__(cfg, layer_idx)
+        d_inner, N = cfg.d_inner, cfg.d_state
+        self.d_inner = d_inner
+        self.dt_rank = math.ceil(cfg.d_model / 16)
+        self.in_proj = nn.Linear(cfg.d_model, 2 * d_inner, bias=False)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, cfg.d_conv, groups=d_inner, padding=cfg.d_conv - 1)
+        self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * N, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(d_inner, N))
+        self.D = nn.Parameter(torch.empty(d_inner))
+        self.out_proj = nn.Linear(d_inner, cfg.d_model, bias=False)
+
+    def reset_parameters(self, gen: torch.Generator) -> None:
+        init_normal_(self.in_proj.weight, 0.02, gen)
+        bound = 1.0 / math.sqrt(self.cfg.d_conv)  # PyTorch's default conv init, fan_in = d_conv
+        init_uniform_(self.conv1d.weight, -bound, bound, gen)
+        init_uniform_(self.conv1d.bias, -bound, bound, gen)
+        init_normal_(self.x_proj.weight, 0.02, gen)
+        std = self.dt_rank ** -0.5
+        init_uniform_(self.dt_proj.weight, -std, std, gen)
+        init_dt_bias_(self.dt_proj.bias, gen)
+        with torch.no_grad():  # S4D-real: A_n = -(n + 1)
+            self.A_log.copy_(torch.log(torch.arange(1, self.cfg.d_state + 1, dtype=torch.float32))
+                             .expand(self.d_inner, -1))
+            self.D.fill_(1.0)
+        init_normal_(self.out_proj.weight, out_proj_std(self.cfg), gen)
+
+    def _scan_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: (..., d_inner) after the conv → (Δ before bias (..., d_inner), B, C (..., N))."""
+        N = self.cfg.d_state
+        dt, B, C = self.x_proj(x).split([self.dt_rank, N, N], dim=-1)
+        return dt @ self.dt_proj.weight.t(), B, C
+
+    def _forward(self, u: torch.Tensor, return_state: bool):
+        L = u.shape[1]
+        xz = self.in_proj(u)  # (B, L, 2*d_inner)
+        x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
+        xc = F.silu(self.conv1d(x)[..., :L])  # (B, d_inner, L)
+        dt, B, C = self._scan_inputs(xc.transpose(1, 2))  # (B, L, d_inner), (B, L, N) x2
+        out = selective_scan(
+            xc, dt.transpose(1, 2), -torch.exp(self.A_log), B.transpose(1, 2),
+            C.transpose(1, 2), D=self.D, z=z, delta_bias=self.dt_proj.bias,
+            delta_softplus=True, return_final_state=return_state, chunk_size=self.cfg.chunk_size,
+        )
+        y, ssm_state = out if return_state else (out, None)
+        y = self.out_proj(y.transpose(1, 2))  # (B, L, D)
+        if not return_state:
+            return y
+        return y, (conv_tail(x, self.cfg.d_conv), ssm_state)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, return_state=False)
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, SSMState]:
+        return self._forward(x, return_state=True)
+
+    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
+        state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        return (torch.zeros(batch, self.d_inner, self.cfg.d_conv - 1, device=device, dtype=dtype),
+                torch.zeros(batch, self.d_inner, self.cfg.d_state, device=device, dtype=state_dtype))
+
+    def step(self, x_t: torch.Tensor, state: SSMState) -> tuple[torch.Tensor, SSMState]:
+        conv_state, h = state
+        x, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, d_inner) each
+        xc, conv_state = causal_conv_step(conv_state, x, self.conv1d)
+        xc = F.silu(xc)
+        dt, B, C = self._scan_inputs(xc)  # (B, d_inner), (B, N), (B, N)
+        dt = F.softplus(dt.to(h.dtype) + self.dt_proj.bias.to(h.dtype))
+        A = -torch.exp(self.A_log.to(h.dtype))  # (d_inner, N)
+        h = torch.exp(dt[:, :, None] * A) * h + (dt * xc.to(h.dtype))[:, :, None] * B.to(h.dtype)[:, None]
+        y = (h @ C.to(h.dtype)[:, :, None]).squeeze(-1) + self.D.to(h.dtype) * xc.to(h.dtype)
+        y = (y * F.silu(z.to(h.dtype))).to(x_t.dtype)  # (B, d_inner)
+        return self.out_proj(y), (conv_state, h)
+
+    def fixed_state_bytes(self, dtype_bytes: int = 2) -> int:
+        return self.d_inner * (self.cfg.d_conv - 1 + self.cfg.d_state) * dtype_bytes

@@ -1,0 +1,32 @@
+"""Task plugins and the formats that render their samples.
+
+Importing this package registers the built-in tasks (``needle``, ``assoc_recall``,
+``copy_number``, ``multi_query``) in ``TASKS`` and the built-in formats (``tokens``) in
+``FORMATS``.
+"""
+
+from evalkit.tasks.base import (
+    TASKS,
+    Filler,
+    Needle,
+    Query,
+    Rendered,
+    Sample,
+    Task,
+    register_task,
+)
+from evalkit.tasks.formats import FORMATS
+from evalkit.tasks import tokens  # noqa: F401  (registers the tokens format)
+from evalkit.tasks import assoc_recall, copy_number, multi_query, needle  # noqa: F401
+
+__all__ = [
+    "FORMATS",
+    "TASKS",
+    "Filler",
+    "Needle",
+    "Query",
+    "Rendered",
+    "Sample",
+    "Task",
+    "register_task",
+]

@@ -1,0 +1,128 @@
+"""NativeLM: decode parity, greedy generation, length limit, init, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evalkit.errors import CheckpointError, ContextLengthError
+from evalkit.models.native import NativeConfig, NativeLM
+
+LAYOUTS = {
+    "mamba2": {"ssm": "mamba2"},
+    "mamba": {"ssm": "mamba"},
+    "transformer": {"attention_fraction": 1.0},
+    "hybrid-mlp": {"ssm": "mamba", "n_layers": 4, "attention_fraction": 0.25, "d_ff": 48},
+}
+
+
+def _model(layout: str, seed: int = 0, **over) -> NativeLM:
+    cfg = NativeConfig.from_dict({"flavor": "debug", "chunk_size": 8, **LAYOUTS[layout], **over})
+    return NativeLM(cfg, seed=seed)
+
+
+def _ids(b: int = 2, L: int = 21) -> torch.Tensor:
+    return torch.randint(0, 512, (b, L), generator=torch.Generator().manual_seed(5))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_forward_shapes_and_hidden_head(layout):
+    m = _model(layout)
+    ids = _ids()
+    logits = m(ids)
+    assert logits.shape == (2, 21, 512)
+    torch.testing.assert_close(m.head(m.hidden(ids)[:, [3, 20]]), logits[:, [3, 20]])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_prefill_step_matches_forward(layout):
+    m = _model(layout).double()
+    ids = _ids()
+    logits = m(ids)
+    last, state = m.prefill(ids[:, :9])
+    got = [last]
+    for t in range(9, 21):
+        last, state = m.step(ids[:, t], state)
+        got.append(last)
+    torch.testing.assert_close(torch.stack(got, 1), logits[:, 8:], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("layout", ["mamba2", "hybrid-mlp"])
+def test_generate_greedy_equals_argmax_of_forward_loop(layout):
+    m = _model(layout)
+    ids = _ids(L=10)
+    gen = m.generate_greedy(ids, 6)
+    seq = ids
+    for _ in range(6):
+        seq = torch.cat([seq, m(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert gen.shape == (2, 6)
+    assert torch.equal(gen, seq[:, 10:])
+
+
+def test_context_length_error():
+    m = _model("mamba2", max_context=16)
+    m(_ids(L=16))
+    with pytest.raises(ContextLengthError, match="17 tokens.*max_context of 16"):
+        m(_ids(L=17))
+    with pytest.raises(ContextLengthError):
+        m.generate_greedy(_ids(L=12), 6)
+
+
+def test_init_is_deterministic_and_seed_dependent():
+    a, b, c = _model("hybrid-mlp", seed=3), _model("hybrid-mlp", seed=3), _model("hybrid-mlp", seed=4)
+    torch.manual_seed(123)  # the global RNG must not matter
+    d = _model("hybrid-mlp", seed=3)
+    for (name, p), q, r, s in zip(a.named_parameters(), b.parameters(), c.parameters(), d.parameters()):
+        assert torch.equal(p, q) and torch.equal(p, s), name
+    assert not torch.equal(a.embed.weight, c.embed.weight)
+
+
+def test_describe():
+    m = _model("hybrid-mlp")
+    d = m.describe()
+    assert d["layer_types"] == ["mamba", "mamba", "attention", "mamba"]
+    assert d["attn_layer_idx"] == [2] and d["attention_fraction"] == 0.25
+    assert d["kv_bytes_per_token"] == 2 * 32 * 2
+    d_inner = 64
+    assert d["fixed_state_bytes"] == 3 * d_inner * (3 + 8) * 2  # 3 mamba layers: conv + ssm
+    assert d["params"] == sum(p.numel() for p in m.parameters())
+    assert m.lm_head.weight is m.embed.weight  # tied, counted once
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_save_load_round_trip(tmp_path, tie):
+    m = _model("hybrid-mlp", seed=7, tie_embeddings=tie)
+    m.save_pretrained(tmp_path / "ckpt")
+    loaded = NativeLM.from_pretrained(tmp_path / "ckpt")
+    assert loaded.cfg == m.cfg
+    ids = _ids()
+    assert torch.equal(loaded(ids), m(ids))
+    assert (loaded.lm_head.weight is loaded.embed.weight) == tie
+    assert torch.equal(NativeLM.from_pretrained(tmp_path / "ckpt" / "model.safetensors")(ids), m(ids))
+
+
+def test_truncated_checkpoint(tmp_path):
+    path = _model("mamba2").save_pretrained(tmp_path / "ckpt") / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="model.safetensors: unreadable"):
+        NativeLM.from_pretrained(tmp_path / "ckpt")
+
+
+def test_missing_unexpected_and_mismatched_tensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = _model("mamba2").save_pretrained(tmp_path / "ckpt") / "model.safetensors"
+    good = load_file(str(path))
+    bad = dict(good)
+    del bad["layers.1.mixer.in_proj.weight"]
+    save_file(bad, str(path))
+    with pytest.raises(CheckpointError, match="missing tensor 'layers.1.mixer.in_proj.weight'"):
+        NativeLM.from_pretrained(tmp_path / "ckpt")
+    save_file({**good, "extra.weight": torch.zeros(1)}, str(path))
+    with pytest.raises(CheckpointError, match="unexpected tensor 'extra.weight'"):
+        NativeLM.from_pretrained(tmp_path / "ckpt")
+    save_file({**good, "norm_f.weight": torch.ones(3)}, str(path))
+    with pytest.raises(CheckpointError, match="'norm_f.weight' has shape"):
+        NativeLM.from_pretrained(tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match="file not found"):
+        NativeLM.from_pretrained(tmp_path / "nowhere")
