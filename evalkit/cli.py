@@ -33,7 +33,11 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    import shutil
+
+    # not a terminal (CI logs, pipes): rich would wrap at 80 columns and cut the table's cells
+    width = None if sys.stdout.isatty() else max(160, shutil.get_terminal_size((160, 24)).columns)
+    return Console(stderr=False, highlight=False, width=width)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -49,12 +49,24 @@ def predict_teacher_forced(adapter: Adapter, batch: Sequence[Rendered]) -> list[
 
 
 def predict_greedy(adapter: Adapter, batch: Sequence[Rendered]) -> list[Prediction]:
-    """Generate each answer greedily; tokens between answers (later queries) are given."""
+    """Generate each answer greedily; tokens between answers (later queries) are given.
+
+    Samples whose answers sit at the same positions are generated together."""
+    groups: dict[tuple[tuple[int, int], ...], list[int]] = {}
+    for i, r in enumerate(batch):
+        groups.setdefault(r.answer_spans, []).append(i)
+    out: list[Prediction | None] = [None] * len(batch)
+    for spans, idx in groups.items():
+        for i, p in zip(idx, _greedy_same_spans(adapter, [batch[i] for i in idx], spans)):
+            out[i] = p
+    return [p for p in out if p is not None]
+
+
+def _greedy_same_spans(adapter: Adapter, batch: Sequence[Rendered],
+                       spans: tuple[tuple[int, int], ...]) -> list[Prediction]:
     import torch
 
     ids = torch.tensor([r.input_ids for r in batch], dtype=torch.long)  # (B, L)
-    spans = batch[0].answer_spans
-    assert all(r.answer_spans == spans for r in batch), "a greedy batch needs identical answer spans"
     answers: list[list[tuple[int, ...]]] = [[] for _ in batch]
     for s, e in spans:
         new = adapter.generate(ids[:, :s], e - s)  # (B, e - s)

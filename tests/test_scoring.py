@@ -17,7 +17,7 @@ from evalkit.tasks import TASKS
 @pytest.mark.parametrize("task", ["needle", "assoc_recall", "copy_number", "multi_query"])
 def test_teacher_forcing_equals_greedy(tiny_models, tmp_path, model, task):
     spec_path = tmp_path / f"{task}.yaml"
-    spec_path.write_text(f"task: {task}\nlengths: [96]\nsamples: 3\n")
+    spec_path.write_text(f"task: {task}\nlengths: [160]\nsamples: 3\n")
     cells = plan([load_task_spec(str(spec_path))], [load_model_spec(str(tiny_models[model]))])
     cell = cells[0]
     adapter = NativeAdapter(cell.model, "cpu")

@@ -43,7 +43,7 @@ def test_flavors_and_overrides():
     cfg = NativeConfig.from_dict({"flavor": "debug", "n_layers": 3})
     assert (cfg.d_model, cfg.n_layers, cfg.headdim, cfg.max_context) == (32, 3, 16, 4096)
     small = NativeConfig.from_dict({"flavor": "small"})
-    assert (small.d_model, small.n_layers, small.d_state, small.chunk_size) == (128, 4, 16, 64)
+    assert (small.d_model, small.n_layers, small.d_state, small.chunk_size) == (64, 4, 16, 64)
     assert set(FLAVORS) >= {"debug", "small"}
 
 
