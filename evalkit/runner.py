@@ -86,6 +86,7 @@ def plan(
     cells: list[Cell] = []
     for model in models:
         adapter = ADAPTERS.get(model.kind)
+        adapter.check(model)
         model_id = adapter.identity(model)
         limit = adapter.max_context(model)
         for spec in specs:

@@ -153,3 +153,67 @@ def test_cli_help_is_fast_and_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
     r = subprocess.run([sys.executable, "-m", "evalkit.cli", "--help"], capture_output=True, text=True, check=True)
     assert "run" in r.stdout and "export" in r.stdout
+
+
+def _checkpoint(tmp_path: Path, arch: dict) -> Path:
+    from evalkit.models.native.config import NativeConfig
+    from evalkit.models.native.lm import NativeLM
+
+    m = NativeLM(NativeConfig.from_dict(arch).resolved())
+    m.init_weights(7)
+    return m.save_pretrained(tmp_path / "ckpt")
+
+
+def test_checkpoint_dir_runs_and_retraining_in_place_never_reuses(cli, tiny_task, tmp_path):
+    ck = _checkpoint(tmp_path, {"flavor": "debug", "ssm": "mamba2", "attention_fraction": 0.5})
+    out = tmp_path / "runs"
+    code, stdout, err = cli("run", str(tiny_task), "--models", str(ck), "-d", str(out), "--no-cost")
+    assert code == 0, err
+    assert "RANDOM" not in stdout and _count(out, "SELECT count(*) FROM cells WHERE random_weights=0") == 4
+    # new weights in the same place → a new model identity → nothing reused
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(ck / "model.safetensors")
+    t["embed.weight"] = t["embed.weight"] * 1.5
+    save_file(t, ck / "model.safetensors")
+    code, stdout, _ = cli("run", str(tiny_task), "--models", str(ck), "-d", str(out), "--no-cost")
+    assert code == 0 and "4 cells run, 0 reused" in stdout
+    assert _count(out, "SELECT count(DISTINCT model_id) FROM cells") == 2
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("truncate", "unreadable safetensors file"),
+    ("config", "tensor 'embed.weight' has shape"),
+])
+def test_corrupt_checkpoint_exits_2_before_touching_the_store(cli, tiny_task, tmp_path, damage, needle):
+    ck = _checkpoint(tmp_path, {"flavor": "debug"})
+    out = tmp_path / "runs"
+    assert cli("run", str(tiny_task), "--models", str(ck), "-d", str(out), "--no-cost")[0] == 0
+    before = (_count(out, "SELECT count(*) FROM records"), _count(out, "SELECT count(*) FROM runs"))
+    f = ck / "model.safetensors"
+    if damage == "truncate":
+        f.write_bytes(f.read_bytes()[:1000])
+    else:  # a config that no longer matches the weights
+        import json
+
+        cfg = json.loads((ck / "config.json").read_text())
+        cfg["d_model"] = 48
+        cfg["n_heads"] = 2
+        (ck / "config.json").write_text(json.dumps(cfg))
+    code, _, err = cli("run", str(tiny_task), "--models", str(ck), "-d", str(out))
+    assert code == 2 and needle in err and str(f) in err and "Traceback" not in err
+    assert (_count(out, "SELECT count(*) FROM records"), _count(out, "SELECT count(*) FROM runs")) == before
+
+
+def test_samples_identical_across_processes(tiny_task):
+    code = (
+        "import hashlib, sys; from evalkit.runner import plan, make_sample, render; "
+        "from evalkit.spec import load_task_spec, load_model_spec; "
+        f"cells = plan([load_task_spec({str(tiny_task)!r})], [load_model_spec('hybrid')]); "
+        "h = hashlib.sha256(); "
+        "[h.update(repr(render(c, make_sample(c, i)).input_ids).encode()) for c in cells for i in range(c.n_samples)]; "
+        "print(h.hexdigest())"
+    )
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)}
+    assert len(outs) == 1 and len(outs.pop().strip()) == 64

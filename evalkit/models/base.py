@@ -41,6 +41,12 @@ class Adapter:
         return None
 
     @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        """Cheap pre-flight check of a spec's checkpoint (files present, tensor names and shapes),
+        run at planning time so a corrupt checkpoint fails before anything is stored. Raises
+        ``CheckpointError``."""
+
+    @classmethod
     def random_weights(cls, spec: ModelSpec) -> bool:
         return spec.checkpoint is None
 

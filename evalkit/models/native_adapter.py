@@ -53,6 +53,39 @@ class NativeAdapter(Adapter):
     def max_context(cls, spec: ModelSpec) -> int | None:
         return cls.config(spec).max_context
 
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        """Compare the safetensors header (names, shapes, file size) with the spec's config
+        without reading the weights."""
+        f = weights_file(spec)
+        if f is None:
+            return
+        import torch
+        from safetensors import safe_open
+
+        from evalkit.models.native.lm import NativeLM
+
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+        except Exception as e:  # safetensors raises its own types for bad headers / short files
+            raise CheckpointError(f"{f}: unreadable safetensors file ({e})") from None
+        cfg = cls.config(spec)
+        with torch.device("meta"):
+            model = NativeLM(cfg)
+        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if cfg.tie_embeddings:
+            want.pop("lm_head.weight", None)
+        for name, shape in want.items():
+            if name not in shapes:
+                raise CheckpointError(f"{f}: missing tensor '{name}' (model spec '{spec.name}')")
+            if shapes[name] != shape:
+                raise CheckpointError(f"{f}: tensor '{name}' has shape {shapes[name]}, "
+                                      f"model spec '{spec.name}' expects {shape}")
+        extra = sorted(set(shapes) - set(want))
+        if extra:
+            raise CheckpointError(f"{f}: unexpected tensor '{extra[0]}' (model spec '{spec.name}')")
+
     def __init__(self, spec: ModelSpec, device: str) -> None:
         super().__init__(spec, device)
         import torch
