@@ -470,6 +470,69 @@ def _cost_table(rows: Sequence[dict[str, Any]], title: str) -> Any:
     return t
 
 
+@cli.command("train")
+@click.argument("model_spec", required=False)
+@click.option("--task", "tasks", help="Comma-separated task specs (paths or built-in names) to train on.")
+@click.option("--recipe", type=click.Path(dir_okay=False), help="A training recipe (experiments/zoo/*.yaml); flags override it.")
+@click.option("--steps", type=int, help="Optimiser steps (default 1000).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Checkpoint directory (default: checkpoints/MODEL).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Default: auto.")
+@click.option("--batch-tokens", type=int, help="Tokens per batch (default 8192).")
+@click.option("--lr", type=float, help="Peak learning rate (default 3e-3).")
+@click.option("--seed", type=int, help="Init and training-data seed (default 0).")
+@click.option("--max-length", type=int, help="Longest training context length (default: the specs' longest).")
+@click.option("--target-acc", type=float, help="Stop once every task's held-out accuracy reaches this.")
+@click.option("--eval-every", type=int, help="Steps between held-out evaluations (default 100).")
+@click.option("--time-limit", type=float, help="Seconds; the schedule follows wall time too (not bit-reproducible).")
+@click.option("--save-dtype", type=click.Choice(["float32", "bfloat16"]), help="dtype of model.safetensors.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/trainer_state.pt.")
+def train_cmd(model_spec: str | None, tasks: str | None, recipe: str | None, steps: int | None, out_dir: str | None,
+              device: str | None, batch_tokens: int | None, lr: float | None, seed: int | None,
+              max_length: int | None, target_acc: float | None, eval_every: int | None, time_limit: float | None,
+              save_dtype: str | None, resume: bool) -> None:
+    """Train a native MODEL_SPEC on --task specs; write a checkpoint, a log and a model card."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from evalkit.spec import load_model_spec, load_task_spec
+    from evalkit.train import TrainError, load_recipe, make_config, train
+
+    r = load_recipe(recipe) if recipe else {"model": None, "tasks": [], "out": None, "device": "auto", "train": {}}
+    model_ref = model_spec or r["model"]
+    task_refs = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else r["tasks"]
+    if not model_ref:
+        raise TrainError("no model given: pass MODEL_SPEC or --recipe")
+    if not task_refs:
+        raise TrainError("no task given: pass --task TASK_SPEC[,TASK_SPEC...] or --recipe")
+    flags = {"steps": steps, "batch_tokens": batch_tokens, "lr": lr, "seed": seed, "max_length": max_length,
+             "target_acc": target_acc, "eval_every": eval_every, "time_limit": time_limit, "save_dtype": save_dtype}
+    cfg = make_config({**r["train"], **{k: v for k, v in flags.items() if v is not None}})
+    mspec = load_model_spec(model_ref)
+    specs = [load_task_spec(t) for t in task_refs]
+    out = out_dir or r["out"] or str(Path("checkpoints") / mspec.name)
+    console = _console()
+    command = " ".join(["evalkit", *sys.argv[1:]])
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True) as bar:
+        job = bar.add_task(f"training {mspec.name}", total=cfg.steps)
+
+        def progress(step: int, total: int, info: dict[str, Any]) -> None:
+            loss = "" if info.get("loss") is None else f" loss {info['loss']:.3f}"
+            bar.update(job, completed=step, description=f"training {mspec.name} L={info['length']}{loss}")
+            if "eval" in info:
+                console.print(f"step {step}: held-out " + ", ".join(f"{k} {v:.2f}" for k, v in info["eval"].items()))
+
+        try:
+            res = train(mspec, specs, cfg, out, device=device or r["device"], resume=resume, command=command,
+                        progress=progress)
+        except KeyboardInterrupt:
+            bar.stop()
+            console.print(f"interrupted: state saved in {out}; add --resume to continue")
+            sys.exit(130)
+    console.print(f"trained {mspec.name}: {res.steps} steps ({res.stopped}) in {res.wall_s:.1f} s on {res.device_name}, "
+                  f"{res.tokens_per_s:,.0f} tokens/s; held-out " + ", ".join(f"{k} {v:.3f}" for k, v in res.eval_acc.items()))
+    console.print(f"checkpoint, log and card in {out}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: EvalkitError → one sentence on stderr, exit 2."""
     try:

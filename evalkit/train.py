@@ -1,0 +1,555 @@
+"""The trainer: native models on a mixture of task plugins, scored the way ``evalkit run`` scores.
+
+    train(model_spec, task_specs, TrainConfig, out_dir)  → TrainResult
+
+What one run does:
+
+- **Data.** Every step draws one batch of equal-length samples from one task spec (round-robin
+  over the specs, or weighted with ``task_weights``); each sample picks one point of its spec's
+  sweep axes. Samples come from the task plugin and the ``tokens`` format, exactly as in
+  ``evalkit run``, but from a *separate seed namespace*: sample i of step s is seeded from
+  ``H("train", seed, spec sample key, s, i)``, while evaluation samples are seeded from
+  ``H(cell sample key, i)`` (``runner.make_sample``). The held-out set is therefore the very set
+  that ``evalkit run`` evaluates at those lengths, and no training sample is drawn from it.
+- **Curriculum.** Context lengths are the specs' lengths up to ``max_length`` (plus
+  ``max_length`` itself). The longest allowed length grows from the shortest to the longest over
+  the first ``curriculum`` share of the run; each batch draws its length uniformly from the
+  allowed ones, so short lengths stay in the mix. A batch holds ``batch_tokens // length``
+  sequences.
+- **Loss.** Cross-entropy on the answer tokens only (the positions ``scoring`` scores), plus
+  ``all_token_weight`` × next-token cross-entropy over every position (0 by default: most
+  tokens are random filler and cannot be predicted).
+- **Optimiser.** AdamW (no decay on norms, biases and 1-d parameters), linear warm-up then cosine
+  decay to ``min_lr_ratio × lr``, gradient clipping; bf16 autocast on CUDA, fp32 on CPU.
+- **Evaluation.** Every ``eval_every`` steps and at the end: each spec at the current longest
+  length, through ``scoring.predict_teacher_forced`` + ``scoring.score`` on ``runner.plan``'s
+  cells. Early stop once every spec reaches ``target_acc`` at the final length.
+- **Reproducible and resumable.** Weights come from ``NativeLM(cfg, seed)``, data from the step
+  number, so the same config and seed give the same weights (on one device type). Every
+  ``save_every`` steps ``trainer_state.pt`` (weights, optimiser, step, RNG, elapsed time) is
+  written atomically; ``resume=True`` continues from it and gives the same final weights as an
+  uninterrupted run. ``time_limit`` (seconds) makes the schedule follow
+  max(step / steps, elapsed / time_limit): the run then ends on time with a full cosine decay,
+  but is no longer bit-reproducible.
+
+Outputs in ``out_dir``: ``config.json`` + ``model.safetensors`` (NativeLM.save_pretrained, in
+``save_dtype``), ``train_log.jsonl`` (one ``start`` line, ``train`` lines, ``eval`` lines, one
+``end`` line), ``card.md`` and ``trainer_state.pt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evalkit.errors import EvalkitError, SpecError
+from evalkit.models.base import stable_hash
+from evalkit.spec import ModelSpec, TaskSpec
+
+STATE_FILE = "trainer_state.pt"
+LOG_FILE = "train_log.jsonl"
+CARD_FILE = "card.md"
+# bf16 dense matmul peak used for the model FLOP utilisation estimate: the H100 SXM datasheet
+# figure (GPU-NOTES.md measured 717–798 TFLOP/s for a large bf16 matmul on ours).
+PEAK_FLOPS = {"cuda": 989e12}
+
+
+class TrainError(EvalkitError):
+    """Bad training input: no native model, an unknown task, a non-positive number of steps."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything that changes a training run's result (plus where progress goes)."""
+
+    steps: int = 1000  # optimiser steps (the schedule's length)
+    batch_tokens: int = 8192  # tokens per batch; sequences per batch = batch_tokens // length
+    lr: float = 3e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup: float = 0.05  # share of the run spent warming up linearly
+    weight_decay: float = 0.1  # AdamW decay on matrices (not on norms, biases, 1-d params)
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    seed: int = 0  # init seed and training-data namespace
+    max_length: int | None = None  # longest training length; None = the specs' longest
+    min_length: int | None = None  # drop spec lengths below this from the curriculum
+    curriculum: float = 0.5  # share of the run over which the longest length grows to max
+    task_weights: tuple[float, ...] | None = None  # None = round-robin over the task specs
+    all_token_weight: float = 0.0  # weight of next-token CE on every position (besides answers)
+    eval_every: int = 100  # steps between held-out evaluations
+    eval_samples: int = 32  # held-out samples per task spec per evaluation
+    target_acc: float | None = None  # stop once every spec reaches it at max length
+    save_every: int = 100  # steps between trainer_state.pt checkpoints
+    time_limit: float | None = None  # seconds; the schedule then follows wall time too
+    save_dtype: str = "float32"  # dtype of model.safetensors: float32 | bfloat16
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise TrainError(f"--steps must be >= 1, got {self.steps}")
+        if self.batch_tokens < 1:
+            raise TrainError(f"--batch-tokens must be >= 1, got {self.batch_tokens}")
+        if not self.lr > 0:
+            raise TrainError(f"--lr must be > 0, got {self.lr}")
+        if self.target_acc is not None and not 0 < self.target_acc <= 1:
+            raise TrainError(f"--target-acc must be in (0, 1], got {self.target_acc}")
+        if self.eval_every < 1 or self.save_every < 1 or self.eval_samples < 1:
+            raise TrainError("eval_every, save_every and eval_samples must be >= 1")
+        if self.save_dtype not in ("float32", "bfloat16"):
+            raise TrainError(f"save_dtype must be float32 or bfloat16, got '{self.save_dtype}'")
+        if not 0 <= self.curriculum <= 1 or not 0 <= self.warmup < 1:
+            raise TrainError("curriculum must be in [0, 1] and warmup in [0, 1)")
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int  # steps actually run (fewer on early stop / time limit)
+    stopped: str  # "steps" | "target_acc" | "time_limit"
+    eval_acc: dict[str, float]  # last held-out accuracy per task spec
+    wall_s: float
+    tokens_per_s: float
+    device: str
+    device_name: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- data
+def curriculum_lengths(specs: Sequence[TaskSpec], cfg: TrainConfig, model_max: int) -> list[int]:
+    """Sorted training lengths: every spec length within [min_length, max_length] (and
+    max_length itself), capped by the model's max_context."""
+    top = min(cfg.max_length or max(max(s.lengths) for s in specs), model_max)
+    low = cfg.min_length or 1
+    lengths = {n for s in specs for n in s.lengths if low <= n <= top} | {top}
+    return sorted(lengths)
+
+
+def _seed_int(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+def train_batch(spec: TaskSpec, seed: int, step: int, length: int, n: int) -> list[Any]:
+    """``n`` rendered training samples of ``spec`` at ``length`` for ``step``.
+
+    Seeds live in the "train" namespace (see the module docstring), never in the evaluation
+    one; each sample draws its sweep point from the same seed."""
+    from evalkit.runner import _sample_key
+    from evalkit.tasks import FORMATS, TASKS
+
+    cls = TASKS.get(spec.task)
+    points = spec.points()
+    base = _sample_key(spec, {}, "tokens", 0, spec.seed)
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng(_seed_int("train", seed, base, step, i))
+        point = points[int(rng.integers(len(points)))]
+        sample = cls(cls.Params(**point)).sample(length, rng, i)
+        out.append(FORMATS.get("tokens")(sample, length, filler=spec.filler))
+    return out
+
+
+def _targets(batch: Sequence[Any]) -> tuple[Any, Any]:
+    """input ids (B, L) and answer targets (B, L): targets[b, p - 1] = token p for every answer
+    position p, -100 elsewhere (the token at p is predicted from position p - 1)."""
+    import torch
+
+    ids = torch.tensor([r.input_ids for r in batch], dtype=torch.long)  # (B, L)
+    tgt = torch.full_like(ids, -100)
+    for b, r in enumerate(batch):
+        for s, e in r.answer_spans:
+            tgt[b, s - 1 : e - 1] = ids[b, s:e]
+    return ids, tgt
+
+
+# --------------------------------------------------------------------------- schedule
+def lr_at(progress: float, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup`` of the run, then cosine to ``min_lr_ratio × lr``."""
+    if cfg.warmup > 0 and progress < cfg.warmup:
+        return cfg.lr * progress / cfg.warmup
+    t = min(1.0, (progress - cfg.warmup) / max(1e-9, 1 - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def max_length_at(progress: float, lengths: Sequence[int], cfg: TrainConfig) -> int:
+    """The longest length allowed at ``progress``: grows one curriculum stage at a time."""
+    if cfg.curriculum <= 0 or len(lengths) == 1:
+        return lengths[-1]
+    stage = int(progress / cfg.curriculum * len(lengths))
+    return lengths[min(len(lengths) - 1, stage)]
+
+
+# --------------------------------------------------------------------------- evaluation
+class _ModelAdapter:
+    """The in-training model behind the adapter interface ``scoring`` uses (predict only)."""
+
+    def __init__(self, model: Any, device: str) -> None:
+        self.model, self.device = model, device
+
+    def predict(self, input_ids: Any, positions: Any) -> Any:
+        import torch
+
+        with torch.inference_mode(), _autocast(self.device):
+            h = self.model.hidden(input_ids.to(self.device))  # (B, L, D)
+            idx = positions.to(self.device).unsqueeze(-1).expand(-1, -1, h.shape[-1])
+            return self.model.head(torch.gather(h, 1, idx)).argmax(-1).cpu()  # (B, P)
+
+
+def evaluate(model: Any, device: str, model_spec: ModelSpec, specs: Sequence[TaskSpec], length: int,
+             samples: int, batch_tokens: int) -> dict[str, float]:
+    """Held-out whole-answer accuracy per task spec at ``length``: ``samples`` samples spread over
+    the spec's sweep points, taken from the same cells ``evalkit run`` would evaluate."""
+    from evalkit.runner import make_sample, plan, render
+    from evalkit.scoring import predict_teacher_forced, score
+    from evalkit.tasks import TASKS
+
+    was_training = model.training
+    model.eval()
+    adapter = _ModelAdapter(model, device)
+    out = {}
+    for spec in specs:
+        cells = plan([spec], [model_spec], lengths=[length])
+        per = math.ceil(samples / len(cells))
+        rendered = [render(c, make_sample(c, i)) for c in cells for i in range(per)]
+        bs = max(1, batch_tokens // length)
+        right = 0
+        for s in range(0, len(rendered), bs):
+            chunk = rendered[s : s + bs]
+            for r, p in zip(chunk, predict_teacher_forced(adapter, chunk)):
+                right += score(r, p, TASKS.get(spec.task).secondary)[0]
+        out[spec.name] = right / len(rendered)
+    model.train(was_training)
+    return out
+
+
+def _autocast(device: str) -> Any:
+    import contextlib
+
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- the run
+def check_inputs(model_spec: ModelSpec, specs: Sequence[TaskSpec], cfg: TrainConfig) -> None:
+    cfg.validate()
+    if model_spec.kind != "native":
+        raise TrainError(f"model '{model_spec.name}' has kind '{model_spec.kind}'; only native models "
+                         "can be trained")
+    if not specs:
+        raise TrainError("no task spec given (--task)")
+    for s in specs:
+        if (s.format or "tokens") != "tokens":
+            raise TrainError(f"{s.path}: format '{s.format}' cannot train a native model (tokens only)")
+    if cfg.task_weights is not None and (len(cfg.task_weights) != len(specs) or min(cfg.task_weights) < 0
+                                          or sum(cfg.task_weights) <= 0):
+        raise TrainError(f"task_weights needs {len(specs)} non-negative weights with a positive sum, "
+                         f"got {list(cfg.task_weights)}")
+
+
+def train(
+    model_spec: ModelSpec,
+    specs: Sequence[TaskSpec],
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    device: str = "auto",
+    resume: bool = False,
+    command: str | None = None,
+    progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train ``model_spec``'s architecture on ``specs``; write the checkpoint into ``out_dir``.
+
+    ``progress(step, steps, info)`` is called after every step. ``stop_after`` ends the run
+    after that many steps as an interruption would (state saved, no final checkpoint): for tests.
+    """
+    import torch
+
+    from evalkit.models.native.lm import NativeLM
+    from evalkit.models.native_adapter import NativeAdapter
+    from evalkit.runner import resolve_device
+
+    check_inputs(model_spec, specs, cfg)
+    device = resolve_device(device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ncfg = NativeAdapter.config(model_spec)
+    lengths = curriculum_lengths(specs, cfg, ncfg.max_context)
+    for s in specs:  # a length too short for a task fails now, naming it
+        for n in lengths:
+            try:
+                train_batch(s, cfg.seed, 0, n, 1)
+            except ValueError as e:
+                raise TrainError(f"{s.path}: training length {n}: {e}") from None
+
+    torch.manual_seed(cfg.seed)
+    model = NativeLM(ncfg, seed=cfg.seed).to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "norm" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "norm" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=cfg.betas, fused=device.startswith("cuda"))
+    step, elapsed0, tokens_done = 0, 0.0, 0
+    state_path = out / STATE_FILE
+    log_path = out / LOG_FILE
+    if resume and state_path.is_file():
+        st = torch.load(state_path, map_location=device, weights_only=False)
+        if st["train_config"] != _cfg_dict(cfg) or st["model_config"] != ncfg.to_dict():
+            raise TrainError(f"{state_path}: saved state is from a different model or training config; "
+                             "use another --out or drop --resume")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        torch.set_rng_state(st["torch_rng"])
+        step, elapsed0, tokens_done = st["step"], st["elapsed"], st["tokens"]
+        _truncate_log(log_path, step)
+    else:
+        log_path.write_text("")
+    device_name = torch.cuda.get_device_name() if device.startswith("cuda") else (platform.processor() or platform.machine())
+    _log(log_path, {"event": "start" if step == 0 else "resume", "step": step, "device": device,
+                    "device_name": device_name, "command": command, "model": model_spec.name,
+                    "model_config": ncfg.to_dict(), "tasks": [s.path for s in specs],
+                    "train_config": _cfg_dict(cfg), "lengths": lengths, "torch": torch.__version__,
+                    "params": sum(p.numel() for p in model.parameters())})
+
+    weights = None if cfg.task_weights is None else np.asarray(cfg.task_weights) / sum(cfg.task_weights)
+    stopped, last_eval = "steps", {}
+    t0 = time.perf_counter()
+    model.train()
+
+    def elapsed() -> float:
+        return elapsed0 + time.perf_counter() - t0
+
+    def prog(s: int) -> float:
+        p = s / cfg.steps
+        if cfg.time_limit:
+            p = max(p, elapsed() / cfg.time_limit)
+        return min(1.0, p)
+
+    window_tokens, window_t = 0, time.perf_counter()
+    while step < cfg.steps:
+        p = prog(step)
+        top = max_length_at(p, lengths, cfg)
+        rng = np.random.default_rng(_seed_int("schedule", cfg.seed, step))
+        k = step % len(specs) if weights is None else int(rng.choice(len(specs), p=weights))
+        allowed = [n for n in lengths if n <= top]
+        length = allowed[int(rng.integers(len(allowed)))]
+        batch = train_batch(specs[k], cfg.seed, step, length, max(1, cfg.batch_tokens // length))
+        ids, tgt = _targets(batch)
+        ids, tgt = ids.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
+        lr = lr_at(p, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with _autocast(device):
+            loss = _loss(model, ids, tgt, cfg.all_token_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+        opt.step()
+        step += 1
+        tokens_done += ids.numel()
+        window_tokens += ids.numel()
+        info: dict[str, Any] = {"loss": None, "length": length, "task": specs[k].name}
+        if step % 10 == 0 or step == cfg.steps or step % cfg.eval_every == 0:
+            now = time.perf_counter()
+            info["loss"] = float(loss.detach())
+            _log(log_path, {"event": "train", "step": step, "loss": round(info["loss"], 5), "lr": lr,
+                            "task": specs[k].name, "length": length, "batch": ids.shape[0],
+                            "grad_norm": None if gnorm is None else round(float(gnorm), 4),
+                            "tokens_per_s": round(window_tokens / max(1e-9, now - window_t)),
+                            "wall_s": round(elapsed(), 2)})
+            window_tokens, window_t = 0, now
+        final_len = top == lengths[-1]
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            last_eval = evaluate(model, device, model_spec, specs, top, cfg.eval_samples, cfg.batch_tokens)
+            _log(log_path, {"event": "eval", "step": step, "length": top, "acc": last_eval,
+                            "mean_acc": sum(last_eval.values()) / len(last_eval), "wall_s": round(elapsed(), 2)})
+            info["eval"] = last_eval
+            if cfg.target_acc is not None and final_len and min(last_eval.values()) >= cfg.target_acc:
+                stopped = "target_acc"
+        if cfg.time_limit and elapsed() >= cfg.time_limit and stopped == "steps":
+            stopped = "time_limit"
+        if step % cfg.save_every == 0 or stopped != "steps" or step == cfg.steps:
+            _save_state(state_path, model, opt, step, elapsed(), tokens_done, cfg, ncfg)
+        if progress:
+            progress(step, cfg.steps, info)
+        if stopped != "steps":
+            break
+        if stop_after is not None and step >= stop_after:
+            _save_state(state_path, model, opt, step, elapsed(), tokens_done, cfg, ncfg)
+            raise KeyboardInterrupt
+
+    if step not in _eval_steps(log_path):
+        last_eval = evaluate(model, device, model_spec, specs, lengths[-1], cfg.eval_samples, cfg.batch_tokens)
+        _log(log_path, {"event": "eval", "step": step, "length": lengths[-1], "acc": last_eval,
+                        "mean_acc": sum(last_eval.values()) / len(last_eval), "wall_s": round(elapsed(), 2)})
+    wall = elapsed()
+    save_model(model, out, cfg.save_dtype)
+    tps = tokens_done / max(1e-9, wall)
+    from evalkit.cost import analytic_flops_per_token
+
+    # training FLOPs ≈ 3 × forward (backward is twice the forward), at the longest length
+    flops_tok = 3 * analytic_flops_per_token(ncfg, lengths[-1])
+    peak = PEAK_FLOPS.get(device.split(":")[0])
+    mfu = None if peak is None else flops_tok * tps / peak
+    result = TrainResult(out, step, stopped, last_eval, wall, tps, device, device_name,
+                         {"flops_per_token": flops_tok, "mfu": mfu, "lengths": lengths, "tokens": tokens_done})
+    _log(log_path, {"event": "end", "step": step, "stopped": stopped, "acc": last_eval, "wall_s": round(wall, 2),
+                    "tokens": tokens_done, "tokens_per_s": round(tps), "train_flops_per_token": flops_tok,
+                    "mfu": mfu, "device": device, "device_name": device_name})
+    write_card(out, model_spec, specs, cfg, result, command)
+    return result
+
+
+def _loss(model: Any, ids: Any, tgt: Any, all_token_weight: float) -> Any:
+    """CE on answer positions (+ all_token_weight × CE on every next token)."""
+    import torch.nn.functional as F
+
+    h = model.hidden(ids)  # (B, L, D)
+    mask = tgt.reshape(-1) != -100
+    hv = h.reshape(-1, h.shape[-1])
+    loss = F.cross_entropy(model.head(hv[mask]).float(), tgt.reshape(-1)[mask])
+    if all_token_weight > 0:
+        nxt = ids[:, 1:].reshape(-1)
+        lm = F.cross_entropy(model.head(h[:, :-1]).reshape(-1, model.cfg.vocab_size).float(), nxt)
+        loss = loss + all_token_weight * lm
+    return loss
+
+
+def save_model(model: Any, out: Path, dtype: str) -> None:
+    """config.json + model.safetensors in ``dtype`` (a bf16 copy leaves the trained model alone)."""
+    import copy
+
+    import torch
+
+    m = copy.deepcopy(model).to("cpu")
+    if dtype == "bfloat16":
+        m = m.to(torch.bfloat16)
+    m.save_pretrained(out)
+
+
+def _cfg_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _save_state(path: Path, model: Any, opt: Any, step: int, elapsed: float, tokens: int,
+                cfg: TrainConfig, ncfg: Any) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
+                "tokens": tokens, "torch_rng": torch.get_rng_state(), "train_config": _cfg_dict(cfg),
+                "model_config": ncfg.to_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+def _log(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows past the resumed step (they belong to the lost part of the run)."""
+    if not path.is_file():
+        return
+    rows = [r for r in read_log(path) if r.get("step", 0) <= step and r["event"] != "end"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _eval_steps(path: Path) -> set[int]:
+    return {r["step"] for r in read_log(path) if r["event"] == "eval"}
+
+
+def recipe_hash(model_spec: ModelSpec, specs: Sequence[TaskSpec], cfg: TrainConfig) -> str:
+    """Identity of architecture + training recipe (for caches of trained variants)."""
+    from evalkit.models.native_adapter import NativeAdapter
+
+    return stable_hash({"arch": NativeAdapter.config(model_spec).to_dict(), "train": _cfg_dict(cfg),
+                        "tasks": [s.to_dict() | {"path": None} for s in specs]})[:16]
+
+
+def write_card(out: Path, model_spec: ModelSpec, specs: Sequence[TaskSpec], cfg: TrainConfig,
+               r: TrainResult, command: str | None) -> None:
+    """A short model card: what was trained, how, on what, and how well (held-out)."""
+    from evalkit.models.native.lm import NativeLM
+
+    desc = NativeLM.from_pretrained(out).describe()
+    acc = "\n".join(f"| {k} | {r.extra['lengths'][-1]} | {v:.3f} |" for k, v in r.eval_acc.items())
+    mfu = "n/a (CPU)" if r.extra["mfu"] is None else f"{100 * r.extra['mfu']:.3g}% of {PEAK_FLOPS['cuda'] / 1e12:.0f} TFLOP/s bf16"
+    text = f"""# {model_spec.name}
+
+{model_spec.description}
+
+- architecture: {desc['layer_types']} (d_model {desc['d_model']}, d_state {desc['d_state']}, \
+{desc['params']:,} parameters, attention layers {desc['attn_layer_idx']})
+- trained with: `{command or '(python API)'}`
+- model spec: `{model_spec.path}`; task specs: {', '.join(f'`{s.path}`' for s in specs)}
+- recipe: {json.dumps(_cfg_dict(cfg))}
+- curriculum lengths: {r.extra['lengths']}
+- steps: {r.steps} of {cfg.steps} (stopped by: {r.stopped}); tokens: {r.extra['tokens']:,}
+- device: {r.device} ({r.device_name}); wall time {r.wall_s:.1f} s; {r.tokens_per_s:,.0f} tokens/s
+- model FLOP utilisation (3 × analytic forward FLOPs at the longest length × tokens/s): {mfu}
+- weights: `model.safetensors` ({cfg.save_dtype}); log: `train_log.jsonl`
+
+Held-out whole-answer accuracy (teacher-forced exact match, {cfg.eval_samples} samples per task, the
+samples `evalkit run` uses at that length; training samples come from a separate seed namespace):
+
+| task spec | length | accuracy |
+|---|---|---|
+{acc}
+"""
+    (out / CARD_FILE).write_text(text)
+
+
+# --------------------------------------------------------------------------- recipes
+RECIPE_FIELDS = ("model", "tasks", "out", "device", "train", "description")
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """A training recipe (``experiments/zoo/*.yaml``): ``model`` (spec), ``tasks`` (list of specs),
+    ``out`` (checkpoint dir), ``train`` (TrainConfig fields). Paths are relative to the repo root
+    (the working directory). Strict: unknown fields are an error naming the file."""
+    import yaml
+
+    p = Path(path)
+    try:
+        d = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise SpecError(f"{p}: cannot read recipe: {e}") from None
+    if not isinstance(d, dict) or "model" not in d or "tasks" not in d:
+        raise SpecError(f"{p}: a recipe needs the fields 'model' and 'tasks'")
+    bad = sorted(set(d) - set(RECIPE_FIELDS))
+    if bad:
+        raise SpecError(f"{p}: unknown field '{bad[0]}' (expected: {', '.join(RECIPE_FIELDS)})")
+    tr = d.get("train") or {}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    bad = sorted(set(tr) - names)
+    if bad:
+        raise SpecError(f"{p}: unknown field 'train.{bad[0]}' (expected: {', '.join(sorted(names))})")
+    return {"model": str(d["model"]), "tasks": [str(t) for t in d["tasks"]], "out": d.get("out"),
+            "device": d.get("device", "auto"), "train": tr}
+
+
+def make_config(values: dict[str, Any]) -> TrainConfig:
+    """TrainConfig from plain values (lists become tuples)."""
+    v = {k: tuple(x) if isinstance(x, list) else x for k, x in values.items()}
+    try:
+        cfg = TrainConfig(**v)
+    except TypeError as e:
+        raise TrainError(str(e)) from None
+    cfg.validate()
+    return cfg

@@ -1,0 +1,151 @@
+"""The trainer (evalkit/train.py): it learns, it is reproducible, it resumes, it logs, it refuses
+bad input. CPU, debug flavor, tiny lengths: each run takes seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write
+from evalkit.spec import load_model_spec, load_task_spec
+from evalkit.train import TrainConfig, TrainError, read_log, train, train_batch
+
+NEEDLE = """\
+task: needle
+lengths: [16]
+samples: 8
+seed: 0
+params: {depth: [0.0, 0.5, 1.0], key_len: 1, value_len: 1}
+"""
+
+
+@pytest.fixture
+def specs(tmp_path: Path) -> tuple:
+    m = write(tmp_path / "m.yaml", "name: dbg\nkind: native\narch: {flavor: debug, attention_fraction: 1.0}\n")
+    t = write(tmp_path / "needle16.yaml", NEEDLE)
+    return load_model_spec(str(m)), [load_task_spec(str(t))]
+
+
+def quick(**kw) -> TrainConfig:
+    base = dict(steps=6, batch_tokens=256, lr=1e-2, eval_every=3, eval_samples=8, save_every=2)
+    return TrainConfig(**{**base, **kw})
+
+
+def weights(d: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(d / "model.safetensors"))
+
+
+def test_debug_transformer_learns_needle_far_above_chance(specs, tmp_path):
+    """Chance is 1/128 (one value token); 100-200 steps reach 1.0 in practice."""
+    model, tasks = specs
+    r = train(model, tasks, TrainConfig(steps=300, batch_tokens=512, lr=1e-2, eval_every=50, eval_samples=64,
+                                        target_acc=0.98), tmp_path / "out", device="cpu")
+    assert r.eval_acc["needle16"] >= 0.9
+    assert r.stopped == "target_acc" and r.steps < 300
+    # the checkpoint loads through the native adapter (the `evalkit run` path)
+    from evalkit.models.native.lm import NativeLM
+
+    assert NativeLM.from_pretrained(tmp_path / "out").cfg.attention_fraction == 1.0
+
+
+def test_same_seed_same_weights_other_seed_other_weights(specs, tmp_path):
+    model, tasks = specs
+    a = train(model, tasks, quick(), tmp_path / "a", device="cpu").out_dir
+    b = train(model, tasks, quick(), tmp_path / "b", device="cpu").out_dir
+    c = train(model, tasks, quick(seed=1), tmp_path / "c", device="cpu").out_dir
+    wa, wb, wc = weights(a), weights(b), weights(c)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(specs, tmp_path):
+    model, tasks = specs
+    full = train(model, tasks, quick(), tmp_path / "full", device="cpu").out_dir
+    with pytest.raises(KeyboardInterrupt):
+        train(model, tasks, quick(), tmp_path / "cut", device="cpu", stop_after=3)
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    r = train(model, tasks, quick(), tmp_path / "cut", device="cpu", resume=True)
+    assert r.steps == 6
+    wf, wr = weights(full), weights(tmp_path / "cut")
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+    rows = read_log(tmp_path / "cut" / "train_log.jsonl")
+    assert [r["event"] for r in rows][:1] == ["start"] and "resume" in [r["event"] for r in rows]
+    evals = [r["step"] for r in rows if r["event"] == "eval"]
+    assert evals == [3, 6]  # no duplicate rows from the lost part of the run
+
+
+def test_resume_refuses_a_different_config(specs, tmp_path):
+    model, tasks = specs
+    with pytest.raises(KeyboardInterrupt):
+        train(model, tasks, quick(), tmp_path / "o", device="cpu", stop_after=2)
+    with pytest.raises(TrainError, match="different model or training config"):
+        train(model, tasks, quick(lr=1e-3), tmp_path / "o", device="cpu", resume=True)
+
+
+def test_log_card_and_bf16_checkpoint(specs, tmp_path):
+    model, tasks = specs
+    out = tmp_path / "o"
+    train(model, tasks, quick(save_dtype="bfloat16"), out, device="cpu", command="evalkit train x")
+    rows = read_log(out / "train_log.jsonl")
+    assert rows[0]["event"] == "start" and rows[0]["command"] == "evalkit train x"
+    assert rows[0]["device"] == "cpu" and rows[0]["lengths"] == [16]
+    train_rows = [r for r in rows if r["event"] == "train"]
+    assert train_rows and {"step", "loss", "lr", "tokens_per_s", "wall_s", "length", "task"} <= set(train_rows[0])
+    assert [r["step"] for r in rows if r["event"] == "eval"] == [3, 6]
+    assert all(0 <= r["acc"]["needle16"] <= 1 for r in rows if r["event"] == "eval")
+    end = rows[-1]
+    assert end["event"] == "end" and end["step"] == 6 and end["tokens"] == 6 * 16 * 16
+    assert weights(out)["embed.weight"].dtype == torch.bfloat16
+    from evalkit.models.native.lm import NativeLM
+
+    m = NativeLM.from_pretrained(out)  # bf16 file → fp32 model, values kept
+    assert m.embed.weight.dtype == torch.float32
+    assert torch.equal(m.embed.weight, weights(out)["embed.weight"].float())
+    card = (out / "card.md").read_text()
+    assert "evalkit train x" in card and "| needle16 | 16 |" in card
+
+
+def test_training_samples_are_not_the_evaluation_samples(specs):
+    from evalkit.runner import make_sample, plan, render
+
+    model, tasks = specs
+    cells = plan(tasks, [model])
+    held_out = {render(c, make_sample(c, i)).input_ids for c in cells for i in range(8)}
+    trained = {r.input_ids for s in range(20) for r in train_batch(tasks[0], 0, s, 16, 8)}
+    assert len(trained) == 160 and not trained & held_out
+
+
+def test_curriculum_grows_to_the_longest_length(tmp_path, specs):
+    model, _ = specs
+    t = write(tmp_path / "n.yaml", NEEDLE.replace("[16]", "[16, 32, 64]"))
+    r = train(model, [load_task_spec(str(t))], quick(steps=8, eval_every=8, curriculum=0.5), tmp_path / "o",
+              device="cpu")
+    rows = read_log(r.out_dir / "train_log.jsonl")
+    assert rows[0]["lengths"] == [16, 32, 64]
+    assert [x["length"] for x in rows if x["event"] == "eval"] == [64]
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--task", "no_such_task", "--steps", "2"], "unknown task"),
+    (["--task", "needle", "--steps", "0"], "--steps must be >= 1"),
+    ([], "no task given"),
+    (["--task", "needle", "--lr", "-1"], "--lr must be > 0"),
+])
+def test_bad_input_exits_2(cli, specs, tmp_path, args, msg):
+    code, out, err = cli("train", specs[0].path, *args, "--out", str(tmp_path / "o"), "--device", "cpu")
+    assert code == 2, (out, err)
+    assert msg in err
+    assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+def test_cli_trains_and_writes_checkpoint(cli, specs, tmp_path):
+    code, out, err = cli("train", specs[0].path, "--task", specs[1][0].path, "--steps", "4", "--batch-tokens",
+                         "128", "--out", str(tmp_path / "o"), "--device", "cpu", "--seed", "3")
+    assert code == 0, (out, err)
+    assert "trained dbg: 4 steps" in out
+    assert {"config.json", "model.safetensors", "train_log.jsonl", "card.md", "trainer_state.pt"} <= {
+        p.name for p in (tmp_path / "o").iterdir()}
