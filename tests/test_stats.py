@@ -17,7 +17,7 @@ def test_wilson_known_values():
 
 
 def test_wilson_contains_point_estimate_and_shrinks_with_n():
-    for k, n in [(1, 3), (5, 9), (50, 100)]:
+    for k, n in [(1, 3), (5, 9), (50, 100)] + [(n, n) for n in range(1, 200)] + [(0, n) for n in range(1, 200)]:
         lo, hi = wilson(k, n)
         assert lo <= k / n <= hi
     assert (wilson(500, 1000)[1] - wilson(500, 1000)[0]) < (wilson(5, 10)[1] - wilson(5, 10)[0])
