@@ -14,7 +14,8 @@ Rows have exactly the columns of the store's ``costs`` table (``store.COST_COLUM
 docs/schema.md). Statuses: ``ok``; ``too_long`` (over the model's ``max_context``, not tried);
 ``oom`` (out of memory — the model's feasible context on this device ends there; every longer
 length is recorded ``oom`` without being tried); ``error`` (anything else, with the reason; the
-sweep goes on). ``path`` is ``reference`` (the PyTorch mixers); a kernel path will add ``kernel``.
+sweep goes on). ``path`` is ``kernel`` when a Triton kernel ran during the
+measurement (see ``evalkit.kernels.dispatch``), else ``reference`` (the PyTorch mixers).
 
 Entry points: :func:`probe` (a loaded adapter or a bare ``NativeLM``), :func:`probe_into_store`
 (what ``evalkit run`` calls after a model's cells), :func:`scaling_exponent`.
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from evalkit.models.native.config import NativeConfig
 
 PATH_REFERENCE = "reference"
+PATH_KERNEL = "kernel"  # a Triton kernel ran (evalkit.kernels.dispatch counted a kernel call)
 STATE_DTYPE_BYTES = 2  # KV-cache / state bytes are reported at bf16, as describe() does
 DONE_STATUSES = ("ok", "oom", "too_long")  # a stored row with one of these is not re-probed
 
@@ -321,8 +323,13 @@ def probe(
             row.update(status="oom", error=f"not tried: out of memory at {oom_at} tokens already")
         else:
             try:
+                from evalkit.kernels.dispatch import kernel_calls
+
+                before = kernel_calls()
                 with torch.inference_mode():
                     row.update(_measure(t, L, device, repeats, batch, decode_tokens, seed))
+                if kernel_calls() > before:
+                    row["path"] = PATH_KERNEL
                 row["status"] = "ok"
             except (KeyboardInterrupt, SystemExit):
                 raise

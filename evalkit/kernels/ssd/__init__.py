@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from evalkit.kernels.dispatch import use_kernel
 from evalkit.kernels.ssd.ref import ssd_naive, ssd_ref
 
 __all__ = ["ssd", "ssd_naive", "ssd_ref"]
@@ -20,8 +21,16 @@ def ssd(
     initial_state: torch.Tensor | None = None,
     return_final_state: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Chunked SSD scan with the semantics of :func:`ssd_ref` (see there for shapes)."""
-    # The CUDA (Triton) kernel plugs in here: `if x.is_cuda: return triton.ssd(...)`.
+    """Chunked SSD scan with the semantics of :func:`ssd_ref` (see there for shapes).
+
+    Runs the Triton kernel (``triton.py``) on CUDA and the reference elsewhere; the environment
+    variable ``EVALKIT_KERNELS=auto|ref|triton`` forces either (see ``evalkit.kernels.dispatch``).
+    """
+    if use_kernel(x):
+        from evalkit.kernels.ssd import triton as _triton  # lazy: triton is heavy to import
+
+        return _triton.ssd(x, dt, A, B, C, chunk_size, D=D, initial_state=initial_state,
+                           return_final_state=return_final_state)
     return ssd_ref(
         x, dt, A, B, C, chunk_size, D=D, initial_state=initial_state,
         return_final_state=return_final_state,

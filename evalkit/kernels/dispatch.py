@@ -1,0 +1,55 @@
+"""Which implementation an op runs: the Triton kernel or the PyTorch reference.
+
+``EVALKIT_KERNELS`` (environment variable) picks, read at every call:
+
+- ``auto`` (default): the Triton kernel for CUDA tensors in float16 / bfloat16 / float32, the
+  reference otherwise (CPU, float64, or triton not importable);
+- ``ref``: always the reference;
+- ``triton``: the kernel wherever the dtype allows (also CPU tensors, which needs
+  ``TRITON_INTERPRET=1``); float64 still runs the reference (the kernels compute in float32).
+
+Each call is counted by path, so a caller (the cost probe) can say which path ran.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+ENV_VAR = "EVALKIT_KERNELS"
+MODES = ("auto", "ref", "triton")
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_calls = {"kernel": 0, "reference": 0}
+
+
+def mode() -> str:
+    """The current mode from ``EVALKIT_KERNELS`` (``auto`` when unset)."""
+    m = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if m not in MODES:
+        raise ValueError(f"{ENV_VAR}={m!r} is not one of {', '.join(MODES)}")
+    return m
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # noqa: BLE001  (any import failure means: no kernel path)
+        return False
+    return True
+
+
+def use_kernel(x: torch.Tensor) -> bool:
+    """Whether an op whose main input is ``x`` should run its Triton kernel; counts the call."""
+    m = mode()
+    kernel = (m != "ref" and x.dtype in KERNEL_DTYPES and triton_available()
+              and (m == "triton" or x.is_cuda))
+    _calls["kernel" if kernel else "reference"] += 1
+    return kernel
+
+
+def kernel_calls() -> int:
+    """How many op calls have run a Triton kernel so far in this process."""
+    return _calls["kernel"]

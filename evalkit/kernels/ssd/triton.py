@@ -1,0 +1,216 @@
+"""Triton SSD (Mamba-2) forward: two kernels, fp32 accumulation, any L, bf16/fp16/fp32 inputs.
+
+Same semantics and shapes as :func:`evalkit.kernels.ssd.ref.ssd_ref` (x: (B, L, H, P); dt: (B, L, H),
+already softplus-ed; A: (H,); B, C: (B, L, G, N); D: (H,); initial_state: (B, H, P, N)).
+
+1. ``_ssd_state_kernel`` — one program per (batch, head, P-block, N-block) walks the chunks in
+   order with its state block in registers: it stores the state *entering* each chunk (fp32) and
+   updates it with the chunk's decayed inputs, ``S ← exp(ΣΔA) S + (x·w)ᵀ B`` (one tensor-core dot
+   per chunk, w = Δ · exp(decay to the chunk end)), then stores the final state. This fuses
+   mamba_ssm's "chunk state" and "state passing" steps: the states are written once, not three
+   times.
+2. ``_ssd_out_kernel`` — one program per (batch, head, chunk, P-block), all independent:
+   ``y = ((C Bᵀ) ∘ exp(segsum ΔA) · Δ) x + exp(cumsum ΔA) · (C Sᵀ) + D x``.
+
+The chunk-local decays are recomputed in both kernels from dt (a cumsum of T numbers is cheaper
+than storing it). Backward: :class:`_SSDFn` recomputes through the PyTorch reference (no Triton
+backward yet; see kernels/NOTES.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from evalkit.kernels.ssd.ref import ssd_ref
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _ssd_state_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, h0_ptr, st_ptr, hT_ptr,
+    L, H, P, N, heads_per_group, n_chunks,
+    sxb, sxl, sxh, sxp, sdb, sdl, sdh, sbb, sbl, sbg, sbn,
+    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+    HAS_H0: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    b = pid_bh // H
+    h = pid_bh % H
+    g = h // heads_per_group
+    offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
+    offs_n = tl.program_id(2) * BN + tl.arange(0, BN)
+    offs_t = tl.arange(0, T)
+    mp, mn = offs_p < P, offs_n < N
+    A = tl.load(A_ptr + h).to(tl.float32)
+    # state tiles: (B, H, P, N) for h0 / final, (B, chunks, H, P, N) for the entering states
+    pn = offs_p[:, None] * N + offs_n[None, :]
+    mpn = mp[:, None] & mn[None, :]
+    if HAS_H0:
+        s = tl.load(h0_ptr + pid_bh * P * N + pn, mask=mpn, other=0.0).to(tl.float32)
+    else:
+        s = tl.zeros((BP, BN), dtype=tl.float32)
+    x_base = x_ptr + b * sxb + h * sxh
+    dt_base = dt_ptr + b * sdb + h * sdh
+    b_base = B_ptr + b * sbb + g * sbg
+    for c in range(n_chunks):
+        tl.store(st_ptr + ((b * n_chunks + c) * H + h) * P * N + pn, s, mask=mpn)
+        t = c * T + offs_t
+        mt = t < L
+        dt = tl.load(dt_base + t * sdl, mask=mt, other=0.0).to(tl.float32)  # (T,)
+        a = dt * A
+        cs = tl.cumsum(a, 0)
+        total = tl.sum(a, 0)
+        w = tl.exp(total - cs) * dt  # (T,) weight of each step in the chunk-end state
+        x = tl.load(x_base + t[:, None] * sxl + offs_p[None, :] * sxp,
+                    mask=mt[:, None] & mp[None, :], other=0.0)  # (T, BP)
+        bm = tl.load(b_base + t[:, None] * sbl + offs_n[None, :] * sbn,
+                     mask=mt[:, None] & mn[None, :], other=0.0)  # (T, BN)
+        xw = (x.to(tl.float32) * w[:, None]).to(x.dtype)
+        s = s * tl.exp(total) + tl.dot(tl.trans(xw), bm, input_precision=PREC)  # (BP, BN)
+    tl.store(hT_ptr + pid_bh * P * N + pn, s, mask=mpn)
+
+
+@triton.jit
+def _ssd_out_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, st_ptr, y_ptr,
+    L, H, P, N, heads_per_group, n_chunks,
+    sxb, sxl, sxh, sxp, sdb, sdl, sdh, sbb, sbl, sbg, sbn, scb, scl, scg, scn,
+    syb, syl, syh, syp,
+    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+    HAS_D: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    c = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    g = h // heads_per_group
+    offs_p = tl.program_id(2) * BP + tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    offs_t = tl.arange(0, T)
+    t = c * T + offs_t
+    mt, mp, mn = t < L, offs_p < P, offs_n < N
+    A = tl.load(A_ptr + h).to(tl.float32)
+    dt = tl.load(dt_ptr + b * sdb + h * sdh + t * sdl, mask=mt, other=0.0).to(tl.float32)
+    cs = tl.cumsum(dt * A, 0)  # (T,) chunk-local cumulative log decay
+
+    cm = tl.load(C_ptr + b * scb + g * scg + t[:, None] * scl + offs_n[None, :] * scn,
+                 mask=mt[:, None] & mn[None, :], other=0.0)  # (T, BN)
+    bm = tl.load(B_ptr + b * sbb + g * sbg + t[:, None] * sbl + offs_n[None, :] * sbn,
+                 mask=mt[:, None] & mn[None, :], other=0.0)  # (T, BN)
+    cb = tl.dot(cm, tl.trans(bm), input_precision=PREC)  # (T, T)
+    causal = offs_t[:, None] >= offs_t[None, :]
+    seg = tl.where(causal, cs[:, None] - cs[None, :], float("-inf"))
+    m = cb * tl.exp(seg) * dt[None, :]  # (T, T): decay-masked "attention" times Δ of the source
+
+    x = tl.load(x_ptr + b * sxb + h * sxh + t[:, None] * sxl + offs_p[None, :] * sxp,
+                mask=mt[:, None] & mp[None, :], other=0.0)  # (T, BP)
+    y = tl.dot(m.to(x.dtype), x, input_precision=PREC)  # (T, BP)
+
+    s = tl.load(st_ptr + ((b * n_chunks + c) * H + h) * P * N + offs_p[None, :] * N + offs_n[:, None],
+                mask=mp[None, :] & mn[:, None], other=0.0)  # (BN, BP): entering state, transposed
+    y += tl.dot(cm, s.to(cm.dtype), input_precision=PREC) * tl.exp(cs)[:, None]
+    if HAS_D:
+        y += x.to(tl.float32) * tl.load(D_ptr + h).to(tl.float32)
+    tl.store(y_ptr + b * syb + h * syh + t[:, None] * syl + offs_p[None, :] * syp,
+             y.to(y_ptr.dtype.element_ty), mask=mt[:, None] & mp[None, :])
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(n))
+
+
+def ssd_fwd(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    chunk_size: int, D: torch.Tensor | None = None, initial_state: torch.Tensor | None = None,
+    state_block_n: int | None = None, num_stages: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward only (no autograd). Returns y (B, L, H, P) in x's dtype and the final state
+    (B, H, P, N) in float32. ``chunk_size`` must be a power of two in [16, 256] (it changes
+    rounding only, not the result). ``state_block_n`` / ``num_stages``: tuning knobs for
+    kernels/bench.py."""
+    batch, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    T = chunk_size
+    n_chunks = max(1, triton.cdiv(L, T))
+    prec = "ieee" if x.dtype == torch.float32 else "tf32"
+    if B.dtype != x.dtype:
+        B = B.to(x.dtype)
+    if C.dtype != x.dtype:
+        C = C.to(x.dtype)
+    dev = x.device
+    states = torch.empty(batch, n_chunks, H, P, N, device=dev, dtype=torch.float32)
+    final = torch.empty(batch, H, P, N, device=dev, dtype=torch.float32)
+    y = torch.empty(batch, L, H, P, device=dev, dtype=x.dtype)
+    h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
+    BN_full = _pow2(N)
+    # P blocks of at least 32: with 16-wide P blocks the output kernel returned NaN on the H100
+    # (Triton 3.6; fine under the interpreter) — see kernels/NOTES.md.
+    BP_s = min(_pow2(P, 32), 64)
+    BN_s = min(BN_full, state_block_n or (64 if P <= 32 else 32))
+    stages = 1 if _INTERPRET else (num_stages or 2)
+    grid = (batch * H, triton.cdiv(P, BP_s), triton.cdiv(N, BN_s))
+    _ssd_state_kernel[grid](
+        x, dt, A, B, h0, states, final, L, H, P, N, H // G, n_chunks,
+        *x.stride(), *dt.stride(), *B.stride(),
+        T=T, BP=BP_s, BN=BN_s, HAS_H0=initial_state is not None, PREC=prec,
+        num_warps=4, num_stages=stages,
+    )
+    BP_o = min(_pow2(P, 32), 64)
+    grid = (batch * H, n_chunks, triton.cdiv(P, BP_o))
+    _ssd_out_kernel[grid](
+        x, dt, A, B, C, D if D is not None else A, states, y, L, H, P, N, H // G, n_chunks,
+        *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *y.stride(),
+        T=T, BP=BP_o, BN=BN_full, HAS_D=D is not None, PREC=prec,
+        num_warps=4 if T * BN_full <= 8192 else 8, num_stages=stages,
+    )
+    return y, final
+
+
+class _SSDFn(torch.autograd.Function):
+    """Triton forward; backward recomputes through the PyTorch reference (ssd_ref)."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, initial_state, chunk_size):  # type: ignore[override]
+        y, final = ssd_fwd(x, dt, A, B, C, chunk_size, D=D, initial_state=initial_state)
+        ctx.save_for_backward(x, dt, A, B, C, D, initial_state)
+        ctx.chunk_size = chunk_size
+        return y, final
+
+    @staticmethod
+    def backward(ctx, gy, gfinal):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        inputs = [t.detach().requires_grad_(t.requires_grad) if t is not None else None for t in saved]
+        x, dt, A, B, C, D, h0 = inputs
+        with torch.enable_grad():
+            y, final = ssd_ref(x, dt, A, B, C, ctx.chunk_size, D=D, initial_state=h0,
+                               return_final_state=True)
+            outs, grads_out = [], []
+            for o, go in ((y, gy), (final, gfinal)):
+                if go is not None:
+                    outs.append(o)
+                    grads_out.append(go)
+            need = [t for t in inputs if t is not None and t.requires_grad]
+            got = iter(torch.autograd.grad(outs, need, grads_out, allow_unused=True)) if need else iter(())
+        grads = [next(got) if t is not None and t.requires_grad else None for t in inputs]
+        return (*grads, None)
+
+
+def kernel_chunk_size(chunk_size: int) -> int:
+    """The chunk the kernel uses: the caller's if it is a power of two in [16, 256], else 64."""
+    ok = 16 <= chunk_size <= 256 and chunk_size & (chunk_size - 1) == 0
+    return chunk_size if ok else 64
+
+
+def ssd(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    chunk_size: int, D: torch.Tensor | None = None, initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Triton SSD with the semantics of :func:`ssd_ref`; differentiable (reference backward)."""
+    y, final = _SSDFn.apply(x, dt, A, B, C, D, initial_state, kernel_chunk_size(chunk_size))
+    return (y, final) if return_final_state else y
