@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 from evalkit.store import COST_COLUMNS, Store
 
 if TYPE_CHECKING:
-    import torch
 
     from evalkit.models.native.config import NativeConfig
 

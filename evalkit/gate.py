@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evalkit.errors import SpecError, StoreError
+from evalkit.errors import StoreError
 from evalkit.registry import did_you_mean
 from evalkit.spec import _check_keys, _Doc, _read
 from evalkit.stats import holm, mcnemar_exact, wilson

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import os
 import platform
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence

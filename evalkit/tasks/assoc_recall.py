@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evalkit.tasks.base import KEY_SPACE, Filler, Needle, Part, Query, Sample, Task, register_task
+from evalkit.tasks.base import Filler, Needle, Part, Query, Sample, Task, register_task
 
 PLACEMENTS = ("power_law", "uniform")
 
@@ -52,20 +52,10 @@ class AssocRecallTask(Task):
 
     def validate(self) -> None:
         p = self.params
-        if p.key_len < 1:
-            raise ValueError(f"key_len must be >= 1, got {p.key_len!r}")
-        if p.value_len < 1:
-            raise ValueError(f"value_len must be >= 1, got {p.value_len!r}")
-        if not 1 <= p.num_pairs <= KEY_SPACE**p.key_len:
-            raise ValueError(
-                f"num_pairs must be in [1, {KEY_SPACE**p.key_len}] (distinct keys of length "
-                f"{p.key_len}), got {p.num_pairs!r}"
-            )
-        if p.num_queries is not None and not 1 <= p.num_queries <= p.num_pairs:
-            raise ValueError(
-                f"num_queries must be in [1, num_pairs={p.num_pairs}] or null, "
-                f"got {p.num_queries!r}"
-            )
+        self.check_lengths()
+        self.check_key_count("num_pairs", p.num_pairs, p.key_len)
+        if p.num_queries is not None:
+            self.check_range("num_queries", p.num_queries, 1, p.num_pairs, " (at most num_pairs; or null)")
         if p.placement not in PLACEMENTS:
             raise ValueError(
                 f"placement must be one of {', '.join(PLACEMENTS)}, got {p.placement!r}"

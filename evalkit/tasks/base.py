@@ -119,6 +119,23 @@ class Task:
 
     # helpers for plugins -------------------------------------------------------------------
     @staticmethod
+    def check_range(field: str, value: float, lo: float, hi: float | None = None, note: str = "") -> None:
+        """Raise ValueError naming ``field`` unless ``lo <= value`` (and ``value <= hi``)."""
+        if value < lo or (hi is not None and value > hi):
+            want = f"in [{lo:g}, {hi:g}]" if hi is not None else f">= {lo:g}"
+            raise ValueError(f"{field} must be {want}{note}, got {value!r}")
+
+    def check_lengths(self) -> None:
+        """The ``key_len`` / ``value_len`` checks most plugins share."""
+        self.check_range("key_len", self.params.key_len, 1)
+        self.check_range("value_len", self.params.value_len, 1)
+
+    @staticmethod
+    def check_key_count(field: str, n: int, key_len: int) -> None:
+        """``n`` distinct keys of ``key_len`` ids must exist."""
+        Task.check_range(field, n, 1, KEY_SPACE**key_len, f" (distinct keys of length {key_len})")
+
+    @staticmethod
     def distinct_keys(rng: np.random.Generator, n: int, key_len: int) -> list[tuple[int, ...]]:
         """``n`` distinct keys of ``key_len`` ids each."""
         if n > KEY_SPACE**key_len:

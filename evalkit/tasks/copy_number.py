@@ -34,10 +34,8 @@ class CopyNumberTask(Task):
 
     def validate(self) -> None:
         p = self.params
-        if p.digits < 1:
-            raise ValueError(f"digits must be >= 1, got {p.digits!r}")
-        if not 0.0 <= p.position <= 1.0:
-            raise ValueError(f"position must be in [0, 1], got {p.position!r}")
+        self.check_range("digits", p.digits, 1)
+        self.check_range("position", p.position, 0.0, 1.0)
 
     def sample(self, context_length: int, rng: np.random.Generator, index: int) -> Sample:
         """Filler, the number, the rest of the filler, then the copy query."""

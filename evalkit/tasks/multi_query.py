@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evalkit.tasks.base import KEY_SPACE, Filler, Needle, Part, Query, Sample, Task, register_task
+from evalkit.tasks.base import Filler, Needle, Part, Query, Sample, Task, register_task
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,19 +37,9 @@ class MultiQueryTask(Task):
 
     def validate(self) -> None:
         p = self.params
-        if p.key_len < 1:
-            raise ValueError(f"key_len must be >= 1, got {p.key_len!r}")
-        if p.value_len < 1:
-            raise ValueError(f"value_len must be >= 1, got {p.value_len!r}")
-        if not 1 <= p.num_needles <= KEY_SPACE**p.key_len:
-            raise ValueError(
-                f"num_needles must be in [1, {KEY_SPACE**p.key_len}] (distinct keys of length "
-                f"{p.key_len}), got {p.num_needles!r}"
-            )
-        if not 1 <= p.num_queries <= p.num_needles:
-            raise ValueError(
-                f"num_queries must be in [1, num_needles={p.num_needles}], got {p.num_queries!r}"
-            )
+        self.check_lengths()
+        self.check_key_count("num_needles", p.num_needles, p.key_len)
+        self.check_range("num_queries", p.num_queries, 1, p.num_needles, " (at most num_needles)")
 
     def sample(self, context_length: int, rng: np.random.Generator, index: int) -> Sample:
         """Needles at sorted uniform depths with filler between, then the queries back to back."""

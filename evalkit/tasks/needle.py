@@ -36,19 +36,10 @@ class NeedleTask(Task):
 
     def validate(self) -> None:
         p = self.params
-        if not 0.0 <= p.depth <= 1.0:
-            raise ValueError(f"depth must be in [0, 1], got {p.depth!r}")
-        if p.key_len < 1:
-            raise ValueError(f"key_len must be >= 1, got {p.key_len!r}")
-        if p.value_len < 1:
-            raise ValueError(f"value_len must be >= 1, got {p.value_len!r}")
-        if p.distractors < 0:
-            raise ValueError(f"distractors must be >= 0, got {p.distractors!r}")
-        if p.distractors + 1 > KEY_SPACE**p.key_len:
-            raise ValueError(
-                f"distractors must be < {KEY_SPACE**p.key_len} (distinct keys of length "
-                f"{p.key_len}), got {p.distractors!r}"
-            )
+        self.check_range("depth", p.depth, 0.0, 1.0)
+        self.check_lengths()
+        self.check_range("distractors", p.distractors, 0, KEY_SPACE**p.key_len - 1,
+                         f" (distinct keys of length {p.key_len})")
 
     def sample(self, context_length: int, rng: np.random.Generator, index: int) -> Sample:
         """The needle (and distractors) sorted by depth with filler between, then the query.

@@ -95,12 +95,6 @@ class Mamba(Mixer):
             return y
         return y, (conv_tail(x, self.cfg.d_conv), ssm_state)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, return_state=False)
-
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, SSMState]:
-        return self._forward(x, return_state=True)
-
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
         state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         return (torch.zeros(batch, self.d_inner, self.cfg.d_conv - 1, device=device, dtype=dtype),

@@ -83,12 +83,6 @@ class Mamba2(Mixer):
             return y
         return y, (conv_tail(xBC_t, self.cfg.d_conv), ssm_state)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, return_state=False)
-
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, SSMState]:
-        return self._forward(x, return_state=True)
-
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
         state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         return (torch.zeros(batch, self.conv_dim, self.cfg.d_conv - 1, device=device, dtype=dtype),

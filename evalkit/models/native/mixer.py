@@ -36,10 +36,14 @@ class Mixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Parallel path. x: (B, L, D) → (B, L, D); differentiable."""
-        raise NotImplementedError
+        return self._forward(x, return_state=False)
 
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """Parallel path that also returns the recurrent state after the last token."""
+        return self._forward(x, return_state=True)
+
+    def _forward(self, x: torch.Tensor, return_state: bool) -> Any:
+        """The parallel path both of the above share: y, or (y, state) with ``return_state``."""
         raise NotImplementedError
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> Any:
