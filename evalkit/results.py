@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 MODEL_COLUMNS = ("attention_fraction", "attn_layer_idx", "params", "kv_bytes_per_token", "fixed_state_bytes")
 RECORD_FRAME_COLUMNS = (
     "run_id", "cell_key", "spec", "task", "model", "model_id", "model_kind", "random_weights", "format",
-    "context_length", "seed", "idx", "correct", "prediction", "answer", "prompt_hash", "target_hash",
+    "context_length", "seed", "idx", "correct", "prediction", "answer", "prompt_hash", "target_hash", "length",
 )
 
 
@@ -38,7 +38,8 @@ def records_frame(store: Store, cell_keys: list[str] | None = None) -> pd.DataFr
         flat = _flatten_cell(cell)
         for r in store.records(cell["cell_key"]):
             row = {**flat, "idx": r["idx"], "correct": bool(r["correct"]), "prediction": r["prediction"],
-                   "answer": r["answer"], "prompt_hash": r["prompt_hash"], "target_hash": r["target_hash"]}
+                   "answer": r["answer"], "prompt_hash": r["prompt_hash"], "target_hash": r["target_hash"],
+                   "length": r.get("length") or cell["context_length"]}  # achieved length (text may differ)
             row.update({f"{k}": v for k, v in (r["scores"] or {}).items()})
             rows.append(row)
     if not rows:

@@ -8,6 +8,9 @@ The cell key is defined here, once, for every later capability:
 
     sample_key = H(generator version, task name + version, resolved params, format, render options,
                    tokenizer identity, context length, seed)
+                 (tokens: render options = {filler}, tokenizer = None — unchanged since schema 1;
+                  text: render options = resolved text options + filler + the model's render
+                  options such as the chat template, tokenizer = hash of the tokenizer files)
     cell_key   = H(sample_key, model identity (config + weights hash), samples, scoring mode)
 
 Samples are a pure function of (sample_key, index), so every model sees the same samples.
@@ -24,7 +27,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,10 +37,14 @@ from evalkit.spec import ModelSpec, TaskSpec
 from evalkit.stats import bootstrap, wilson
 from evalkit.store import Record, Store, writer_lock
 from evalkit.tasks import FORMATS, TASKS
-from evalkit.tasks.base import Rendered, Sample, Task
+from evalkit.tasks.base import OverLengthError, Rendered, Sample, Task
+
+if TYPE_CHECKING:
+    from evalkit.scoring import Prediction
 
 GENERATOR_VERSION = 1  # bump when sample generation or rendering shared by all tasks changes
-TOKENS_PER_BATCH = 1 << 16
+TOKENS_PER_BATCH = 1 << 16  # first batch size of a cell: this many tokens (halved on CUDA OOM)
+GREEDY_EXTRA_TOKENS = 8  # text generations run this far past the answer (substring scoring)
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,12 @@ class Cell:
     scoring: str
     sample_key: str
     cell_key: str
+    render_opts: tuple[tuple[str, Any], ...] = ()  # format options (and over-length policy), sorted
+    tokenizer: str | None = None  # tokenizer identity of text cells
+
+    @property
+    def overlength(self) -> str:
+        return str(dict(self.render_opts).get("overlength", "error"))
 
     @property
     def label(self) -> str:
@@ -63,13 +76,25 @@ class Cell:
         return f"{self.spec.name}/{self.model.name} L={self.context_length}{' ' + axes if axes else ''}"
 
 
-def _sample_key(spec: TaskSpec, params: dict[str, Any], fmt: str, length: int, seed: int) -> str:
+def _sample_key(spec: TaskSpec, params: dict[str, Any], fmt: str, length: int, seed: int,
+                render: dict[str, Any] | None = None, tokenizer: str | None = None) -> str:
     task = TASKS.get(spec.task)
     return stable_hash({
         "generator": GENERATOR_VERSION, "task": spec.task, "task_version": task.version,
-        "params": params, "format": fmt, "render": {"filler": spec.filler}, "tokenizer": None,
+        "params": params, "format": fmt, "render": render or {"filler": spec.filler}, "tokenizer": tokenizer,
         "context_length": length, "seed": seed,
     })[:24]
+
+
+def _render_options(spec: TaskSpec, fmt: str, adapter: type[Adapter], model: ModelSpec) -> dict[str, Any]:
+    """What, besides the sample, decides the rendering: the tokens format's filler; the text
+    format's resolved options, over-length policy and the model's options (chat template)."""
+    if fmt != "text":
+        return {"filler": spec.filler}
+    from evalkit.tasks.text import resolve_text_options
+
+    return {"filler": spec.filler, **resolve_text_options(dict(spec.text), spec.filler),
+            **adapter.render_options(model)}
 
 
 def plan(
@@ -88,10 +113,15 @@ def plan(
         model_id = adapter.identity(model)
         limit = adapter.max_context(model)
         for spec in specs:
-            fmt = spec.format or adapter.formats[0]
-            if fmt not in adapter.formats:
+            accepted = adapter.accepted_formats(model)
+            fmt = spec.format or adapter.default_format(model)
+            if fmt not in accepted:
                 raise SpecError(f"{spec.path}: format '{fmt}' is not accepted by model '{model.name}' "
-                                f"(adapter '{model.kind}' takes: {', '.join(adapter.formats)})")
+                                f"(adapter '{model.kind}' takes: {', '.join(accepted)})")
+            tokenizer = adapter.tokenizer_identity(model) if fmt == "text" else None
+            if fmt == "text" and tokenizer is None:
+                raise SpecError(f"{spec.path}: format 'text' needs a tokenizer, and model '{model.name}' has none")
+            render_opts = _render_options(spec, fmt, adapter, model)
             for length in lengths or spec.lengths:
                 if limit is not None and length > limit:
                     raise ContextLengthError(
@@ -99,18 +129,22 @@ def plan(
                 s = spec.seed if seed is None else seed
                 n = spec.samples if samples is None else samples
                 for point in spec.points():
-                    skey = _sample_key(spec, point, fmt, length, s)
+                    if fmt == "text":
+                        skey = _sample_key(spec, point, fmt, length, s, render_opts, tokenizer)
+                    else:
+                        skey = _sample_key(spec, point, fmt, length, s)
                     ckey = stable_hash({"sample_key": skey, "model": model_id, "samples": n, "scoring": scoring})[:24]
                     axes = tuple((a, point[a]) for a, _ in spec.sweep)
                     cells.append(Cell(spec, model, model_id, tuple(sorted(point.items())), axes, length,
-                                      fmt, s, n, scoring, skey, ckey))
+                                      fmt, s, n, scoring, skey, ckey, tuple(sorted(render_opts.items())), tokenizer))
     _check_lengths_fit(cells)
     return cells
 
 
 def _check_lengths_fit(cells: Sequence[Cell]) -> None:
     """Render sample 0 of each distinct sample key: a length too short for the task fails here,
-    before any model runs."""
+    before any model runs (unless the spec's over-length policy is ``skip``: then too-long
+    samples are counted as skipped at run time)."""
     seen: set[str] = set()
     for c in cells:
         if c.sample_key in seen:
@@ -118,6 +152,10 @@ def _check_lengths_fit(cells: Sequence[Cell]) -> None:
         seen.add(c.sample_key)
         try:
             render(c, make_sample(c, 0))
+        except OverLengthError as e:
+            if c.overlength != "skip":
+                raise ContextLengthError(f"{c.spec.path}: {c.label}: {e} (or set text: {{overlength: skip}} "
+                                         "to count such samples as skipped)") from None
         except ValueError as e:
             raise ContextLengthError(f"{c.spec.path}: {c.label}: {e}") from None
 
@@ -130,12 +168,30 @@ def make_sample(cell: Cell, index: int) -> Sample:
 
 
 def render(cell: Cell, sample: Sample) -> Rendered:
-    r = FORMATS.get(cell.format)(sample, cell.context_length, filler=cell.spec.filler)
-    assert r.context_length == cell.context_length
+    """A sample of ``cell`` in its format: exactly ``context_length`` tokens for ``tokens``; for
+    ``text`` at most that many (exact unless the tokenizer lacks short words; see text.py)."""
+    opts = {k: v for k, v in cell.render_opts if k != "overlength"} or {"filler": cell.spec.filler}
+    if cell.format == "text":
+        opts["tokenizer"] = ADAPTERS.get(cell.model.kind).load_tokenizer(cell.model)
+    r = FORMATS.get(cell.format)(sample, cell.context_length, **opts)
+    exact = r.context_length == cell.context_length
+    assert exact or (cell.format != "tokens" and r.context_length < cell.context_length)
     return r
 
 
+def readable(cell: Cell) -> Callable[[Sequence[int]], str]:
+    """ids → readable text for records: the tokenizer's decoding for text, token names for tokens."""
+    if cell.format == "text":
+        from evalkit.tasks.text import decoder
+
+        return decoder(ADAPTERS.get(cell.model.kind).load_tokenizer(cell.model))
+    from evalkit.tasks.tokens import decode_tokens
+
+    return lambda ids: decode_tokens(list(ids))
+
+
 def decode(fmt: str, ids: Sequence[int]) -> str:
+    """Token names of a ``tokens`` rendering (kept for callers outside the runner)."""
     from evalkit.tasks.tokens import decode_tokens
 
     return decode_tokens(list(ids))
@@ -339,20 +395,45 @@ def _run_cell(store: Store, adapter: Adapter, info: dict[str, Any], c: Cell, dev
 
     t0 = time.perf_counter()
     task_cls = TASKS.get(c.spec.task)
-    rendered = [render(c, make_sample(c, i)) for i in range(c.n_samples)]
-    predict = predict_teacher_forced if c.scoring == "teacher_forced" else predict_greedy
-    bs = max(1, min(len(rendered), TOKENS_PER_BATCH // c.context_length))
+    rendered: list[tuple[int, Rendered]] = []
+    for i in range(c.n_samples):
+        try:
+            rendered.append((i, render(c, make_sample(c, i))))
+        except OverLengthError:
+            if c.overlength != "skip":
+                raise
+    skipped = c.n_samples - len(rendered)
+    if not rendered:
+        raise OverLengthError(f"all {c.n_samples} samples are longer than {c.context_length} tokens "
+                              "without any haystack (text: {overlength: skip})")
+    if progress and skipped:
+        progress(skipped)
+    text = readable(c)
+    if c.scoring == "teacher_forced":
+        predict = predict_teacher_forced
+    else:
+        limit = type(adapter).max_context(adapter.spec)
+        extra = GREEDY_EXTRA_TOKENS if limit is None else max(0, min(GREEDY_EXTRA_TOKENS, limit - c.context_length))
+        detok = text if c.format == "text" else None
+
+        def predict(a: Adapter, b: Sequence[Rendered]) -> list[Prediction]:
+            return predict_greedy(a, b, detok, extra)
+    sizing = {"bs": max(1, min(len(rendered), TOKENS_PER_BATCH // c.context_length))}
     records: list[Record] = []
-    for start in range(0, len(rendered), bs):
-        batch = rendered[start : start + bs]
-        for i, (r, p) in enumerate(zip(batch, predict(adapter, batch)), start=start):
+    start = 0
+    while start < len(rendered):
+        batch = rendered[start : start + sizing["bs"]]
+        preds = predict_with_backoff(predict, adapter, [r for _, r in batch], sizing)
+        for (i, r), p in zip(batch, preds):
             correct, scores = score(r, p, task_cls.secondary)
             records.append(Record(
                 idx=i, prompt_hash=_h(r.input_ids[: r.prompt_len]), target_hash=_h(sum(_expected(r), ())),
-                prompt=decode(c.format, r.input_ids[: r.prompt_len]),
-                prediction=" | ".join(decode(c.format, a) for a in p.answers),
-                answer=" | ".join(decode(c.format, a) for a in _expected(r)), correct=correct, scores=scores,
+                prompt=r.summary or text(r.input_ids[: r.prompt_len]),
+                prediction=" | ".join(p.texts if p.texts is not None else (text(a) for a in p.answers)),
+                answer=" | ".join(text(a) for a in _expected(r)), correct=correct, scores=scores,
+                length=r.context_length if c.format != "tokens" else None,
             ))
+        start += len(batch)
         if progress:
             progress(len(batch))
     wall = time.perf_counter() - t0
@@ -363,11 +444,40 @@ def _run_cell(store: Store, adapter: Adapter, info: dict[str, Any], c: Cell, dev
         vals = [r.scores[name] for r in records]
         blo, bhi = bootstrap(vals, seed=c.seed)
         metrics[name] = {"mean": float(np.mean(vals)), "ci_low": blo, "ci_high": bhi, "teacher_forced": True}
+    tokens = sum(r.length or c.context_length for r in records)
     row = _cell_row(c, result.run_id, "complete", device, n_correct=n_ok, accuracy=n_ok / len(records),
                     ci_low=lo, ci_high=hi, metrics=metrics, model_info=info, wall_s=wall,
-                    tokens_per_s=len(records) * c.context_length / wall if wall > 0 else None)
+                    tokens_per_s=tokens / wall if wall > 0 else None, n_skipped=skipped)
     store.write_cell(row, records)
     result.ran.append(c.cell_key)
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+
+
+def predict_with_backoff(predict: Callable[[Adapter, Sequence[Rendered]], list[Prediction]], adapter: Adapter,
+                         batch: Sequence[Rendered], sizing: dict[str, int]) -> list[Prediction]:
+    """``predict`` on ``batch``; on out-of-memory, free the cache, halve the batch (and
+    ``sizing["bs"]``, so the cell's later batches start smaller) and retry. A single sample that
+    does not fit raises: the cell fails with the OOM, the run goes on."""
+    try:
+        return predict(adapter, batch)
+    except Exception as e:  # re-raised unless it is an OOM we can split
+        if not _is_oom(e) or len(batch) == 1:
+            raise
+    import torch  # outside the except block: its traceback no longer pins the failed batch's tensors
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    half = (len(batch) + 1) // 2
+    sizing["bs"] = min(sizing["bs"], half)
+    return (predict_with_backoff(predict, adapter, batch[:half], sizing)
+            + predict_with_backoff(predict, adapter, batch[half:], sizing))
 
 
 def _expected(r: Rendered) -> tuple[tuple[int, ...], ...]:

@@ -6,6 +6,10 @@ Task spec (``tasks/needle.yaml``)::
     name: needle            # optional; defaults to the file's stem
     format: tokens          # optional; default: the adapter's default format
     filler: random          # haystack kind of the tokens format: random | repeat | constant
+    text:                   # options of the text format (docs/text-format.md); all optional
+      haystack: auto        # auto (from filler) | noise | words | constant
+      values: numbers       # numbers | uuids | words
+      overlength: error     # error | skip (counted) when the fixed text alone is too long
     lengths: [256, 1024]    # context lengths (tokens of the rendered sequence)
     samples: 20             # samples per cell
     seed: 0
@@ -19,6 +23,10 @@ Model spec (``models/hybrid.yaml``)::
     arch: {flavor: small, ssm: mamba2, attention_fraction: 0.25}
     checkpoint: null        # path (relative to the spec) to a directory or .safetensors file
     init_seed: 0            # seeds the random init when there is no checkpoint
+    options: {}             # adapter options, e.g. for kind: hf {dtype: bfloat16, chat_template: true}
+
+``--models hf:PATH`` (or a checkpoint directory whose config.json has a ``model_type``) is a
+``kind: hf`` spec of that transformers checkpoint.
 """
 
 from __future__ import annotations
@@ -160,6 +168,7 @@ class TaskSpec:
     seed: int
     params: tuple[tuple[str, Any], ...]  # fixed (non-swept) params, sorted
     sweep: tuple[tuple[str, tuple[Any, ...]], ...]  # axis → values, in Params order
+    text: tuple[tuple[str, Any], ...] = ()  # text-format options as given (evalkit.tasks.text)
 
     def points(self) -> list[dict[str, Any]]:
         """Every combination of swept axis values, merged with the fixed params."""
@@ -173,10 +182,11 @@ class TaskSpec:
         d = dataclasses.asdict(self)
         d["params"] = dict(self.params)
         d["sweep"] = {k: list(v) for k, v in self.sweep}
+        d["text"] = dict(self.text)
         return d
 
 
-_TASK_FIELDS = ("task", "name", "format", "filler", "lengths", "samples", "seed", "params", "description")
+_TASK_FIELDS = ("task", "name", "format", "filler", "text", "lengths", "samples", "seed", "params", "description")
 
 
 def load_task_spec(ref: str | Path) -> TaskSpec:
@@ -214,9 +224,20 @@ def load_task_spec(ref: str | Path) -> TaskSpec:
     if not isinstance(params, dict):
         raise doc.error(("params",), f"expected a mapping of {task_name} parameters, got {params!r}")
     fixed, sweep = _task_params(doc, cls, params)
+    text = d.get("text") or {}
+    if not isinstance(text, dict):
+        raise doc.error(("text",), f"expected a mapping of text-format options, got {text!r}")
+    from evalkit.tasks.text import TEXT_OPTIONS, check_text_options
+
+    for key, value in text.items():
+        try:
+            check_text_options({key: value})
+        except ValueError as e:
+            raise doc.error(("text", key) if key in TEXT_OPTIONS else ("text",), str(e)) from None
     return TaskSpec(
         name=str(d.get("name", path.stem)), task=task_name, path=str(path), format=fmt, filler=filler,
         lengths=tuple(sorted(set(lengths))), samples=samples, seed=seed, params=fixed, sweep=sweep,
+        text=tuple(sorted(text.items())),
     )
 
 
@@ -286,21 +307,29 @@ class ModelSpec:
     checkpoint: str | None  # absolute path, or None for random init
     init_seed: int
     description: str = ""
+    options: tuple[tuple[str, Any], ...] = ()  # adapter options (validated by the adapter)
 
     def arch_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dict(self.arch)))
 
+    def options_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dict(self.options)))
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["arch"] = self.arch_dict()
+        d["options"] = self.options_dict()
         return d
 
 
-_MODEL_FIELDS = ("name", "kind", "arch", "checkpoint", "init_seed", "description")
+_MODEL_FIELDS = ("name", "kind", "arch", "checkpoint", "init_seed", "options", "description")
 
 
 def load_model_spec(ref: str) -> ModelSpec:
-    """Resolve a model reference: a built-in name, a spec path, or a checkpoint directory."""
+    """Resolve a model reference: a built-in name, a spec path, a checkpoint directory, or
+    ``hf:PATH`` (a transformers checkpoint directory)."""
+    if ref.startswith("hf:"):
+        return hf_spec(ref[3:])
     p = Path(ref)
     if p.is_dir():
         return _checkpoint_dir_spec(p)
@@ -329,9 +358,18 @@ def load_model_spec(ref: str) -> ModelSpec:
             raise doc.error(("checkpoint",), f"checkpoint '{cpath}' does not exist")
         ckpt = str(cpath)
     init_seed = _typed(doc, ("init_seed",), d.get("init_seed", 0), int, "an integer")
+    options = d.get("options") or {}
+    if not isinstance(options, dict):
+        raise doc.error(("options",), f"expected a mapping of adapter options, got {options!r}")
+    try:
+        ADAPTERS.get(kind).validate_options(options)
+    except ValueError as e:
+        field = _field_in_message(str(e), options)
+        raise doc.error(("options", field) if field else ("options",), str(e)) from None
     return ModelSpec(
         name=str(d.get("name", path.stem)), kind=kind, path=str(path), arch=tuple(sorted(arch.items())),
         checkpoint=ckpt, init_seed=init_seed, description=str(d.get("description", "")),
+        options=tuple(sorted(options.items())),
     )
 
 
@@ -352,6 +390,8 @@ def _checkpoint_dir_spec(p: Path) -> ModelSpec:
         arch = json.loads(cfg.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise SpecError(f"{cfg}: unreadable checkpoint config: {e}") from None
+    if isinstance(arch, dict) and "model_type" in arch:  # a transformers checkpoint
+        return hf_spec(str(p))
     from evalkit.models import ADAPTERS
 
     try:
@@ -360,3 +400,15 @@ def _checkpoint_dir_spec(p: Path) -> ModelSpec:
         raise SpecError(f"{cfg}: {e}") from None
     return ModelSpec(name=p.name, kind="native", path=str(p), arch=tuple(sorted(arch.items())),
                      checkpoint=str(p.resolve()), init_seed=0)
+
+
+def hf_spec(path: str) -> ModelSpec:
+    """The ``kind: hf`` spec of a transformers checkpoint directory (``--models hf:PATH``); the
+    adapter's ``check`` says what is missing from it."""
+    p = Path(path).expanduser()
+    if not path or not p.exists():
+        raise SpecError(f"hf:{path}: no such checkpoint directory")
+    if not p.is_dir():
+        raise SpecError(f"hf:{path}: expected a checkpoint directory (config.json, weights, tokenizer), got a file")
+    p = p.resolve()
+    return ModelSpec(name=p.name, kind="hf", path=None, arch=(), checkpoint=str(p), init_seed=0)

@@ -304,7 +304,7 @@ def train(
     state_path = out / STATE_FILE
     log_path = out / LOG_FILE
     if resume and state_path.is_file():
-        st = torch.load(state_path, map_location=device, weights_only=False)
+        st = _load_state(state_path, device)
         if st["train_config"] != _cfg_dict(cfg) or st["model_config"] != ncfg.to_dict():
             raise TrainError(f"{state_path}: saved state is from a different model or training config; "
                              "use another --out or drop --resume")
@@ -453,6 +453,27 @@ def _save_state(path: Path, model: Any, opt: Any, step: int, elapsed: float, tok
     os.replace(tmp, path)
 
 
+_STATE_KEYS = ("model", "optimizer", "step", "elapsed", "tokens", "torch_rng", "train_config", "model_config")
+
+
+def _load_state(path: Path, device: str) -> dict[str, Any]:
+    """Read trainer_state.pt; a torn or foreign file is a TrainError naming it, never a traceback
+    (``_save_state`` renames whole files into place, but a disk or a copy can still tear one)."""
+    import torch
+
+    try:
+        st = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # torch raises EOFError, RuntimeError, UnpicklingError, ... for bad files
+        why = (str(e).splitlines() or [""])[0].split(". ")[0] or type(e).__name__
+        raise TrainError(f"{path}: unreadable trainer state ({why}); delete it to start over, "
+                         "or use another --out") from None
+    missing = [k for k in _STATE_KEYS if not isinstance(st, dict) or k not in st]
+    if missing:
+        raise TrainError(f"{path}: not an evalkit trainer state (no '{missing[0]}'); delete it to start over, "
+                         "or use another --out")
+    return st
+
+
 def _log(path: Path, row: dict[str, Any]) -> None:
     with path.open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -467,7 +488,9 @@ def _truncate_log(path: Path, step: int) -> None:
     if not path.is_file():
         return
     rows = [r for r in read_log(path) if r.get("step", 0) <= step and r["event"] != "end"]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp = path.with_suffix(".tmp")  # renamed into place: a kill here never tears the log
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
 
 
 def _eval_steps(path: Path) -> set[int]:

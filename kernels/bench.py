@@ -1,14 +1,18 @@
-"""Kernel benchmark: check, measure the ceilings, time. One run on a GPU does all three.
+"""Kernel benchmark: check, measure the ceilings, time. One run on a GPU does all of it.
 
     PYTHONPATH=. python kernels/bench.py [--quick] [--out DIR]
 
-1. checks every Triton kernel against its PyTorch reference on this GPU (forward and backward,
-   bf16 and fp32, fresh random inputs, odd lengths): the Hopper backward-miscompile warning in
-   GPU-NOTES.md is why this runs on the device itself;
+1. checks every Triton kernel against its PyTorch reference on this GPU — forward, the Triton
+   backward (every input's gradient) and the decode step, bf16 and fp32, fresh random inputs, odd
+   lengths (the Hopper backward-miscompile warning in GPU-NOTES.md is why this runs on the device
+   itself) — and native models' logits with kernels vs references;
 2. measures the ceilings: device-to-device copy bandwidth, bf16 matmul rate, exp2 rate;
-3. times each kernel vs length at the issue's shapes against the reference and the roofline floor
-   (max of bytes ÷ bandwidth, FLOPs ÷ matmul rate, exps ÷ exp2 rate) and, where installed,
-   flash-linear-attention's chunk_simple_gla; then a native-model forward, kernels vs reference.
+3. times, at the issue's shapes: each forward vs length against the reference and the roofline
+   floor (max of bytes ÷ bandwidth, FLOPs ÷ matmul rate, exps ÷ exp2 rate), with a sweep of the
+   selective-scan variants and flash-linear-attention's chunk_simple_gla where installed; the
+   backward (ratio to the forward); the decode step; the prefill crossover of Mamba / Mamba-2
+   layers vs an attention layer (SDPA) at equal width; training tokens/s of zoo models with
+   kernels vs references.
 
 Times are medians of triton.testing.do_bench (CUDA events, warm-up excluded).
 """
@@ -26,10 +30,13 @@ import triton
 import triton.language as tl
 from triton.testing import do_bench
 
-from evalkit.kernels.selective_scan import selective_scan_ref
+from evalkit.kernels.selective_scan import selective_scan_ref, selective_scan_step_ref
 from evalkit.kernels.selective_scan import triton as ss_triton
-from evalkit.kernels.ssd import ssd_ref
+from evalkit.kernels.selective_scan import triton_bwd as ss_bwd
+from evalkit.kernels.selective_scan import triton_step as ss_step
+from evalkit.kernels.ssd import ssd_ref, ssd_step_ref
 from evalkit.kernels.ssd import triton as ssd_triton
+from evalkit.kernels.ssd import triton_step as ssd_step
 
 DEV = "cuda"
 LINES: list[str] = []
@@ -110,13 +117,20 @@ def ssd_inputs(b, L, h, p, n, dtype, seed, grad=False):
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 
 
+def _row(op, shape, dtype, ey, eh, eg, good):
+    say(f"| {op} | {shape} | {str(dtype)[6:]} | {ey:.1e} | {eh:.1e} | {eg:.1e} | {'ok' if good else 'FAIL'} |")
+
+
 def check_all() -> bool:
+    """Forward (both selective-scan variants), Triton backward and decode step vs the references."""
     ok = True
-    say("## checks on this GPU (rel = ‖kernel − reference‖ / ‖reference‖, reference in fp32)")
+    say("## checks on this GPU (rel = ‖kernel − reference‖ / ‖reference‖, reference in fp32; "
+        "grads: worst input, Triton backward)")
     say("| op | shape | dtype | y | final state | grads (worst) | pass |")
     say("|---|---|---|---|---|---|---|")
     for dtype in (torch.float32, torch.bfloat16):
-        for (b, d, L, n) in [(2, 96, 1000, 16), (1, 300, 4099, 16), (2, 64, 63, 8)]:
+        tol = TOL[dtype]
+        for (b, d, L, n) in [(2, 96, 1000, 16), (1, 300, 4099, 16), (2, 64, 63, 8), (1, 4096, 2000, 16)]:
             t = ss_inputs(b, d, L, n, dtype, seed=L + d, grad=True)
             h0 = torch.randn(b, d, n, device=DEV, requires_grad=True)
             args = {**t, "initial_state": h0}
@@ -128,10 +142,16 @@ def check_all() -> bool:
             gr = torch.autograd.grad((yr * wy).sum() + (hr * wh).sum(), list(f.values()))
             eg = max(rel(a, r) for a, r in zip(gk, gr))
             ey, eh = rel(y, yr), rel(hT, hr)
-            good = ey < TOL[dtype] and eh < TOL[dtype] and eg < 5 * TOL[dtype]
+            good = ey < tol and eh < tol and eg < 5 * tol
             ok &= good
-            say(f"| selective_scan | B{b}-D{d}-L{L}-N{n} | {str(dtype)[6:]} | {ey:.1e} | {eh:.1e} "
-                f"| {eg:.1e} | {'ok' if good else 'FAIL'} |")
+            _row("selective_scan", f"B{b}-D{d}-L{L}-N{n}", dtype, ey, eh, eg, good)
+            with torch.no_grad():  # the step-by-step variant, forward only
+                ys, hs, _ = ss_triton.selective_scan_fwd(**{k: v.detach() for k, v in args.items()},
+                                                         variant="seq", chunk=16, block_d=16)
+            ey, eh = rel(ys, yr), rel(hs, hr)
+            good = ey < tol and eh < tol
+            ok &= good
+            _row("selective_scan seq", f"B{b}-D{d}-L{L}-N{n}", dtype, ey, eh, 0.0, good)
         for (b, L, h, p, n, T) in [(2, 1000, 4, 64, 128, 64), (1, 4099, 16, 64, 128, 64),
                                    (2, 63, 3, 32, 64, 32), (1, 1000, 4, 64, 128, 128),
                                    (1, 1000, 2, 16, 32, 128), (2, 77, 3, 5, 6, 32)]:
@@ -146,10 +166,35 @@ def check_all() -> bool:
             gr = torch.autograd.grad((yr * wy).sum() + (hr * wh).sum(), list(f.values()))
             eg = max(rel(a, r) for a, r in zip(gk, gr))
             ey, eh = rel(y, yr), rel(hT, hr)
-            good = ey < TOL[dtype] and eh < TOL[dtype] and eg < 5 * TOL[dtype]
+            good = ey < tol and eh < tol and eg < 5 * tol
             ok &= good
-            say(f"| ssd | B{b}-L{L}-H{h}-P{p}-N{n}-T{T} | {str(dtype)[6:]} | {ey:.1e} | {eh:.1e} "
-                f"| {eg:.1e} | {'ok' if good else 'FAIL'} |")
+            _row("ssd", f"B{b}-L{L}-H{h}-P{p}-N{n}-T{T}", dtype, ey, eh, eg, good)
+        # decode steps: one token from a random state (y and the new state)
+        for (b, d, n) in [(1, 4096, 16), (3, 100, 16), (2, 64, 5)]:
+            g = torch.Generator(device=DEV).manual_seed(d)
+            r = lambda *s: torch.randn(*s, generator=g, device=DEV)  # noqa: E731
+            st = r(b, d, n)
+            kw = dict(u=r(b, d).to(dtype), delta=(r(b, d) - 1).to(dtype), A=-r(d, n).abs() - 0.1,
+                      B=r(b, n).to(dtype), C=r(b, n).to(dtype), D=r(d), z=r(b, d).to(dtype), delta_bias=r(d))
+            y, hn = ss_step.selective_scan_step(st, **kw)
+            yr, hr = selective_scan_step_ref(st, **{k: v.float() for k, v in kw.items()})
+            ey, eh = rel(y, yr), rel(hn, hr)
+            good = ey < tol and eh < 1e-5
+            ok &= good
+            _row("selective_scan step", f"B{b}-D{d}-N{n}", dtype, ey, eh, 0.0, good)
+        for (b, h, p, n, gr_) in [(1, 64, 64, 128, 1), (3, 6, 5, 6, 2), (2, 4, 16, 32, 1)]:
+            g = torch.Generator(device=DEV).manual_seed(h * p)
+            r = lambda *s: torch.randn(*s, generator=g, device=DEV)  # noqa: E731
+            st = r(b, h, p, n)
+            kw = dict(x=r(b, h, p).to(dtype), dt=(r(b, h) - 1).to(dtype), A=-r(h).abs() - 0.1,
+                      B=r(b, gr_, n).to(dtype), C=r(b, gr_, n).to(dtype), D=r(h), z=r(b, h, p).to(dtype),
+                      dt_bias=r(h))
+            y, sn = ssd_step.ssd_step(st, **kw, dt_softplus=True)
+            yr, sr = ssd_step_ref(st, **{k: v.float() for k, v in kw.items()}, dt_softplus=True)
+            ey, eh = rel(y, yr), rel(sn, sr)
+            good = ey < tol and eh < 1e-5
+            ok &= good
+            _row("ssd step", f"B{b}-H{h}-P{p}-N{n}-G{gr_}", dtype, ey, eh, 0.0, good)
     say()
     return ok
 
@@ -171,23 +216,59 @@ def fmt(x: float | None) -> str:
     return "–" if x is None else (f"{x:.3f}" if x < 10 else f"{x:.1f}")
 
 
-def bench_selective_scan(ceil, lengths, rows):
+def ss_floor(ceil, L, d=4096, n=16) -> tuple[float, float, float]:
+    """selective_scan forward floor in ms: (max, bytes term, exps term)."""
+    byts = (4 * d * L + 2 * n * L) * 2  # u, Δ, z read, y written; B, C read (bf16)
+    f_b, f_e = byts / ceil["copy_Bps"] * 1e3, L * d * n / ceil["exp2_per_s"] * 1e3
+    return max(f_b, f_e), f_b, f_e
+
+
+# (variant, chunk T, channels per program, warps) tried at L = 16k; the best runs the length sweep
+SS_VARIANTS = [("scan", 32, 8, 4), ("scan", 16, 8, 4), ("seq", 16, 8, 4), ("seq", 16, 16, 4),
+               ("seq", 16, 32, 4), ("seq", 32, 32, 4), ("seq", 16, 64, 4), ("seq", 16, 32, 8),
+               ("seq", 8, 16, 2), ("seq", 16, 128, 4)]
+
+
+def bench_selective_scan(ceil, lengths, rows) -> dict:
     d, n = 4096, 16
-    say("## selective_scan forward, batch 1, d_inner 4096, state 16, bf16")
-    say("| L | kernel ms | reference ms | speed-up | floor ms (bytes / exps) | kernel ÷ floor |")
-    say("|---|---|---|---|---|---|")
+    say("## selective_scan forward variants, batch 1, d_inner 4096, state 16, L 16384, bf16")
+    say("| variant | T | channels/program | warps | ms | ÷ floor | rel. error vs scan default |")
+    say("|---|---|---|---|---|---|---|")
+    L = 16384
+    t = ss_inputs(1, d, L, n, torch.bfloat16, seed=L)
+    base = ss_triton.selective_scan_fwd(**t)[0]
+    floor = ss_floor(ceil, L)[0]
+    best, best_ms = None, float("inf")
+    for var, T, bd, nw in SS_VARIANTS:
+        kw = dict(variant=var, chunk=T, block_d=bd, num_warps=nw)
+        try:
+            err = rel(ss_triton.selective_scan_fwd(**t, **kw)[0], base)
+            k = ms(lambda: ss_triton.selective_scan_fwd(**t, **kw), rep=100)
+        except Exception as e:  # noqa: BLE001  (a config that does not compile is reported, not fatal)
+            say(f"| {var} | {T} | {bd} | {nw} | failed: {type(e).__name__} | | |")
+            continue
+        say(f"| {var} | {T} | {bd} | {nw} | {fmt(k)} | {k / floor:.2f} | {err:.1e} |")
+        rows.append(dict(op="selective_scan_variant", L=L, variant=var, T=T, BD=bd, warps=nw, kernel_ms=k, rel=err))
+        if err < 2e-2 and k < best_ms:
+            best, best_ms = kw, k
+    say()
+    del t, base
+    say(f"## selective_scan forward, batch 1, d_inner 4096, state 16, bf16 (best variant: {best})")
+    say("| L | default ms | best variant ms | reference ms | speed-up (best) | floor ms (bytes / exps) "
+        "| best ÷ floor |")
+    say("|---|---|---|---|---|---|---|")
     for L in lengths:
         t = ss_inputs(1, d, L, n, torch.bfloat16, seed=L)
-        k = ms(lambda: ss_triton.selective_scan_fwd(**t))
-        r = try_ms(lambda: selective_scan_ref(**t), rep=20)
-        byts = (4 * d * L + 2 * n * L) * 2  # u, Δ, z read, y written; B, C read (bf16)
-        f_b, f_e = byts / ceil["copy_Bps"] * 1e3, L * d * n / ceil["exp2_per_s"] * 1e3
-        floor = max(f_b, f_e)
-        say(f"| {L} | {fmt(k)} | {fmt(r)} | {fmt(r / k) if r else '–'} | {floor:.3f} "
+        k0 = ms(lambda: ss_triton.selective_scan_fwd(**t))
+        k = ms(lambda: ss_triton.selective_scan_fwd(**t, **best)) if best else k0
+        r = try_ms(lambda: selective_scan_ref(**t), rep=20) if L <= 65536 else None
+        floor, f_b, f_e = ss_floor(ceil, L)
+        say(f"| {L} | {fmt(k0)} | {fmt(k)} | {fmt(r)} | {fmt(r / k) if r else '–'} | {floor:.3f} "
             f"({f_b:.3f} / {f_e:.3f}) | {k / floor:.2f} |")
-        rows.append(dict(op="selective_scan", L=L, kernel_ms=k, ref_ms=r, floor_ms=floor))
+        rows.append(dict(op="selective_scan", L=L, kernel_ms=k0, best_ms=k, best=best, ref_ms=r, floor_ms=floor))
         del t
     say()
+    return best or {}
 
 
 def bench_ssd(ceil, lengths, rows, fla):
@@ -217,28 +298,171 @@ def bench_ssd(ceil, lengths, rows, fla):
     say()
 
 
-def bench_backward(rows):
-    """Forward + backward through the autograd Functions (backward = reference recompute)."""
-    say("## forward + backward (backward recomputes through the PyTorch reference), bf16")
-    say("| op | shape | kernel fwd ms | fwd+bwd ms | reference fwd+bwd ms |")
-    say("|---|---|---|---|---|")
-    L = 4096
-    t = ss_inputs(1, 4096, L, 16, torch.bfloat16, seed=1, grad=True)
-    gy = torch.randn(1, 4096, L, device=DEV, dtype=torch.bfloat16)
-    fwd = ms(lambda: ss_triton.selective_scan(**t), rep=50)
-    fb = try_ms(lambda: torch.autograd.grad(ss_triton.selective_scan(**t), list(t.values()), gy), rep=20)
-    rb = try_ms(lambda: torch.autograd.grad(selective_scan_ref(**t), list(t.values()), gy), rep=20)
-    say(f"| selective_scan | B1-D4096-L{L}-N16 | {fmt(fwd)} | {fmt(fb)} | {fmt(rb)} |")
-    rows.append(dict(op="selective_scan_fwd_bwd", L=L, kernel_ms=fb, ref_ms=rb))
+# backward configs tried at L = 16k: (forward/backward chunk T, channels per program, warps)
+SS_BWD_CONFIGS = [(16, 8, 4), (16, 4, 4), (8, 8, 4), (16, 16, 8), (32, 8, 8), (8, 16, 4)]
+
+
+def bench_backward(ceil, rows) -> None:
+    """Triton backward vs the Triton forward (target: backward within 3x), and vs the reference."""
+    d, n = 4096, 16
+    say("## selective_scan backward configs, batch 1, d_inner 4096, state 16, L 16384, bf16")
+    say("| T | channels/program | warps | fwd (storing states) ms | bwd ms | bwd ÷ fwd (plain) |")
+    say("|---|---|---|---|---|---|")
+    L = 16384
+    t = ss_inputs(1, d, L, n, torch.bfloat16, seed=3)
+    gy = torch.randn(1, d, L, device=DEV, dtype=torch.bfloat16)
+    plain = ms(lambda: ss_triton.selective_scan_fwd(**t))
+    best, best_ms = None, float("inf")
+    for T, bd, nw in SS_BWD_CONFIGS:
+        try:
+            fw = ms(lambda: ss_triton.selective_scan_fwd(**t, chunk=T, store_states=True), rep=50)
+            _, _, st = ss_triton.selective_scan_fwd(**t, chunk=T, store_states=True)
+            args = (t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], None, st, gy, None)
+            bw = ms(lambda: ss_bwd.selective_scan_bwd(*args, chunk=T, block_d=bd, num_warps=nw), rep=50)
+        except Exception as e:  # noqa: BLE001
+            say(f"| {T} | {bd} | {nw} | failed: {type(e).__name__} | | |")
+            continue
+        say(f"| {T} | {bd} | {nw} | {fmt(fw)} | {fmt(bw)} | {bw / plain:.2f} |")
+        rows.append(dict(op="selective_scan_bwd_config", L=L, T=T, BD=bd, warps=nw, fwd_ms=fw, bwd_ms=bw))
+        if bw < best_ms:
+            best, best_ms = (T, bd, nw), bw
+    say()
     del t, gy
     torch.cuda.empty_cache()
-    t = ssd_inputs(1, L, 16, 64, 128, torch.bfloat16, seed=2, grad=True)
-    gy = torch.randn(1, L, 16, 64, device=DEV, dtype=torch.bfloat16)
-    fwd = ms(lambda: ssd_triton.ssd(**t, chunk_size=64), rep=50)
-    fb = try_ms(lambda: torch.autograd.grad(ssd_triton.ssd(**t, chunk_size=64), list(t.values()), gy), rep=20)
-    rb = try_ms(lambda: torch.autograd.grad(ssd_ref(**t, chunk_size=64), list(t.values()), gy), rep=20)
-    say(f"| ssd | B1-L{L}-H16-P64-N128 | {fmt(fwd)} | {fmt(fb)} | {fmt(rb)} |")
-    rows.append(dict(op="ssd_fwd_bwd", L=L, kernel_ms=fb, ref_ms=rb))
+
+    say("## forward + backward through the autograd Functions (Triton backward), bf16")
+    say("| op | shape | fwd ms (no grad) | fwd+bwd ms | bwd ÷ fwd | reference fwd+bwd ms | speed-up |")
+    say("|---|---|---|---|---|---|---|")
+    for L in (4096, 16384):
+        t = ss_inputs(1, d, L, n, torch.bfloat16, seed=1, grad=True)
+        gy = torch.randn(1, d, L, device=DEV, dtype=torch.bfloat16)
+        with torch.no_grad():
+            fwd = ms(lambda: ss_triton.selective_scan(**t), rep=50)
+        fb = ms(lambda: torch.autograd.grad(ss_triton.selective_scan(**t), list(t.values()), gy), rep=50)
+        rb = try_ms(lambda: torch.autograd.grad(selective_scan_ref(**t), list(t.values()), gy), rep=20) \
+            if L <= 4096 else None
+        say(f"| selective_scan | B1-D4096-L{L}-N16 | {fmt(fwd)} | {fmt(fb)} | {(fb - fwd) / fwd:.2f} | "
+            f"{fmt(rb)} | {fmt(rb / fb) if rb else '–'} |")
+        rows.append(dict(op="selective_scan_fwd_bwd", L=L, fwd_ms=fwd, kernel_ms=fb, ref_ms=rb))
+        del t, gy
+        torch.cuda.empty_cache()
+    for L in (4096, 16384, 65536):
+        t = ssd_inputs(1, L, 16, 64, 128, torch.bfloat16, seed=2, grad=True)
+        gy = torch.randn(1, L, 16, 64, device=DEV, dtype=torch.bfloat16)
+        with torch.no_grad():
+            fwd = ms(lambda: ssd_triton.ssd(**t, chunk_size=64), rep=50)
+        fb = ms(lambda: torch.autograd.grad(ssd_triton.ssd(**t, chunk_size=64), list(t.values()), gy), rep=50)
+        rb = try_ms(lambda: torch.autograd.grad(ssd_ref(**t, chunk_size=64), list(t.values()), gy), rep=20)
+        say(f"| ssd | B1-L{L}-H16-P64-N128 | {fmt(fwd)} | {fmt(fb)} | {(fb - fwd) / fwd:.2f} | {fmt(rb)} "
+            f"| {fmt(rb / fb) if rb else '–'} |")
+        rows.append(dict(op="ssd_fwd_bwd", L=L, fwd_ms=fwd, kernel_ms=fb, ref_ms=rb))
+        del t, gy
+        torch.cuda.empty_cache()
+    say(f"(best selective_scan backward config: T, channels, warps = {best})")
+    say()
+
+
+def bench_decode(ceil, rows) -> None:
+    """One decode step at a 1.3B-class layer's width (batch 1 and 16): kernel vs reference step."""
+    say("## decode step (one token, state in/out), bf16 inputs, fp32 state")
+    say("| op | shape | kernel µs | reference µs | state bytes floor µs |")
+    say("|---|---|---|---|---|")
+    for b in (1, 16):
+        d, n = 4096, 16
+        g = torch.Generator(device=DEV).manual_seed(b)
+        r = lambda *s: torch.randn(*s, generator=g, device=DEV)  # noqa: E731
+        st = r(b, d, n)
+        kw = dict(u=r(b, d).bfloat16(), delta=r(b, d).bfloat16(), A=-r(d, n).abs(), B=r(b, n).bfloat16(),
+                  C=r(b, n).bfloat16(), D=r(d), z=r(b, d).bfloat16(), delta_bias=r(d))
+        k = ms(lambda: ss_step.selective_scan_step(st, **kw)) * 1e3
+        rr = ms(lambda: selective_scan_step_ref(st, **kw)) * 1e3
+        fl = 2 * st.numel() * 4 / ceil["copy_Bps"] * 1e6
+        say(f"| selective_scan | B{b}-D{d}-N{n} | {k:.1f} | {rr:.1f} | {fl:.2f} |")
+        rows.append(dict(op="selective_scan_step", batch=b, kernel_us=k, ref_us=rr, floor_us=fl))
+        h, p, n = 64, 64, 128
+        st = r(b, h, p, n)
+        kw = dict(x=r(b, h, p).bfloat16(), dt=r(b, h).bfloat16(), A=-r(h).abs(), B=r(b, 1, n).bfloat16(),
+                  C=r(b, 1, n).bfloat16(), D=r(h), z=r(b, h, p).bfloat16(), dt_bias=r(h), dt_softplus=True)
+        k = ms(lambda: ssd_step.ssd_step(st, **kw)) * 1e3
+        rr = ms(lambda: ssd_step_ref(st, **kw)) * 1e3
+        fl = 2 * st.numel() * 4 / ceil["copy_Bps"] * 1e6
+        say(f"| ssd | B{b}-H{h}-P{p}-N{n} | {k:.1f} | {rr:.1f} | {fl:.2f} |")
+        rows.append(dict(op="ssd_step", batch=b, kernel_us=k, ref_us=rr, floor_us=fl))
+    say()
+
+
+def bench_crossover(rows, lengths) -> None:
+    """Prefill of one mixer layer at d_model 2048 (bf16, batch 1, random weights): attention
+    (SDPA, 16 heads x 128) vs Mamba (d_inner 4096, N 16) vs Mamba-2 (64 heads x 64, N 128)."""
+    from evalkit.models.native import MIXERS, NativeConfig
+
+    base = dict(vocab_size=512, d_model=2048, n_layers=1, n_heads=16, d_state=16, headdim=64,
+                chunk_size=64, max_context=1 << 21)
+    layers = {}
+    for name, extra in (("attention", {}), ("mamba", {}), ("mamba2", {"d_state": 128})):
+        cfg = NativeConfig.from_dict({**base, **extra})
+        m = MIXERS.get(name)(cfg, layer_idx=0)
+        m.reset_parameters(torch.Generator().manual_seed(0))
+        layers[name] = m.to(DEV, torch.bfloat16).eval()
+    say("## prefill crossover: one layer at d_model 2048, batch 1, bf16 (ms)")
+    say("| L | attention (SDPA) | mamba (kernels) | mamba2 (kernels) |")
+    say("|---|---|---|---|")
+    for L in lengths:
+        x = torch.randn(1, L, 2048, device=DEV, dtype=torch.bfloat16)
+        with torch.no_grad():
+            t = {k: try_ms(lambda m=m: m(x), rep=50) for k, m in layers.items()}
+        say(f"| {L} | {fmt(t['attention'])} | {fmt(t['mamba'])} | {fmt(t['mamba2'])} |")
+        rows.append(dict(op="crossover", L=L, **{f"{k}_ms": v for k, v in t.items()}))
+        del x
+    say()
+
+
+def bench_train(rows, seconds: float = 8.0) -> None:
+    """Training tokens/s of zoo models (models/<name>.yaml, fresh weights): the trainer's own loss
+    and bf16 autocast (evalkit.train._loss / _autocast), AdamW, random tokens, batch 8 x 1024,
+    kernels (EVALKIT_KERNELS=auto) vs references (=ref)."""
+    import time
+
+    from evalkit.models.native.lm import NativeLM
+    from evalkit.models.native_adapter import NativeAdapter
+    from evalkit.spec import load_model_spec
+    from evalkit.train import _autocast, _loss
+
+    say("## training tokens/s (fwd + bwd + AdamW), batch 8 x 1024 tokens, bf16 autocast")
+    say("| model | kernels tok/s | references tok/s | speed-up |")
+    say("|---|---|---|---|")
+    for name in ("mamba", "mamba2", "hybrid"):
+        spec = load_model_spec(f"models/{name}.yaml")
+        tps = {}
+        for mode_ in ("auto", "ref"):
+            os.environ["EVALKIT_KERNELS"] = mode_
+            torch.manual_seed(0)
+            model = NativeLM(NativeAdapter.config(spec), seed=0).to(DEV).train()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+            ids = torch.randint(0, model.cfg.vocab_size, (8, 1024), device=DEV)
+            tgt = torch.full_like(ids, -100)
+            tgt[:, -8:] = ids[:, -8:]
+
+            def step():
+                with _autocast("cuda"):
+                    loss = _loss(model, ids, tgt, 0.0)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds / 2 or n < 3:
+                step()
+                n += 1
+            torch.cuda.synchronize()
+            tps[mode_] = n * ids.numel() / (time.perf_counter() - t0)
+            del model, opt
+        os.environ.pop("EVALKIT_KERNELS", None)
+        say(f"| {name} | {tps['auto']:.0f} | {tps['ref']:.0f} | {tps['auto'] / tps['ref']:.2f} |")
+        rows.append(dict(op="train", model=name, kernel_tps=tps["auto"], ref_tps=tps["ref"]))
     say()
 
 
@@ -291,22 +515,45 @@ def main() -> int:
     except Exception as e:  # noqa: BLE001
         fla = None
         say(f"flash-linear-attention not available ({type(e).__name__}: {e})")
+    rows: list[dict] = []
+    ceil: dict = {}
+
+    def save(ok: bool) -> None:  # after every section, so a run cut short keeps what it measured
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "bench.md"), "w") as fh:
+            fh.write("\n".join(LINES) + "\n")
+        with open(os.path.join(a.out, "bench.json"), "w") as fh:
+            json.dump({"ceilings": ceil, "rows": rows, "checks_ok": ok}, fh, indent=1)
+
     ok = True if a.skip_checks else check_all()
     ok &= model_check()
-    ceil = ceilings()
+    save(ok)
+    ceil.update(ceilings())
     say(f"ceilings: copy {ceil['copy_Bps'] / 1e12:.2f} TB/s (read + write), bf16 matmul "
         f"{ceil['bf16_flops'] / 1e12:.0f} TFLOP/s, exp2 {ceil['exp2_per_s'] / 1e12:.2f} T/s")
     say()
-    rows: list[dict] = []
-    bench_selective_scan(ceil, [4096, 16384] if a.quick else [4096, 16384, 65536], rows)
-    bench_ssd(ceil, [4096, 16384] if a.quick else [4096, 16384, 65536], rows, fla)
-    bench_backward(rows)
+    lengths = [4096, 16384] if a.quick else [4096, 16384, 65536]
+    sections = [
+        lambda: bench_selective_scan(ceil, lengths, rows),
+        lambda: bench_ssd(ceil, lengths, rows, fla),
+        lambda: bench_backward(ceil, rows),
+        lambda: bench_decode(ceil, rows),
+        lambda: bench_crossover(rows, [512, 1024, 2048, 4096, 8192, 16384, 32768]),
+        lambda: bench_train(rows),
+    ]
+    for fn in sections:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001  (one failing section must not lose the others)
+            import traceback
+
+            say(f"SECTION FAILED: {type(e).__name__}: {e}")
+            traceback.print_exc()
+            ok = False
+        torch.cuda.empty_cache()
+        save(ok)
     say("checks: " + ("all passed" if ok else "SOME FAILED"))
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "bench.md"), "w") as fh:
-        fh.write("\n".join(LINES) + "\n")
-    with open(os.path.join(a.out, "bench.json"), "w") as fh:
-        json.dump({"ceilings": ceil, "rows": rows, "checks_ok": ok}, fh, indent=1)
+    save(ok)
     return 0 if ok else 1
 
 

@@ -48,7 +48,7 @@ def test_newer_schema_is_refused_untouched(tmp_path: Path):
     s.conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     s.close()
     before = (tmp_path / "evalkit.sqlite").read_bytes()
-    with pytest.raises(StoreError, match="schema version 99, newer than this evalkit's 1"):
+    with pytest.raises(StoreError, match=f"schema version 99, newer than this evalkit's {store_mod.SCHEMA_VERSION}"):
         Store.open_dir(tmp_path)
     s2 = sqlite3.connect(tmp_path / "evalkit.sqlite")
     assert s2.execute("SELECT value FROM meta").fetchone()[0] == "99"
@@ -62,22 +62,42 @@ def test_older_schema_is_migrated_forward(tmp_path: Path, monkeypatch: pytest.Mo
     s.write_cell(_cell("a"), _records(2))
     s.close()
 
-    def v1_to_v2(c: sqlite3.Connection) -> None:
+    def add_note(c: sqlite3.Connection) -> None:
         c.execute("ALTER TABLE cells ADD COLUMN note TEXT DEFAULT 'migrated'")
 
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(store_mod.MIGRATIONS, 1, v1_to_v2)
+    now = store_mod.SCHEMA_VERSION
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", now + 1)
+    monkeypatch.setitem(store_mod.MIGRATIONS, now, add_note)
     s = Store.open_dir(tmp_path)
-    assert s.schema_version() == 2
+    assert s.schema_version() == now + 1
     assert s.conn.execute("SELECT note FROM cells WHERE cell_key='a'").fetchone()[0] == "migrated"
     assert len(s.records("a")) == 2
     s.close()
 
 
+def test_v1_store_gets_the_text_format_columns(tmp_path: Path):
+    """A store written by schema 1 (no records.length, no cells.n_skipped) migrates to 2: its rows
+    stay readable with NULL in the new columns, and new cells store achieved lengths."""
+    s = Store.open_dir(tmp_path, create=True)
+    s.write_cell(_cell("old"), _records(2))
+    s.conn.execute("ALTER TABLE records DROP COLUMN length")  # exactly the schema-1 layout
+    s.conn.execute("ALTER TABLE cells DROP COLUMN n_skipped")
+    s.conn.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    s.close()
+    s = Store.open_dir(tmp_path)
+    assert s.schema_version() >= 2
+    assert [r["length"] for r in s.records("old")] == [None, None]
+    assert s.cells("WHERE cell_key='old'")[0]["n_skipped"] is None
+    s.write_cell({**_cell("new"), "n_skipped": 1}, [Record(0, "p", "t", "", "x", "y", True, {}, length=250)])
+    assert s.records("new")[0]["length"] == 250 and s.cells("WHERE cell_key='new'")[0]["n_skipped"] == 1
+    s.close()
+
+
 def test_missing_migration_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     Store.open_dir(tmp_path, create=True).close()
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 3)
-    with pytest.raises(StoreError, match="no migration from store schema version 1"):
+    now = store_mod.SCHEMA_VERSION
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", now + 1)
+    with pytest.raises(StoreError, match=f"no migration from store schema version {now}"):
         Store.open_dir(tmp_path)
 
 

@@ -41,11 +41,13 @@ def triton_available() -> bool:
     return True
 
 
-def use_kernel(x: torch.Tensor) -> bool:
-    """Whether an op whose main input is ``x`` should run its Triton kernel; counts the call."""
+def use_kernel(x: torch.Tensor, state: torch.Tensor | None = None) -> bool:
+    """Whether an op whose main input is ``x`` should run its Triton kernel; counts the call.
+
+    ``state``: a decode step's recurrent state; the step kernels keep it in float32 only."""
     m = mode()
     kernel = (m != "ref" and x.dtype in KERNEL_DTYPES and triton_available()
-              and (m == "triton" or x.is_cuda))
+              and (m == "triton" or x.is_cuda) and (state is None or state.dtype == torch.float32))
     _calls["kernel" if kernel else "reference"] += 1
     return kernel
 

@@ -50,6 +50,45 @@ class Adapter:
     def random_weights(cls, spec: ModelSpec) -> bool:
         return spec.checkpoint is None
 
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> None:
+        """Raise ValueError naming the option when a spec's ``options:`` are not valid for this
+        adapter (the native adapter takes none)."""
+        if options:
+            raise ValueError(f"adapter '{cls.kind}' takes no options, got '{next(iter(options))}'")
+
+    # --- formats and tokenizers (from the spec alone) -----------------------------------------
+    @classmethod
+    def accepted_formats(cls, spec: ModelSpec) -> tuple[str, ...]:
+        """Formats this model can take; the default format comes first."""
+        return cls.formats
+
+    @classmethod
+    def default_format(cls, spec: ModelSpec) -> str:
+        """The format a task spec without ``format:`` gets: ``text`` when the model has a
+        tokenizer and takes text, else its first accepted format (``tokens`` for native)."""
+        accepted = cls.accepted_formats(spec)
+        if "text" in accepted and cls.tokenizer_identity(spec) is not None:
+            return "text"
+        return accepted[0]
+
+    @classmethod
+    def tokenizer_identity(cls, spec: ModelSpec) -> str | None:
+        """Hash of the model's tokenizer files (part of the sample key of text cells), or None
+        when the model has no tokenizer."""
+        return None
+
+    @classmethod
+    def load_tokenizer(cls, spec: ModelSpec) -> Any:
+        """The model's tokenizer (a transformers tokenizer, cached), or None."""
+        return None
+
+    @classmethod
+    def render_options(cls, spec: ModelSpec) -> dict[str, Any]:
+        """Options of the model that change how text is rendered (e.g. the chat template);
+        they go into the sample key of text cells."""
+        return {}
+
     # --- a loaded model ----------------------------------------------------------------------
     def __init__(self, spec: ModelSpec, device: str) -> None:
         self.spec = spec
@@ -77,6 +116,24 @@ def register_adapter(cls: type[Adapter]) -> type[Adapter]:
 
 
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+# files that make up a transformers tokenizer (any of the first three means there is one)
+TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+TOKENIZER_FILES = (*TOKENIZER_VOCAB_FILES, "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json")
+
+
+def tokenizer_files(directory: str | Path) -> list[Path]:
+    """The tokenizer files present in a checkpoint directory; empty when it has no tokenizer."""
+    d = Path(directory)
+    if not any((d / f).is_file() for f in TOKENIZER_VOCAB_FILES):
+        return []
+    return [d / f for f in TOKENIZER_FILES if (d / f).is_file()]
+
+
+def files_identity(files: list[Path]) -> str:
+    """Hash of named files' contents (names relative to their directory)."""
+    return stable_hash({f.name: file_sha256(f) for f in files})[:16]
 
 
 def file_sha256(path: str | Path) -> str:

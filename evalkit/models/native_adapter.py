@@ -85,6 +85,29 @@ class NativeAdapter(Adapter):
         extra = sorted(set(shapes) - set(want))
         if extra:
             raise CheckpointError(f"{f}: unexpected tensor '{extra[0]}' (model spec '{spec.name}')")
+        cls._check_config(f, spec)
+
+    @classmethod
+    def _check_config(cls, f: Path, spec: ModelSpec) -> None:
+        """The checkpoint's config.json must be the spec's config: fields that change no tensor
+        shape (rope_theta, max_context, ...) are caught here, at plan time, not at load time."""
+        import json
+
+        from evalkit.models.native.config import NativeConfig
+        from evalkit.models.native.lm import CONFIG_FILE
+
+        path = f.parent / CONFIG_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{path}: file not found (a checkpoint needs it beside {f.name})")
+        try:
+            got = NativeConfig.from_dict(json.loads(path.read_text())).resolved().to_dict()
+        except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
+            raise CheckpointError(f"{path}: {e}") from None
+        want = cls.config(spec).to_dict()
+        diff = sorted(k for k in want.keys() | got.keys() if got.get(k) != want.get(k))
+        if diff:
+            raise CheckpointError(f"{f.parent}: checkpoint config differs from model spec "
+                                  f"'{spec.name}' in field '{diff[0]}' ({got.get(diff[0])!r} vs {want.get(diff[0])!r})")
 
     def __init__(self, spec: ModelSpec, device: str) -> None:
         super().__init__(spec, device)

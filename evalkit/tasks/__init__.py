@@ -1,7 +1,7 @@
 """Task plugins and the formats that render their samples.
 
 Importing this package registers the built-in tasks (``needle``, ``assoc_recall``,
-``copy_number``, ``multi_query``) in ``TASKS`` and the built-in formats (``tokens``) in
+``copy_number``, ``multi_query``) in ``TASKS`` and the built-in formats (``tokens``, ``text``) in
 ``FORMATS``.
 """
 
@@ -17,6 +17,7 @@ from evalkit.tasks.base import (
 )
 from evalkit.tasks.formats import FORMATS
 from evalkit.tasks import tokens  # noqa: F401  (registers the tokens format)
+from evalkit.tasks import text  # noqa: F401  (registers the text format)
 from evalkit.tasks import assoc_recall, copy_number, multi_query, needle  # noqa: F401
 
 __all__ = [

@@ -74,18 +74,33 @@ class Sample:
         return tuple(p for p in self.parts if isinstance(p, Query))
 
 
+class OverLengthError(ValueError):
+    """The fixed parts of a sample (needles, queries, answers, template) alone exceed the
+    requested context length. Formats raise it; the runner applies the over-length policy
+    (``error`` fails, ``skip`` counts the sample as skipped), never truncating."""
+
+
 @dataclass(frozen=True)
 class Rendered:
     """A sample as model input: ``input_ids`` holds prompt, queries and (teacher-forced) answers.
 
-    ``context_length == len(input_ids)``: the whole sequence the model processes.
+    ``context_length == len(input_ids)``: the whole sequence the model processes (the achieved
+    length; the ``tokens`` format always hits the requested one, ``text`` states its tolerance).
     ``answer_spans[i] = (start, end)``: positions of query i's answer tokens; the model predicts
     token ``p`` from the logits at ``p - 1``. ``prompt_len`` is the start of the first answer.
+
+    Text renderings also carry ``answers_text`` (each query's gold answer string, for RULER-style
+    substring scoring of generations), ``prompt_text`` (the exact text of everything before the
+    first answer, for harnesses that tokenise it themselves) and ``summary`` (that prompt with the
+    haystack collapsed, for ``evalkit show``). They stay empty for ``tokens``.
     """
 
     input_ids: tuple[int, ...]
     answer_spans: tuple[tuple[int, int], ...]
     format: str
+    answers_text: tuple[str, ...] = ()
+    prompt_text: str = ""
+    summary: str = ""
 
     @property
     def context_length(self) -> int:

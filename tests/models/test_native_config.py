@@ -84,3 +84,79 @@ def test_floats_accept_ints_and_lists_become_tuples():
 def test_headdim_only_checked_when_mamba2_is_used():
     NativeConfig(headdim=48, ssm="mamba")  # no mamba2 layer: fine
     NativeConfig(headdim=48, attention_fraction=1.0)  # pure transformer: fine
+
+
+# ---- layouts beyond attention + one SSM: attention mixer choice, patterns, windows ----------
+def test_attention_field_picks_the_attention_mixer():
+    cfg = NativeConfig.from_dict({"flavor": "debug", "ssm": "gated_deltanet", "attention": "swa", "window": 64,
+                                  "n_layers": 4, "attention_fraction": 0.25})
+    assert cfg.layer_types() == ("gated_deltanet", "gated_deltanet", "swa", "gated_deltanet")
+    assert cfg.resolved().attn_layer_idx == (2,)  # swa counts as attention for the fraction
+
+
+@pytest.mark.parametrize("pattern", ["MWSG mAGM", "M W S G m A G M", ["mamba2", "swa", "s4d", "gated_deltanet",
+                                                                     "mamba", "attention", "gated_deltanet", "mamba2"]])
+def test_pattern_letters_and_names(pattern):
+    cfg = NativeConfig.from_dict({"flavor": "debug", "window": 16, "pattern": pattern})
+    assert cfg.n_layers == 8  # taken from the pattern when not given
+    want = ("mamba2", "swa", "s4d", "gated_deltanet", "mamba", "attention", "gated_deltanet", "mamba2")
+    assert cfg.pattern == want and cfg.layer_types() == want
+    r = cfg.resolved()
+    assert r.attn_layer_idx == (1, 5) and r.attention_fraction == 0.25
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert d["pattern"] == list(want) and d["attn_layer_idx"] == [1, 5]
+    assert NativeConfig.from_dict(d) == r  # round trip, the resolved layer list included
+
+
+def test_pattern_wins_over_fraction_and_agrees_with_indices():
+    cfg = NativeConfig.from_dict({"flavor": "debug", "pattern": "MMAM", "attention_fraction": 1.0,
+                                  "attn_layer_idx": [2], "n_layers": 4})
+    assert cfg.layer_types() == ("mamba2", "mamba2", "attention", "mamba2")
+    assert cfg.resolved().attention_fraction == 0.25
+    assert NativeConfig(pattern="AM", n_layers=2).pattern == ("attention", "mamba2")  # str in the constructor too
+
+
+def test_later_fields_stay_out_of_old_identities():
+    """Configs that do not use attention / window / pattern serialise exactly as before those
+    fields existed, so the zoo's model identities and stored cell keys do not change. The hashes
+    were computed with the code before the fields were added."""
+    from evalkit.models.base import stable_hash
+
+    golden = {
+        '{"flavor": "small", "ssm": "mamba2", "attention_fraction": 0.25}':
+            "151072bf93103f2f9533ba01bb189dfcbe57bc7abb419a9ca7eb0facc05e6bd8",
+        '{"flavor": "debug", "ssm": "mamba"}': "22538411060e4e33cac6c4cec5563c4409f758bbddaabaf5512179d22ccc026b",
+        '{"flavor": "base", "attention_fraction": 1.0}':
+            "20a85111fd8650e25b853e288cd19bbd078bcc93cf226be6b9283b5470b1db4d",
+    }
+    for arch, want in golden.items():
+        d = NativeConfig.from_dict(json.loads(arch)).to_dict()
+        assert not {"attention", "window", "pattern"} & set(d)
+        assert stable_hash(d) == want, arch
+    d = NativeConfig.from_dict({"attention": "swa", "window": 32, "attention_fraction": 1.0}).to_dict()
+    assert (d["attention"], d["window"]) == ("swa", 32) and "pattern" not in d
+
+
+@pytest.mark.parametrize("d,match", [
+    ({"pattern": "MMXA"}, "'pattern' has an unknown mixer letter 'X' at character 2"),
+    ({"pattern": "MMaM"}, "unknown mixer letter 'a' at character 2; did you mean 'A' (attention)?"),
+    ({"pattern": ["mamba2", "atention"]}, "'pattern' names an unknown mixer 'atention' at layer 1; did you mean 'attention'?"),
+    ({"pattern": ["mamba2", 3]}, "'pattern' must be a string of mixer letters or a non-empty list"),
+    ({"pattern": "  "}, "'pattern' is empty"),
+    ({"pattern": "MMMA MMMA", "n_layers": 4}, "'pattern' has 8 layers but 'n_layers' is 4"),
+    ({"pattern": "MMAM", "attn_layer_idx": [1]}, "'attn_layer_idx' [1] disagrees with the attention layers of 'pattern' [2]"),
+    ({"attention": "mamba"}, "'attention' must be a registered attention mixer, got 'mamba'"),
+    ({"attention": "swaa"}, "did you mean 'swa'"),
+    ({"ssm": "swa"}, "ssm must be a registered non-attention mixer"),
+    ({"attention": "swa", "attention_fraction": 1.0}, "swa layers need 'window' >= 1"),
+    ({"pattern": "W", "window": 8192}, "'window' (8192) is larger than 'max_context' (4096)"),
+    ({"window": -1}, "'window' must be >= 1"),
+    ({"ssm": "s4d", "d_state": 7}, "'d_state' (7) must be even for s4d layers"),
+    ({"pattern": "MG", "headdim": 48}, "headdim (48) must divide d_inner"),
+    ({"ssm": "gated_deltanet", "headdim": 48}, "for gated_deltanet layers"),
+], ids=lambda v: str(v)[:40] if isinstance(v, dict) else "")
+def test_layout_errors(d, match):
+    import re
+
+    with pytest.raises(ValueError, match=re.escape(match)):
+        NativeConfig.from_dict({"flavor": "debug", **d})

@@ -13,6 +13,10 @@ LAYOUTS = {
     "mamba": {"ssm": "mamba"},
     "transformer": {"attention_fraction": 1.0},
     "hybrid-mlp": {"ssm": "mamba", "n_layers": 4, "attention_fraction": 0.25, "d_ff": 48},
+    "s4d": {"ssm": "s4d"},
+    "gated_deltanet": {"ssm": "gated_deltanet"},
+    "swa": {"attention": "swa", "window": 6, "attention_fraction": 1.0},
+    "pattern": {"pattern": "GWSA mM", "window": 5, "d_ff": 24},  # every mixer in one stack
 }
 
 
@@ -47,7 +51,7 @@ def test_prefill_step_matches_forward(layout):
     torch.testing.assert_close(torch.stack(got, 1), logits[:, 8:], rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("layout", ["mamba2", "hybrid-mlp"])
+@pytest.mark.parametrize("layout", ["mamba2", "hybrid-mlp", "pattern"])
 def test_generate_greedy_equals_argmax_of_forward_loop(layout):
     m = _model(layout)
     ids = _ids(L=10)
@@ -87,6 +91,25 @@ def test_describe():
     assert d["fixed_state_bytes"] == 3 * d_inner * (3 + 8) * 2  # 3 mamba layers: conv + ssm
     assert d["params"] == sum(p.numel() for p in m.parameters())
     assert m.lm_head.weight is m.embed.weight  # tied, counted once
+
+
+def test_describe_pattern_hybrid():
+    """Layer types and attention share come from the pattern; swa's window-bounded KV is fixed
+    state, so only full attention adds bytes per token."""
+    m = _model("pattern")
+    d = m.describe()
+    assert d["layer_types"] == ["gated_deltanet", "swa", "s4d", "attention", "mamba", "mamba2"]
+    assert d["attn_layer_idx"] == [1, 3] and d["attention_fraction"] == pytest.approx(2 / 6)
+    assert d["window"] == 5
+    assert d["kv_bytes_per_token"] == 2 * 32 * 2  # the one full-attention layer
+    E, N, K = 64, 8, 4
+    gdn = (2 * (E // 16) * N + E) * (K - 1) + (E // 16) * 16 * N  # conv over q, k, v + H·P·N
+    swa = (5 - 1) * 2 * 32  # K and V of window - 1 tokens
+    s4d = E * (K - 1 + N)
+    mamba = E * (K - 1 + N)
+    mamba2 = (E + 2 * N) * (K - 1) + (E // 16) * 16 * N
+    assert d["fixed_state_bytes"] == 2 * (gdn + swa + s4d + mamba + mamba2)
+    assert "window" not in _model("hybrid-mlp").describe()  # only where a layer uses it
 
 
 @pytest.mark.parametrize("tie", [True, False])

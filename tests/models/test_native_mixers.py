@@ -7,7 +7,8 @@ import torch
 
 from evalkit.models.native import MIXERS, NativeConfig
 
-CFG = NativeConfig.from_dict({"flavor": "debug", "chunk_size": 8})
+# window 8 < the test length 29: swa layers really drop old tokens
+CFG = NativeConfig.from_dict({"flavor": "debug", "chunk_size": 8, "window": 8})
 
 
 def _mixer(name: str, dtype=torch.float64):
@@ -21,10 +22,16 @@ def _x(b: int = 2, L: int = 29, dtype=torch.float64) -> torch.Tensor:
     return torch.randn(b, L, CFG.d_model, generator=torch.Generator().manual_seed(3), dtype=dtype)
 
 
+def _carried(state) -> int:
+    """Elements of the tensors a decode state really holds (positions and other ints aside)."""
+    return sum(t.numel() for t in state if isinstance(t, torch.Tensor))
+
+
 def test_builtin_mixers_registered():
-    assert {"attention", "mamba", "mamba2"} <= set(MIXERS.names())
-    assert MIXERS.get("attention").is_attention
-    assert not MIXERS.get("mamba").is_attention and not MIXERS.get("mamba2").is_attention
+    assert {"attention", "swa", "mamba", "mamba2", "s4d", "gated_deltanet"} <= set(MIXERS.names())
+    assert MIXERS.get("attention").is_attention and MIXERS.get("swa").is_attention
+    for name in ("mamba", "mamba2", "s4d", "gated_deltanet"):
+        assert not MIXERS.get(name).is_attention, name
 
 
 @pytest.mark.parametrize("name", MIXERS.names())
@@ -75,13 +82,18 @@ def test_state_bytes(name):
     assert kv >= 0 and fixed >= 0 and kv + fixed > 0
     assert m.state_bytes(1000, 2) == fixed + 1000 * kv
     assert m.state_bytes(10, 4) == 2 * m.state_bytes(10, 2)
-    if m.is_attention:
+    if name == "attention":
         assert (kv, fixed) == (2 * CFG.d_model * 2, 0)
+    elif name == "swa":  # K and V of the window - 1 tokens the next query can still see
+        assert (kv, fixed) == (0, (CFG.window - 1) * 2 * CFG.d_model * 2)
     else:
         assert kv == 0
         # the decode state the mixer really carries has exactly that many elements
         state = m.init_state(1, torch.device("cpu"), torch.float32)
-        assert sum(t.numel() for t in state) * 2 == fixed
+        assert _carried(state) * 2 == fixed
+    # after a prompt longer than any window, the carried state is exactly what state_bytes says
+    _, state = m.to(torch.float32).prefill(_x(b=1, dtype=torch.float32))
+    assert _carried(state) * 2 == m.state_bytes(29, 2)
 
 
 @pytest.mark.parametrize("name", MIXERS.names())

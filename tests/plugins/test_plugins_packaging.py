@@ -63,3 +63,5 @@ def test_wheel_carries_builtin_specs_as_package_data(tmp_path: Path):
         for f in (REPO / kind).glob("*.yaml"):
             assert f"evalkit/_builtin/{kind}/{f.name}" in names
     assert not any(n.startswith("tests/") for n in names)
+    for f in (REPO / "evalkit" / "tasks" / "data").glob("*.txt"):  # the text format's word lists
+        assert f"evalkit/tasks/data/{f.name}" in names

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 from evalkit.kernels.dispatch import use_kernel
-from evalkit.kernels.selective_scan.ref import selective_scan_naive, selective_scan_ref
+from evalkit.kernels.selective_scan.ref import (selective_scan_naive, selective_scan_ref,
+                                                selective_scan_step_ref)
 
-__all__ = ["selective_scan", "selective_scan_naive", "selective_scan_ref"]
+__all__ = ["selective_scan", "selective_scan_naive", "selective_scan_ref", "selective_scan_step",
+           "selective_scan_step_ref"]
 
 
 def selective_scan(
@@ -41,3 +43,27 @@ def selective_scan(
         u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
         initial_state=initial_state, return_final_state=return_final_state, chunk_size=chunk_size,
     )
+
+
+def selective_scan_step(
+    state: torch.Tensor,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step with the semantics of :func:`selective_scan_step_ref` (see there for
+    shapes): (y, new state). The Triton kernel (``triton_step.py``) runs for CUDA tensors with a
+    float32 state, the reference otherwise; ``EVALKIT_KERNELS`` forces either."""
+    if use_kernel(u, state):
+        from evalkit.kernels.selective_scan import triton_step  # lazy: triton is heavy
+
+        return triton_step.selective_scan_step(state, u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                               delta_softplus=delta_softplus)
+    return selective_scan_step_ref(state, u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                   delta_softplus=delta_softplus)

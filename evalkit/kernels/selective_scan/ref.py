@@ -188,3 +188,37 @@ def selective_scan_naive(
     if z is not None:
         y = y * F.silu(z.to(f64))
     return (y, h) if return_final_state else y
+
+
+def selective_scan_step_ref(
+    state: torch.Tensor,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step of the selective scan: the recurrence above for a single time step.
+
+    state: (B, D, N) in float32 / float64 (the compute dtype); u, delta, z: (B, D); A: (D, N);
+    B, C: (B, N); D, delta_bias: (D,). Returns y: (B, D) in u's dtype and the new state (a new
+    tensor; the input state is not modified).
+    """
+    ct = state.dtype
+    dt = delta.to(ct)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(ct)
+    if delta_softplus:
+        dt = F.softplus(dt)  # (B, D)
+    u_c = u.to(ct)
+    h = torch.exp(dt[:, :, None] * A.to(ct)) * state + (dt * u_c)[:, :, None] * B.to(ct)[:, None]
+    y = (h @ C.to(ct)[:, :, None]).squeeze(-1)  # (B, D)
+    if D is not None:
+        y = y + D.to(ct) * u_c
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    return y.to(u.dtype), h

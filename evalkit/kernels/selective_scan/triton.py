@@ -11,8 +11,9 @@ B, C once for all BD channels (B and C are not re-read per channel), forms the p
 of decays in (0, 1]), contracts with C over N and writes y. Every exp(Δ A) is evaluated exactly
 once (L·D·N exponentials, the op's floor at state size 16).
 
-Backward: :class:`_SelectiveScanFn` recomputes through the PyTorch reference (no Triton backward
-yet; see kernels/NOTES.md).
+Backward (``triton_bwd.py``): the forward then also stores the state entering each chunk; the
+backward walks the chunks in reverse, recomputes the chunk's states from that entry state and
+runs a reverse-time scan for the state gradient (see there).
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ import os
 import torch
 import triton
 import triton.language as tl
-
-from evalkit.kernels.selective_scan.ref import selective_scan_ref
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _LOG2E = 1.4426950408889634
@@ -46,13 +45,13 @@ def _softplus(x):
 
 @triton.jit
 def _selective_scan_kernel(
-    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, st_ptr,
     Dm, L, N, n_chunks,
     sub, sud, sul, sdb, sdd, sdl, sad, san, sbb, sbn, sbl, scb, scn, scl, szb, szd, szl,
     syb, syd, syl,
     T: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_STATES: tl.constexpr,
 ):
     b = tl.program_id(0)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
@@ -74,6 +73,8 @@ def _selective_scan_kernel(
         h = tl.zeros((BD, BN), dtype=tl.float32)
     last = (offs_t == T - 1)[:, None, None]  # (T, 1, 1)
     for c in range(n_chunks):
+        if STORE_STATES:  # the state entering each chunk, for the backward's recompute
+            tl.store(st_ptr + (b * n_chunks + c) * Dm * N + hn, h, mask=mdn)
         t = c * T + offs_t
         mt = t < L
         mtd = mt[:, None] & md[None, :]
@@ -107,65 +108,134 @@ def _selective_scan_kernel(
     tl.store(hT_ptr + b * Dm * N + hn, h, mask=mdn)
 
 
+@triton.jit
+def _selective_scan_seq_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, st_ptr,
+    Dm, L, N, n_chunks,
+    sub, sud, sul, sdb, sdd, sdl, sad, san, sbb, sbn, sbl, scb, scn, scl, szb, szd, szl,
+    syb, syd, syl,
+    T: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_STATES: tl.constexpr,
+):
+    """The same op as ``_selective_scan_kernel``, walking time step by step: each (d, n)
+    recurrence is one register updated T times per chunk (the chunk loop is unrolled so the
+    loads of a chunk can be issued ahead of its arithmetic). No log-depth scan: one exp, two
+    multiply-adds and C's contraction per element and step (the variant the notes predicted
+    could approach the exp floor; kernels/bench.py times both)."""
+    b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, BN)
+    md, mn = offs_d < Dm, offs_n < N
+    mdn = md[:, None] & mn[None, :]
+    A2 = tl.load(A_ptr + offs_d[:, None] * sad + offs_n[None, :] * san, mask=mdn, other=0.0)
+    A2 = A2.to(tl.float32) * 1.4426950408889634  # (BD, BN)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    hn = offs_d[:, None] * N + offs_n[None, :]
+    if HAS_H0:
+        h = tl.load(h0_ptr + b * Dm * N + hn, mask=mdn, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BD, BN), dtype=tl.float32)
+    for c in range(n_chunks):
+        if STORE_STATES:
+            tl.store(st_ptr + (b * n_chunks + c) * Dm * N + hn, h, mask=mdn)
+        for s in tl.static_range(T):
+            t = c * T + s
+            mdt = md & (offs_d * 0 + t < L)  # vector masks (the interpreter rejects scalar ones)
+            mnt = mn & (offs_n * 0 + t < L)
+            u = tl.load(u_ptr + b * sub + offs_d * sud + t * sul, mask=mdt, other=0.0).to(tl.float32)
+            dl = tl.load(dl_ptr + b * sdb + offs_d * sdd + t * sdl, mask=mdt, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dl += bias
+            if SOFTPLUS:
+                dl = _softplus(dl)
+            dl = tl.where(mdt, dl, 0.0)
+            Bt = tl.load(B_ptr + b * sbb + offs_n * sbn + t * sbl, mask=mnt, other=0.0).to(tl.float32)
+            Ct = tl.load(C_ptr + b * scb + offs_n * scn + t * scl, mask=mnt, other=0.0).to(tl.float32)
+            h = tl.exp2(dl[:, None] * A2) * h + (dl * u)[:, None] * Bt[None, :]
+            y = tl.sum(h * Ct[None, :], axis=1)  # (BD,)
+            if HAS_D:
+                y += u * Dv
+            if HAS_Z:
+                zz = tl.load(z_ptr + b * szb + offs_d * szd + t * szl, mask=mdt, other=0.0).to(tl.float32)
+                y *= zz / (1.0 + tl.exp(-zz))
+            tl.store(y_ptr + b * syb + offs_d * syd + t * syl, y.to(y_ptr.dtype.element_ty), mask=mdt)
+    tl.store(hT_ptr + b * Dm * N + hn, h, mask=mdn)
+
+
 def selective_scan_fwd(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None = None, z: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None, delta_softplus: bool = True,
     initial_state: torch.Tensor | None = None, chunk: int = 32, block_d: int = 8,
-    num_warps: int = 4,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward only (no autograd): y (B, D, L) in u's dtype and the final state (B, D, N) fp32.
+    num_warps: int = 4, store_states: bool = False, variant: str = "scan",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Forward only (no autograd): y (B, D, L) in u's dtype, the final state (B, D, N) fp32 and,
+    with ``store_states``, the state entering each chunk of ``chunk`` steps, (B, chunks, D, N)
+    fp32 (what the backward recomputes from; L·D·N/chunk floats, not L·D·N).
 
-    Defaults (T = 32 steps, 8 channels, 4 warps) were the fastest of a sweep on the H100 at
-    d_inner 4096, N 16, L 16k (kernels/NOTES.md)."""
+    ``variant``: "scan" (``_selective_scan_kernel``, chunked associative scan) or "seq"
+    (``_selective_scan_seq_kernel``, step by step). Defaults (scan, T = 32 steps, 8 channels,
+    4 warps) were the fastest of a sweep on the H100 at d_inner 4096, N 16, L 16k
+    (kernels/NOTES.md)."""
     batch, Dm, L = u.shape
     N = A.shape[1]
     BN = triton.next_power_of_2(N)
-    BD = block_d
+    BD = min(block_d, triton.next_power_of_2(Dm))
+    n_chunks = max(1, triton.cdiv(L, chunk))
     y = torch.empty(batch, Dm, L, device=u.device, dtype=u.dtype)
     final = torch.empty(batch, Dm, N, device=u.device, dtype=torch.float32)
+    states = (torch.empty(batch, n_chunks, Dm, N, device=u.device, dtype=torch.float32)
+              if store_states else None)
     h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
     zt = z if z is not None else u
     grid = (batch, triton.cdiv(Dm, BD))
-    _selective_scan_kernel[grid](
+    kernel = {"scan": _selective_scan_kernel, "seq": _selective_scan_seq_kernel}[variant]
+    kernel[grid](
         u, delta, A, B, C, D if D is not None else u, zt,
         delta_bias if delta_bias is not None else u, h0, y, final,
-        Dm, L, N, max(1, triton.cdiv(L, chunk)),
+        states if states is not None else final,
+        Dm, L, N, n_chunks,
         *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zt.stride(),
         *y.stride(),
         T=chunk, BD=BD, BN=BN, HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_H0=initial_state is not None,
-        num_warps=num_warps,
+        STORE_STATES=store_states, num_warps=num_warps,
     )
-    return y, final
+    return y, final, states
 
 
 class _SelectiveScanFn(torch.autograd.Function):
-    """Triton forward; backward recomputes through the PyTorch reference (selective_scan_ref)."""
+    """Triton forward (storing the chunk-entry states when a gradient is needed) and Triton
+    backward (``triton_bwd.selective_scan_bwd``: per chunk, recompute the states from the stored
+    entry state, reverse-time scan for the state gradient)."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):  # type: ignore[override]
-        y, final = selective_scan_fwd(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-                                      delta_softplus=delta_softplus, initial_state=initial_state)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state)
+        grad = any(ctx.needs_input_grad[:9])
+        y, final, states = selective_scan_fwd(
+            u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+            initial_state=initial_state, chunk=BWD_CHUNK, store_states=grad)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, states)
         ctx.delta_softplus = delta_softplus
         return y, final
 
     @staticmethod
     def backward(ctx, gy, gfinal):  # type: ignore[override]
-        inputs = [t.detach().requires_grad_(t.requires_grad) if t is not None else None
-                  for t in ctx.saved_tensors]
-        u, delta, A, B, C, D, z, bias, h0 = inputs
-        with torch.enable_grad():
-            y, final = selective_scan_ref(u, delta, A, B, C, D=D, z=z, delta_bias=bias,
-                                          delta_softplus=ctx.delta_softplus, initial_state=h0,
-                                          return_final_state=True)
-            outs = [o for o, g in ((y, gy), (final, gfinal)) if g is not None]
-            gouts = [g for g in (gy, gfinal) if g is not None]
-            need = [t for t in inputs if t is not None and t.requires_grad]
-            got = iter(torch.autograd.grad(outs, need, gouts, allow_unused=True)) if need else iter(())
-        grads = [next(got) if t is not None and t.requires_grad else None for t in inputs]
+        from evalkit.kernels.selective_scan.triton_bwd import selective_scan_bwd
+
+        u, delta, A, B, C, D, z, bias, h0, states = ctx.saved_tensors
+        grads = selective_scan_bwd(u, delta, A, B, C, D, z, bias, h0, states, gy, gfinal,
+                                   delta_softplus=ctx.delta_softplus, chunk=BWD_CHUNK)
         return (*grads, None)
+
+
+# The chunk of the forward when it stores states for the backward: the backward walks the same
+# chunks (its tile of T x channels x N is the size limit: see kernels/NOTES.md).
+BWD_CHUNK = 16
 
 
 def selective_scan(
@@ -175,7 +245,12 @@ def selective_scan(
     initial_state: torch.Tensor | None = None, return_final_state: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Triton selective scan with the semantics of :func:`selective_scan_ref`; differentiable
-    (reference backward)."""
+    (Triton backward)."""
+    if not torch.is_grad_enabled() or not any(
+            t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)):
+        y, final, _ = selective_scan_fwd(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                         delta_softplus=delta_softplus, initial_state=initial_state)
+        return (y, final) if return_final_state else y
     y, final = _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state,
                                       delta_softplus)
     return (y, final) if return_final_state else y

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from evalkit.kernels.dispatch import use_kernel
-from evalkit.kernels.ssd.ref import ssd_naive, ssd_ref
+from evalkit.kernels.ssd.ref import ssd_naive, ssd_ref, ssd_step_ref
 
-__all__ = ["ssd", "ssd_naive", "ssd_ref"]
+__all__ = ["ssd", "ssd_naive", "ssd_ref", "ssd_step", "ssd_step_ref"]
 
 
 def ssd(
@@ -35,3 +35,25 @@ def ssd(
         x, dt, A, B, C, chunk_size, D=D, initial_state=initial_state,
         return_final_state=return_final_state,
     )
+
+
+def ssd_step(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step with the semantics of :func:`ssd_step_ref` (see there for shapes):
+    (y · silu(z), new state). The Triton kernel (``triton_step.py``) runs for CUDA tensors with a
+    float32 state, the reference otherwise; ``EVALKIT_KERNELS`` forces either."""
+    if use_kernel(x, state):
+        from evalkit.kernels.ssd import triton_step  # lazy: triton is heavy to import
+
+        return triton_step.ssd_step(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
+    return ssd_step_ref(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)

@@ -147,3 +147,43 @@ def ssd_naive(
     if D is not None:
         y = y + x * D.to(f64)[:, None]
     return (y, h) if return_final_state else y
+
+
+def ssd_step_ref(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step of the SSD recurrence, with the Mamba-2 mixer's Δ and gate fused in.
+
+    state: (B, H, P, N) in float32 / float64 (the compute dtype); x, z: (B, H, P); dt: (B, H)
+    (``dt_bias`` added and softplus applied here when given / asked); A, D, dt_bias: (H,);
+    B, C: (B, G, N). Returns y · silu(z) (just y without z): (B, H, P) in x's dtype, and the new
+    state (a new tensor; the input state is not modified).
+    """
+    ct = state.dtype
+    H = x.shape[1]
+    G = B.shape[1]
+    d = dt.to(ct)
+    if dt_bias is not None:
+        d = d + dt_bias.to(ct)
+    if dt_softplus:
+        d = F.softplus(d)  # (B, H)
+    Bh = B.to(ct).repeat_interleave(H // G, dim=1)  # (B, H, N)
+    Ch = C.to(ct).repeat_interleave(H // G, dim=1)  # (B, H, N)
+    x_c = x.to(ct)
+    dA = torch.exp(d * A.to(ct))  # (B, H)
+    h = dA[:, :, None, None] * state + (d[:, :, None] * x_c)[..., None] * Bh[:, :, None, :]
+    y = (h @ Ch[..., None]).squeeze(-1)  # (B, H, P)
+    if D is not None:
+        y = y + D.to(ct)[:, None] * x_c
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    return y.to(x.dtype), h

@@ -13,8 +13,7 @@ already softplus-ed; A: (H,); B, C: (B, L, G, N); D: (H,); initial_state: (B, H,
    ``y = ((C Bᵀ) ∘ exp(segsum ΔA) · Δ) x + exp(cumsum ΔA) · (C Sᵀ) + D x``.
 
 The chunk-local decays are recomputed in both kernels from dt (a cumsum of T numbers is cheaper
-than storing it). Backward: :class:`_SSDFn` recomputes through the PyTorch reference (no Triton
-backward yet; see kernels/NOTES.md).
+than storing it). Backward: ``triton_bwd.py`` (Triton), wired in by :class:`_SSDFn`.
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ import os
 import torch
 import triton
 import triton.language as tl
-
-from evalkit.kernels.ssd.ref import ssd_ref
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -127,12 +124,13 @@ def _pow2(n: int, lo: int = 16) -> int:
 def ssd_fwd(
     x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     chunk_size: int, D: torch.Tensor | None = None, initial_state: torch.Tensor | None = None,
-    state_block_n: int | None = None, num_stages: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    state_block_n: int | None = None, num_stages: int | None = None, return_states: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Forward only (no autograd). Returns y (B, L, H, P) in x's dtype and the final state
     (B, H, P, N) in float32. ``chunk_size`` must be a power of two in [16, 256] (it changes
     rounding only, not the result). ``state_block_n`` / ``num_stages``: tuning knobs for
-    kernels/bench.py."""
+    kernels/bench.py. ``return_states`` adds the states entering each chunk, (B, chunks, H, P, N)
+    fp32, which the backward reuses."""
     batch, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     T = chunk_size
@@ -168,35 +166,26 @@ def ssd_fwd(
         T=T, BP=BP_o, BN=BN_full, HAS_D=D is not None, PREC=prec,
         num_warps=4 if T * BN_full <= 8192 else 8, num_stages=stages,
     )
-    return y, final
+    return (y, final, states) if return_states else (y, final)
 
 
 class _SSDFn(torch.autograd.Function):
-    """Triton forward; backward recomputes through the PyTorch reference (ssd_ref)."""
+    """Triton forward (keeping the chunk-entry states) and Triton backward (``triton_bwd.py``)."""
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, initial_state, chunk_size):  # type: ignore[override]
-        y, final = ssd_fwd(x, dt, A, B, C, chunk_size, D=D, initial_state=initial_state)
-        ctx.save_for_backward(x, dt, A, B, C, D, initial_state)
+        y, final, states = ssd_fwd(x, dt, A, B, C, chunk_size, D=D, initial_state=initial_state,
+                                   return_states=True)
+        ctx.save_for_backward(x, dt, A, B, C, D, initial_state, states)
         ctx.chunk_size = chunk_size
         return y, final
 
     @staticmethod
     def backward(ctx, gy, gfinal):  # type: ignore[override]
-        saved = ctx.saved_tensors
-        inputs = [t.detach().requires_grad_(t.requires_grad) if t is not None else None for t in saved]
-        x, dt, A, B, C, D, h0 = inputs
-        with torch.enable_grad():
-            y, final = ssd_ref(x, dt, A, B, C, ctx.chunk_size, D=D, initial_state=h0,
-                               return_final_state=True)
-            outs, grads_out = [], []
-            for o, go in ((y, gy), (final, gfinal)):
-                if go is not None:
-                    outs.append(o)
-                    grads_out.append(go)
-            need = [t for t in inputs if t is not None and t.requires_grad]
-            got = iter(torch.autograd.grad(outs, need, grads_out, allow_unused=True)) if need else iter(())
-        grads = [next(got) if t is not None and t.requires_grad else None for t in inputs]
+        from evalkit.kernels.ssd.triton_bwd import ssd_bwd
+
+        x, dt, A, B, C, D, h0, states = ctx.saved_tensors
+        grads = ssd_bwd(x, dt, A, B, C, D, h0, states, gy, gfinal, ctx.chunk_size)
         return (*grads, None)
 
 
@@ -211,6 +200,10 @@ def ssd(
     chunk_size: int, D: torch.Tensor | None = None, initial_state: torch.Tensor | None = None,
     return_final_state: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Triton SSD with the semantics of :func:`ssd_ref`; differentiable (reference backward)."""
+    """Triton SSD with the semantics of :func:`ssd_ref`; differentiable (Triton backward)."""
+    if not torch.is_grad_enabled() or not any(
+            t is not None and t.requires_grad for t in (x, dt, A, B, C, D, initial_state)):
+        y, final = ssd_fwd(x, dt, A, B, C, kernel_chunk_size(chunk_size), D=D, initial_state=initial_state)
+        return (y, final) if return_final_state else y
     y, final = _SSDFn.apply(x, dt, A, B, C, D, initial_state, kernel_chunk_size(chunk_size))
     return (y, final) if return_final_state else y

@@ -1,7 +1,8 @@
 """NativeLM: embedding → blocks (pre-RMSNorm mixer + optional SwiGLU MLP) → RMSNorm → head.
 
-One class covers transformers, pure Mamba / Mamba-2 stacks and hybrids: each layer's mixer comes
-from ``cfg.resolved().layer_types()`` via the MIXERS registry. Checkpoints are a directory with
+One class covers transformers, pure SSM / linear-attention stacks and hybrids: each layer's mixer
+comes from ``cfg.resolved().layer_types()`` (the config's ``pattern``, or ``ssm`` / ``attention``
+placed by ``attention_fraction``) via the MIXERS registry. Checkpoints are a directory with
 ``config.json`` and ``model.safetensors``.
 """
 
@@ -161,6 +162,7 @@ class NativeLM(nn.Module):
             "n_layers": self.cfg.n_layers,
             "d_state": self.cfg.d_state,
             "vocab_size": self.cfg.vocab_size,
+            **({"window": self.cfg.window} if "swa" in self.cfg.layer_types() else {}),
         }
 
     # ---- checkpoints ----------------------------------------------------------------------

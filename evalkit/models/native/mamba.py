@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evalkit.kernels.selective_scan import selective_scan
+from evalkit.kernels.selective_scan import selective_scan, selective_scan_step
 from evalkit.models.native.config import NativeConfig
 from evalkit.models.native.mixer import (Mixer, init_dt_bias_, init_normal_, init_uniform_,
                                          out_proj_std, register_mixer)
@@ -106,12 +106,10 @@ class Mamba(Mixer):
         xc, conv_state = causal_conv_step(conv_state, x, self.conv1d)
         xc = F.silu(xc)
         dt, B, C = self._scan_inputs(xc)  # (B, d_inner), (B, N), (B, N)
-        dt = F.softplus(dt.to(h.dtype) + self.dt_proj.bias.to(h.dtype))
         A = -torch.exp(self.A_log.to(h.dtype))  # (d_inner, N)
-        h = torch.exp(dt[:, :, None] * A) * h + (dt * xc.to(h.dtype))[:, :, None] * B.to(h.dtype)[:, None]
-        y = (h @ C.to(h.dtype)[:, :, None]).squeeze(-1) + self.D.to(h.dtype) * xc.to(h.dtype)
-        y = (y * F.silu(z.to(h.dtype))).to(x_t.dtype)  # (B, d_inner)
-        return self.out_proj(y), (conv_state, h)
+        # softplus(Δ + bias), the state update, C·h, D skip and SiLU(z) gate: one kernel on CUDA
+        y, h = selective_scan_step(h, xc, dt, A, B, C, D=self.D, z=z, delta_bias=self.dt_proj.bias)
+        return self.out_proj(y.to(x_t.dtype)), (conv_state, h)
 
     def fixed_state_bytes(self, dtype_bytes: int = 2) -> int:
         return self.d_inner * (self.cfg.d_conv - 1 + self.cfg.d_state) * dtype_bytes

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evalkit.kernels.ssd import ssd
+from evalkit.kernels.ssd import ssd, ssd_step
 from evalkit.models.native.config import NativeConfig
 from evalkit.models.native.mamba import causal_conv_step, conv_tail
 from evalkit.models.native.mixer import (Mixer, init_dt_bias_, init_normal_, init_uniform_,
@@ -92,13 +92,12 @@ class Mamba2(Mixer):
         conv_state, h = state
         z, xBC, dt = self._split(self.in_proj(x_t))  # (B, ·)
         xBC, conv_state = causal_conv_step(conv_state, xBC, self.conv1d)
-        x, B, C = F.silu(xBC).to(h.dtype).split([self.d_inner, self.N, self.N], dim=-1)
-        x = x.view(-1, self.nheads, self.headdim)  # (B, H, P)
-        dt = F.softplus(dt.to(h.dtype) + self.dt_bias.to(h.dtype))  # (B, H)
-        dA = torch.exp(dt * -torch.exp(self.A_log.to(h.dtype)))  # (B, H)
-        h = dA[:, :, None, None] * h + (dt[:, :, None] * x)[..., None] * B[:, None, None, :]
-        y = (h @ C[:, None, :, None]).squeeze(-1) + self.D.to(h.dtype)[:, None] * x  # (B, H, P)
-        y = self._gate_out(y.reshape(-1, self.d_inner).to(x_t.dtype), z)
+        x, B, C = F.silu(xBC).split([self.d_inner, self.N, self.N], dim=-1)
+        shape = (-1, self.nheads, self.headdim)  # (B, H, P)
+        # softplus(dt + bias), the state update, C·h, D skip and y·SiLU(z): one kernel on CUDA
+        y, h = ssd_step(h, x.reshape(shape), dt, -torch.exp(self.A_log.to(h.dtype)), B[:, None], C[:, None],
+                        D=self.D, z=z.reshape(shape), dt_bias=self.dt_bias, dt_softplus=True)
+        y = self.out_proj(self.norm(y.reshape(-1, self.d_inner).to(x_t.dtype)))  # gate already applied
         return y, (conv_state, h)
 
     def fixed_state_bytes(self, dtype_bytes: int = 2) -> int:

@@ -34,6 +34,11 @@ class Mixer(nn.Module):
         self.cfg = cfg
         self.layer_idx = layer_idx
 
+    @classmethod
+    def check_config(cls, cfg: NativeConfig) -> None:
+        """Raise ValueError naming the field when ``cfg`` cannot build this mixer (called by
+        ``NativeConfig`` for every mixer its layers use, so bad specs fail at load time)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Parallel path. x: (B, L, D) → (B, L, D); differentiable."""
         return self._forward(x, return_state=False)
