@@ -61,19 +61,32 @@ class _Doc:
             where = f"{path}:{mark.line + 1}" if mark else path
             problem = getattr(e, "problem", None) or str(e).splitlines()[0]
             raise SpecError(f"{where}: malformed YAML: {problem}") from None
+        except RecursionError:
+            raise SpecError(f"{path}: malformed YAML: nested too deeply") from None
         self._check_duplicates(self.node)
 
-    def _check_duplicates(self, node: Any) -> None:
-        if isinstance(node, yaml.MappingNode):
-            seen: set[str] = set()
-            for k, v in node.value:
-                if k.value in seen:
-                    raise SpecError(f"{self.path}:{k.start_mark.line + 1}: duplicate field '{k.value}'")
-                seen.add(k.value)
-                self._check_duplicates(v)
-        elif isinstance(node, yaml.SequenceNode):
-            for v in node.value:
-                self._check_duplicates(v)
+    MAX_NODES = 100_000  # a spec is small; more means aliases that refer to themselves or explode
+
+    def _check_duplicates(self, root: Any) -> None:
+        """Refuse duplicate keys, walking the node tree with aliases expanded (iteratively, and at
+        most MAX_NODES nodes: a recursive or exponential alias is refused, not followed forever)."""
+        stack, visited = [root], 0
+        while stack:
+            node = stack.pop()
+            visited += 1
+            if visited > self.MAX_NODES:
+                raise SpecError(f"{self.path}: YAML aliases expand to more than {self.MAX_NODES} values "
+                                "(an alias that refers to itself, or aliases of aliases)")
+            if isinstance(node, yaml.MappingNode):
+                seen: set[str] = set()
+                for k, v in node.value:
+                    if k.value in seen:
+                        raise SpecError(f"{self.path}:{k.start_mark.line + 1}: duplicate field '{k.value}'")
+                    if isinstance(k.value, str):
+                        seen.add(k.value)
+                    stack += [k, v]
+            elif isinstance(node, yaml.SequenceNode):
+                stack += node.value
 
     def line(self, *fields: str | int) -> int | None:
         node = self.node
@@ -204,7 +217,7 @@ def load_task_spec(ref: str | Path) -> TaskSpec:
         raise doc.error(("task",), f"unknown task '{task_name}'{did_you_mean(task_name, TASKS.names())}")
     cls = TASKS.get(task_name)
     fmt = d.get("format")
-    if fmt is not None and fmt not in FORMATS:
+    if fmt is not None and (not isinstance(fmt, str) or fmt not in FORMATS):
         raise doc.error(("format",), f"unknown format '{fmt}'{did_you_mean(str(fmt), FORMATS.names())}")
     filler = d.get("filler", "random")
     if filler not in FILLERS:

@@ -70,7 +70,8 @@ def _config(family: str, vocab: int, ids: dict[str, int]) -> Any:
                               mamba_d_state=8, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=4)
     if family == "zamba2":
         return tf.Zamba2Config(**{**common, "num_hidden_layers": 4},
-                               layers_block_type=["mamba", "hybrid", "mamba", "hybrid"], num_attention_heads=4, num_key_value_heads=4, intermediate_size=64, mamba_d_state=8,
+                               layers_block_type=["mamba", "hybrid", "mamba", "hybrid"], num_attention_heads=4,
+                               num_key_value_heads=4, intermediate_size=64, mamba_d_state=8,
                                mamba_headdim=8, n_mamba_heads=8, mamba_ngroups=1, num_mem_blocks=1, adapter_rank=8,
                                max_position_embeddings=4096, chunk_size=32, use_mem_rope=True)
     if family == "falcon_h1":

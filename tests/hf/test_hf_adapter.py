@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
 from hf_tiny import FAMILIES
 
 from evalkit.scoring import predict_greedy, predict_teacher_forced, score

@@ -39,6 +39,7 @@ def test_format_selection_and_sample_keys(hf_checkpoints: dict[str, Path], tiny_
     from evalkit.spec import load_model_spec, load_task_spec
 
     hf = load_model_spec(f"hf:{hf_checkpoints['mamba2']}")
+    assert load_model_spec(str(hf_checkpoints["mamba2"])) == hf  # a transformers directory is hf: too
     native = load_model_spec(str(tiny_models["t-mamba2"]))
     spec = load_task_spec(NEEDLE)
     cells = plan([spec], [hf, native], lengths=[256])

@@ -81,7 +81,8 @@ def test_needle_sentence_key_and_depth(tok: Any) -> None:
         s = sample("needle", 1000, depth=depth)
         r = render_text(s, 1000, tokenizer=tok, haystack="noise")
         q = s.queries[0]
-        needle = f"One of the special magic numbers for {key_text(q.key)} is: {value_text(q.answer, 'value', 'numbers')}."
+        value = value_text(q.answer, "value", "numbers")
+        needle = f"One of the special magic numbers for {key_text(q.key)} is: {value}."
         assert needle in r.prompt_text
         haystacks = [int(n) for n in re.findall(r"…\[(\d+) haystack tokens\]…", r.summary)]
         if depth == 0.5:  # the budget is split in half (split_budget), each part filled exactly
