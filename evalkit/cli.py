@@ -233,13 +233,34 @@ def show(cell: str, output_dir: str, n_samples: int) -> None:
 
 # ----------------------------------------------------------------------------------- export
 @cli.command()
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "lm-eval"]), default="csv", show_default=True)
 @click.option("--level", type=click.Choice(["samples", "cells"]), default="samples", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="File to write (default: stdout).")
 @OUTPUT_DIR
 @STORE
-def export(fmt: str, level: str, output: str | None, output_dir: str, store_path: str | None) -> None:
-    """Export stored results as CSV or JSON (one row per sample, or per cell)."""
+@click.option("--task", "tasks", multiple=True, help="lm-eval: task spec to export (repeatable; default: all built-in).")
+@click.option("--lengths", callback=_ints, help="lm-eval: context lengths (default: each spec's).")
+@click.option("--samples", type=click.IntRange(min=1), help="lm-eval: samples per length (default: each spec's).")
+def export(directory: str | None, fmt: str, level: str, output: str | None, output_dir: str, store_path: str | None,
+           tasks: tuple[str, ...], lengths: list[int] | None, samples: int | None) -> None:
+    """Export stored results as CSV or JSON (one row per sample, or per cell); or, with
+    --format lm-eval DIRECTORY, write lm-eval task files that run evalkit's task specs."""
+    if fmt == "lm-eval":
+        if directory is None:
+            raise click.UsageError("--format lm-eval needs the DIRECTORY to write the task files into")
+        import re
+
+        from evalkit.lmeval.export import export_lm_eval
+
+        written = export_lm_eval(directory, tasks, lengths=lengths, samples=samples)
+        groups = [p.stem for p in written if not re.search(r"_L\d+$", p.stem)]
+        click.echo(f"wrote {len(written)} lm-eval task files to {directory} (groups: {', '.join(groups)}); run with\n"
+                   f"  lm_eval --include_path {directory} --tasks {groups[0] if groups else '...'} --model hf "
+                   "--model_args pretrained=PATH")
+        return
+    if directory is not None or tasks or lengths or samples:
+        raise click.UsageError("DIRECTORY, --task, --lengths and --samples belong to --format lm-eval")
     from evalkit.results import cells_frame, records_frame
     from evalkit.store import Store
 

@@ -51,14 +51,21 @@ def mixer_matmul_params(cfg: NativeConfig, mixer: str) -> int:
     """Weights one token multiplies through in a layer's mixer (linear and depthwise-conv
     weights; biases, norms and per-head scalars such as A, D, dt_bias are not matmuls).
 
-    attention: qkv (D × 3D) + out (D × D)                         = 4·D²
+    attention, swa: qkv (D × 3D) + out (D × D)                    = 4·D²
     mamba:     in (D × 2E) + conv (E·K) + x_proj (E × (R + 2N)) + dt_proj (R × E) + out (E × D)
     mamba2:    in (D × (2E + 2N + H)) + conv ((E + 2N)·K) + out (E × D)
+    s4d:       in (D × 2E) + conv (E·K) + out (E × D)
+    gated_deltanet: in (D × (2HN + 2E + 2H)) + conv ((2HN + E)·K) + out (E × D)
     with E = expand·D, K = d_conv, R = ceil(D / 16), H = E / headdim.
     """
     D, E, N, K = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv
-    if mixer == "attention":
+    if mixer in ("attention", "swa"):
         return 4 * D * D
+    if mixer == "s4d":
+        return D * 2 * E + E * K + E * D
+    if mixer == "gated_deltanet":
+        H = E // cfg.headdim
+        return D * (2 * H * N + 2 * E + 2 * H) + (2 * H * N + E) * K + E * D
     if mixer == "mamba":
         R = math.ceil(D / 16)
         return D * 2 * E + E * K + E * (R + 2 * N) + R * E + E * D
@@ -79,9 +86,29 @@ def mixer_sequence_flops(cfg: NativeConfig, mixer: str, context_length: int) -> 
                ngroups = 1 broadcast to every head): per token 2·Q·N·H for C·Bᵀ, 2·Q·P·H for the
                masked (Q × Q) matrix times X, 2·N·P·H for the chunk states and 2·N·P·H for the
                state read-out, i.e. 2·(Q·(N + P)·H + 2·N·P·H). Inter-chunk passing is O(1/Q).
+    swa:       as attention, over the keys in the window: token i sees min(i + 1, W) of them.
+    s4d:       per channel, three real FFTs of length 2L (input, kernel, inverse; ~2.5·n·log2 n
+               each, i.e. 5·log2(2L) per token) plus the spectral product, and building the
+               kernel from N/2 complex modes (~4·N per position): E·(15·log2(2L) + 6 + 4·N).
+    gated_deltanet: the chunked rule as the reference computes it (chunks of C = min(chunk_size,
+               32), per head): K Kᵀ, Q Kᵀ and W_k (2·C·N each), W_v and the intra-chunk output
+               (2·C·P each), the triangular inverse (~2·C²/3), and the state read / correction /
+               write (2·N·P each): H·(2·C·(3N + 2P) + 2·C²/3 + 6·N·P).
     """
     if mixer == "attention":
         return 2.0 * 2.0 * cfg.d_model * (context_length + 1) / 2.0
+    if mixer == "swa":
+        W, L = cfg.window, context_length
+        span = (L + 1) / 2.0 if L <= W else (W * (W + 1) / 2.0 + (L - W) * W) / L
+        return 2.0 * 2.0 * cfg.d_model * span
+    if mixer == "s4d":
+        return cfg.d_inner * (15.0 * math.log2(2 * max(context_length, 1)) + 6 + 4 * cfg.d_state)
+    if mixer == "gated_deltanet":
+        from evalkit.models.native.gated_deltanet import MAX_CHUNK
+
+        C, N, P = min(cfg.chunk_size, MAX_CHUNK), cfg.d_state, cfg.headdim
+        H = cfg.d_inner // P
+        return H * (2.0 * C * (3 * N + 2 * P) + 2.0 * C * C / 3 + 6.0 * N * P)
     if mixer == "mamba":
         return 9.0 * cfg.d_inner * cfg.d_state
     if mixer == "mamba2":

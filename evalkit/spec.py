@@ -108,7 +108,9 @@ class _Doc:
         line = self.line(*fields)
         where = f"{self.path}:{line}" if line else self.path
         name = ".".join(str(f) for f in fields)
-        return SpecError(f"{where}: field '{name}': {msg}" if name else f"{where}: {msg}")
+        text = f"{where}: field '{name}': {msg}" if name else f"{where}: {msg}"
+        # a key or value with a newline or control character stays one line, escaped
+        return SpecError("".join(c if c.isprintable() else repr(c)[1:-1] for c in text))
 
 
 def _read(path: Path) -> _Doc:

@@ -58,6 +58,8 @@ def test_flops_per_token_hand_computed():
 @pytest.mark.parametrize("arch", [
     {"flavor": "debug", "ssm": "mamba"}, {"flavor": "debug", "ssm": "mamba2"},
     {"flavor": "debug", "attention_fraction": 1.0},
+    {"flavor": "debug", "ssm": "s4d"}, {"flavor": "debug", "ssm": "gated_deltanet"},
+    {"flavor": "debug", "pattern": "WMWA", "window": 16},
 ])
 def test_matmul_params_match_the_built_model(arch):
     cfg = NativeConfig.from_dict(arch).resolved()

@@ -86,3 +86,13 @@ def test_gradients_match_naive_loop():
     grads_ref = torch.autograd.grad((o_ref * w).sum() + S_ref.sum(), list(args.values()))
     for name, a, r in zip(args, grads, grads_ref):
         torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("C", [1, 2, 7, 8, 16, 48, 64])
+def test_unit_lower_inverse(C):
+    from evalkit.kernels.gated_delta.ref import unit_lower_inverse
+
+    A = 0.2 * torch.randn(3, 2, C, C, dtype=torch.float64).tril(-1)
+    T = unit_lower_inverse(A)
+    torch.testing.assert_close(T @ (A + torch.eye(C, dtype=torch.float64)), torch.eye(C, dtype=torch.float64).expand(3, 2, C, C),
+                               rtol=1e-9, atol=1e-9)

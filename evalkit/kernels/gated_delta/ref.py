@@ -38,6 +38,44 @@ def _exp(log_x: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_x)
 
 
+def _diagonal_blocks(A: torch.Tensor, size: int) -> torch.Tensor:
+    """The (size × size) blocks on the diagonal of A: (..., C, C) → (..., C/size, size, size)."""
+    n = A.shape[-1] // size
+    blocks = A.reshape(*A.shape[:-2], n, size, n, size)
+    return torch.diagonal(blocks, dim1=-4, dim2=-2).movedim(-1, -3)
+
+
+def unit_lower_inverse(A: torch.Tensor, leaf: int = 8) -> torch.Tensor:
+    """(I + A)⁻¹ for strictly lower-triangular A: (..., C, C) → (..., C, C).
+
+    Forward substitution inverts the diagonal blocks of ``leaf`` rows; then blocks merge pairwise
+    up to C with the inverse of a block lower-triangular matrix, [[T11, 0], [−T22 A21 T11, T22]].
+    Only batched matmuls and elementwise ops: ``torch.linalg.solve_triangular`` on thousands of
+    small matrices is as fast with one CPU thread but ~10x slower with two (per-matrix LAPACK
+    calls). C that is not a power-of-two multiple of the leaf is padded with zeros (identity).
+    """
+    C = A.shape[-1]
+    b = min(leaf, C)
+    size = b
+    while size < C:
+        size *= 2
+    if size != C:
+        A = F.pad(A, (0, size - C, 0, size - C))
+    D = _diagonal_blocks(A, b)  # (..., size/b, b, b)
+    eye = torch.eye(b, dtype=A.dtype, device=A.device)
+    rows = [eye[0].expand(D.shape[:-1])]
+    for i in range(1, b):  # row i of the inverse: e_i − Σ_{j<i} A_ij row_j
+        rows.append(eye[i] - (D[..., i, :i, None] * torch.stack(rows, dim=-2)).sum(-2))
+    T = torch.stack(rows, dim=-2)  # (..., size/b, b, b): inverted diagonal blocks
+    while b < size:
+        A21 = _diagonal_blocks(A, 2 * b)[..., b:, :b]  # (..., size/2b, b, b)
+        T11, T22 = T[..., 0::2, :, :], T[..., 1::2, :, :]
+        T21 = -(T22 @ (A21 @ T11))
+        T = torch.cat([torch.cat([T11, torch.zeros_like(T11)], -1), torch.cat([T21, T22], -1)], -2)
+        b *= 2
+    return T[..., 0, :C, :C]
+
+
 def gated_delta_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -76,11 +114,11 @@ def gated_delta_ref(
     strict = torch.tril(incl, diagonal=-1)  # s < t
     M = _exp((gc[..., :, None] - gc[..., None, :]).masked_fill(~incl, -torch.inf))  # (B, H, nc, C, C)
 
-    # UT transform: solve (I + A) [W_v W_k] = [diag(β) V, diag(βΓ) K] for every chunk at once.
+    # UT transform: T = (I + A)⁻¹, then W_v = T diag(β) V and W_k = T diag(βΓ) K, every chunk at once.
     A = (beta[..., :, None] * (K @ K.transpose(-1, -2)) * M).masked_fill(~strict, 0.0)
-    eye = torch.eye(C, dtype=ct, device=k.device)
-    rhs = torch.cat([beta[..., None] * V, (beta * _exp(gc))[..., None] * K], dim=-1)  # (…, C, P+N)
-    W_v, W_k = torch.linalg.solve_triangular(A + eye, rhs, upper=False, unitriangular=True).split([P, N], -1)
+    T = unit_lower_inverse(A)  # (B, H, nc, C, C)
+    W_v = T @ (beta[..., None] * V)  # (B, H, nc, C, P)
+    W_k = T @ ((beta * _exp(gc))[..., None] * K)  # (B, H, nc, C, N)
 
     QK = (Q @ K.transpose(-1, -2)) * M  # (B, H, nc, C, C), zero above the diagonal
     Q_in = _exp(gc)[..., None] * Q  # Γ_t q_t: reads the entering state

@@ -83,18 +83,18 @@ def _ssd_bwd_chunk_kernel(
     T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, PREC: tl.constexpr,
 ):
+    # The state dimension N is walked in blocks of BN (twice: C·Bᵀ needs all of N before the
+    # rest), so the register tiles stay (T, T), (T, BP), (T, BN) and (BP, BN) for any N.
     pid_bh = tl.program_id(0)
     c = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     g = h // heads_per_group
     offs_p = tl.arange(0, BP)
-    offs_n = tl.arange(0, BN)
     offs_t = tl.arange(0, T)
     t = c * T + offs_t
-    mt, mp, mn = t < L, offs_p < P, offs_n < N
+    mt, mp = t < L, offs_p < P
     mtp = mt[:, None] & mp[None, :]
-    mtn = mt[:, None] & mn[None, :]
     A = tl.load(A_ptr + h).to(tl.float32)
     dt = tl.load(dt_ptr + b * sdb + h * sdh + t * sdl, mask=mt, other=0.0).to(tl.float32)
     a = dt * A
@@ -106,40 +106,57 @@ def _ssd_bwd_chunk_kernel(
     x = tl.load(x_ptr + b * sxb + h * sxh + t[:, None] * sxl + offs_p[None, :] * sxp, mask=mtp, other=0.0)
     gy = tl.load(gy_ptr + b * sgb + h * sgh + t[:, None] * sgl + offs_p[None, :] * sgp, mask=mtp, other=0.0)
     gy = gy.to(x.dtype)
-    bm = tl.load(B_ptr + b * sbb + g * sbg + t[:, None] * sbl + offs_n[None, :] * sbn, mask=mtn, other=0.0)
-    cm = tl.load(C_ptr + b * scb + g * scg + t[:, None] * scl + offs_n[None, :] * scn, mask=mtn, other=0.0)
-    sidx = ((b * n_chunks + c) * H + h) * P * N + offs_p[:, None] * N + offs_n[None, :]
-    mpn = mp[:, None] & mn[None, :]
-    S = tl.load(st_ptr + sidx, mask=mpn, other=0.0)  # (BP, BN) state entering the chunk
-    R = tl.load(dst_ptr + sidx, mask=mpn, other=0.0)  # (BP, BN) ∂L/∂(state after the chunk)
+    b_base = B_ptr + b * sbb + g * sbg + t[:, None] * sbl
+    c_base = C_ptr + b * scb + g * scg + t[:, None] * scl
+    s_base = ((b * n_chunks + c) * H + h) * P * N + offs_p[:, None] * N
+    p_base = ((b * L + t[:, None]) * H + h) * N  # (B, L, H, N) partials of gB, gC
 
     causal = offs_t[:, None] >= offs_t[None, :]
     ldec = tl.exp(tl.where(causal, cs[:, None] - cs[None, :], float("-inf")))  # (T, T): rows t, columns s
-    cb = tl.dot(cm, tl.trans(bm), input_precision=PREC)  # (T, T)
+    cb = tl.zeros((T, T), dtype=tl.float32)
+    for n0 in range(0, N, BN):
+        offs_n = n0 + tl.arange(0, BN)
+        mtn = mt[:, None] & (offs_n < N)[None, :]
+        bm = tl.load(b_base + offs_n[None, :] * sbn, mask=mtn, other=0.0)
+        cm = tl.load(c_base + offs_n[None, :] * scn, mask=mtn, other=0.0)
+        cb += tl.dot(cm, tl.trans(bm), input_precision=PREC)  # (T, T)
     gm = tl.dot(gy, tl.trans(x), input_precision=PREC)  # (T, T): gy_t · x_s
     M = cb * ldec
     gd = gm * ldec * dt[None, :]
-
     gX = tl.dot(tl.trans(M).to(x.dtype), gy, input_precision=PREC)  # (T, BP)
-    gX += tl.dot((bm.to(tl.float32) * w[:, None]).to(x.dtype), tl.trans(R).to(x.dtype),
-                 input_precision=PREC)
+
+    U = tl.zeros((T,), dtype=tl.float32)  # state-update terms of the decay gradient
+    V = tl.zeros((T,), dtype=tl.float32)  # entering-state terms
+    RS = tl.zeros((BP,), dtype=tl.float32)  # <R, S> (partial over N)
+    for n0 in range(0, N, BN):
+        offs_n = n0 + tl.arange(0, BN)
+        mn = offs_n < N
+        mtn = mt[:, None] & mn[None, :]
+        mpn = mp[:, None] & mn[None, :]
+        bm = tl.load(b_base + offs_n[None, :] * sbn, mask=mtn, other=0.0)
+        cm = tl.load(c_base + offs_n[None, :] * scn, mask=mtn, other=0.0)
+        S = tl.load(st_ptr + s_base + offs_n[None, :], mask=mpn, other=0.0)  # (BP, BN) entering state
+        R = tl.load(dst_ptr + s_base + offs_n[None, :], mask=mpn, other=0.0)  # ∂L/∂(state after)
+        gX += tl.dot((bm.to(tl.float32) * w[:, None]).to(x.dtype), tl.trans(R).to(x.dtype),
+                     input_precision=PREC)
+        xR = tl.dot(x, R.to(x.dtype), input_precision=PREC)  # (T, BN)
+        gyS = tl.dot(gy, S.to(x.dtype), input_precision=PREC)  # (T, BN)
+        gB = tl.dot(tl.trans(gd).to(cm.dtype), cm, input_precision=PREC) + xR * (w * dt)[:, None]
+        gC = tl.dot(gd.to(bm.dtype), bm, input_precision=PREC) + gyS * ecs[:, None]
+        tl.store(gB_ptr + p_base + offs_n[None, :], gB, mask=mtn)
+        tl.store(gC_ptr + p_base + offs_n[None, :], gC, mask=mtn)
+        U += tl.sum(xR * bm.to(tl.float32), axis=1)
+        V += tl.sum(gyS * cm.to(tl.float32), axis=1)
+        RS += tl.sum(R * S, axis=1)
+
     xf = x.to(tl.float32)
-    gdt = tl.sum(gX * xf, axis=1)  # (T,) direct part
+    gdt = tl.sum(gX * xf, axis=1)  # (T,) direct part (Δ scales x)
     gx = gX * dt[:, None]
     if HAS_D:
-        Dh = tl.load(D_ptr + h).to(tl.float32)
-        gx += gy.to(tl.float32) * Dh
+        gx += gy.to(tl.float32) * tl.load(D_ptr + h).to(tl.float32)
         tl.store(gD_ptr + (b * n_chunks + c) * H + h, tl.sum(tl.sum(gy.to(tl.float32) * xf, axis=1), axis=0))
     tl.store(gx_ptr + b * sgxb + h * sgxh + t[:, None] * sgxl + offs_p[None, :] * sgxp,
              gx.to(gx_ptr.dtype.element_ty), mask=mtp)
-
-    xR = tl.dot(x, R.to(x.dtype), input_precision=PREC)  # (T, BN)
-    gyS = tl.dot(gy, S.to(x.dtype), input_precision=PREC)  # (T, BN)
-    gB = tl.dot(tl.trans(gd).to(cm.dtype), cm, input_precision=PREC) + xR * (w * dt)[:, None]
-    gC = tl.dot(gd.to(bm.dtype), bm, input_precision=PREC) + gyS * ecs[:, None]
-    pidx = ((b * L + t[:, None]) * H + h) * N + offs_n[None, :]  # (B, L, H, N) partials
-    tl.store(gB_ptr + pidx, gB, mask=mtn)
-    tl.store(gC_ptr + pidx, gC, mask=mtn)
 
     # ∂L/∂a_r (cs_t = a_1 + … + a_t, so ∂a_r = Σ_{t≥r} ∂cs_t), summed without cancellation:
     # the intra-chunk term e^{cs_t − cs_s} depends on a_r exactly when s < r ≤ t; the state
@@ -147,10 +164,10 @@ def _ssd_bwd_chunk_kernel(
     W = cb * gd  # (T, T): the (t, s) terms of y's dependence on e^{cs_t − cs_s}
     Wx = tl.cumsum(W, 1) - W  # Σ_{s<r} W[t, s] in column r
     ga = tl.sum(tl.where(causal, Wx, 0.0), axis=0)  # Σ_{t≥r} Σ_{s<r} W[t, s]
-    U = w * dt * tl.sum(xR * bm.to(tl.float32), axis=1)  # state-update terms
-    V = ecs * tl.sum(gyS * cm.to(tl.float32), axis=1)  # entering-state terms
+    U = U * w * dt
+    V = V * ecs
     ga += tl.cumsum(V, 0, reverse=True) + (tl.cumsum(U, 0) - U)
-    ga += tl.exp(total) * tl.sum(tl.sum(R * S, axis=1), axis=0)
+    ga += tl.exp(total) * tl.sum(RS, axis=0)
     gdt += ga * A
     tl.store(gA_ptr + (b * n_chunks + c) * H + h, tl.sum(ga * dt, axis=0))
     tl.store(gdt_ptr + b * sgdb + h * sgdh + t * sgdl, gdt.to(gdt_ptr.dtype.element_ty), mask=mt)
@@ -200,14 +217,14 @@ def ssd_bwd(
     gCp = torch.empty(batch, L, H, N, **f32)
     gAp = torch.empty(batch, n_chunks, H, **f32)
     gDp = torch.empty(batch, n_chunks, H, **f32)
-    BP, BN = _pow2(P, 32), _pow2(N)
+    BP, BN = _pow2(P, 32), min(_pow2(N), 32)
     _ssd_bwd_chunk_kernel[(batch * H, n_chunks)](
         x, dt, A, Bk, Ck, D if D is not None else A, states, dstates, gy,
         gx, gdt, gBp, gCp, gAp, gDp,
         L, H, P, N, H // G, n_chunks,
         *x.stride(), *dt.stride(), *Bk.stride(), *Ck.stride(), *gy.stride(), *gx.stride(), *gdt.stride(),
         T=T, BP=BP, BN=BN, HAS_D=D is not None, PREC=prec,
-        num_warps=4 if T * BN <= 4096 else 8, num_stages=stages,
+        num_warps=4 if T * max(T, BP) <= 4096 else 8, num_stages=stages,
     )
     gB = gBp.view(batch, L, G, H // G, N).sum(3)
     gC = gCp.view(batch, L, G, H // G, N).sum(3)

@@ -87,7 +87,7 @@ class NativeConfig:
         values: dict[str, Any] = {}
         if "flavor" in d:
             flavor = d.pop("flavor")
-            if flavor not in FLAVORS:
+            if not isinstance(flavor, str) or flavor not in FLAVORS:
                 raise ValueError(f"unknown flavor '{flavor}'{did_you_mean(str(flavor), tuple(FLAVORS))}")
             values.update(FLAVORS[flavor])
         names = [f.name for f in dataclasses.fields(cls)]
