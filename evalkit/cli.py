@@ -60,13 +60,27 @@ def cli() -> None:
 @click.option("--scoring", type=click.Choice(["teacher_forced", "greedy"]), default="teacher_forced", show_default=True)
 @click.option("--dry-run", is_flag=True, help="Print the planned cells, their count and an estimated time.")
 @click.option("--no-cost", is_flag=True, help="Skip the cost probe (prefill / decode latency, memory) per model and length.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where models run: this process, or Ray actors (one model per worker; docs/distributed.md).")
+@click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
+              help="A running Ray cluster (--executor ray); default: start a local one.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Ray workers at once (default: as many as the cluster's GPUs, or CPUs, allow).")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
+              help="GPUs each Ray worker holds (default 0; e.g. 1, or the tensor-parallel size for vLLM).")
 def run(specs: Sequence[str], models: str, lengths: list[int] | None, samples: int | None, seed: int | None,
         output_dir: str, device: str, overwrite: bool, limit: int | None, scoring: str, dry_run: bool,
-        no_cost: bool) -> None:
+        no_cost: bool, executor: str, ray_address: str | None, workers: int | None,
+        gpus_per_worker: float | None) -> None:
     """Evaluate task SPECS (paths or built-in names) on --models; store and print recall."""
+    from evalkit.executors import make_executor
     from evalkit.runner import plan
     from evalkit.spec import load_model_spec, load_task_spec
 
+    flags = {"--ray-address": ray_address, "--workers": workers, "--gpus-per-worker": gpus_per_worker}
+    if executor == "local" and any(v is not None for v in flags.values()):
+        given = ", ".join(k for k, v in flags.items() if v is not None)
+        raise click.BadParameter(f"{given} only apply with --executor ray", param_hint="--executor")
     names = [m.strip() for m in models.split(",") if m.strip()]
     if not names:
         raise click.BadParameter("no model given", param_hint="--models")
@@ -77,7 +91,8 @@ def run(specs: Sequence[str], models: str, lengths: list[int] | None, samples: i
     if dry_run:
         _print_plan(console, cells, output_dir)
         return
-    failed = _run(console, cells, output_dir, device, overwrite, limit, cost=not no_cost)
+    ex = make_executor(executor, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
+    failed = _run(console, cells, output_dir, device, overwrite, limit, cost=not no_cost, executor=ex)
     sys.exit(1 if failed else 0)
 
 
@@ -104,7 +119,7 @@ def _print_plan(console: Any, cells: Sequence[Any], output_dir: str) -> None:
 
 
 def _run(console: Any, cells: Sequence[Any], output_dir: str, device: str, overwrite: bool, limit: int | None,
-         cost: bool = True) -> bool:
+         cost: bool = True, executor: Any = None) -> bool:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from evalkit.models import ADAPTERS
@@ -128,13 +143,17 @@ def _run(console: Any, cells: Sequence[Any], output_dir: str, device: str, overw
         try:
             result = execute(cells, output_dir, device=device, overwrite=overwrite, limit=limit,
                              progress=lambda n: bar.advance(job, n), on_cell=on_cell, command=command,
-                             cost=cost)
+                             cost=cost, executor=executor)
         except KeyboardInterrupt:
             bar.stop()
             console.print(f"interrupted: every finished cell is stored in {output_dir}; run the same command again to continue")
             sys.exit(130)
         bar.update(job, completed=total)
     _print_summary(console, result)
+    lost = sum(executor.stats.restarts.values()) if executor is not None else 0
+    if lost:
+        console.print(f"{executor.name}: {lost} worker(s) lost and replaced; "
+                      f"{len(executor.stats.abandoned)} model(s) given up on after retries")
     if result.cost_points:
         console.print(f"cost probe: {result.cost_points} (model, length) points measured in {result.cost_s:.1f} s "
                       "(see `evalkit cost`; skip with --no-cost)")
@@ -569,6 +588,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except EvalkitError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
+    except OSError as e:  # a path that cannot be read or written (-o /no/such/dir/x.html, a full disk)
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"error: {where}{e.strerror or e}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

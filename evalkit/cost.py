@@ -322,7 +322,13 @@ def probe(
     from the state the last prefill left (so the cache holds L tokens; near ``max_context`` the
     decode starts from a shorter prefill so that it stays within it). Medians are reported;
     ``decode_s_per_token`` is the latency of one step (which emits ``batch`` tokens).
+
+    An adapter whose engine times itself in another process (vLLM) measures with its own
+    ``probe_cost`` (same arguments, same rows).
     """
+    if hasattr(target, "probe_cost"):
+        return target.probe_cost(lengths, device, repeats=repeats, batch=batch, decode_tokens=decode_tokens,
+                                 run_id=run_id, seed=seed)
     import torch
 
     t = _target(target, device)

@@ -1,8 +1,11 @@
 """Plan cells from specs × models × axes, evaluate them, store them; resume what is done.
 
     plan(task specs, model specs)  → [Cell]          (pure; no model is loaded)
-    execute(cells, output_dir)      → RunResult       (loads each model once, batches by length,
-                                                       writes each cell atomically)
+    execute(cells, output_dir)      → RunResult       (one WorkUnit per model variant, run by an
+                                                       executor — local or Ray — through run_unit;
+                                                       this process writes each cell atomically)
+    run_unit(unit)                  → events          (loads the model once, evaluates its cells
+                                                       batched by length, then its cost probe)
 
 The cell key is defined here, once, for every later capability:
 
@@ -24,7 +27,7 @@ import platform
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +35,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evalkit.errors import ContextLengthError, EvalkitError, SpecError
+from evalkit.executors.base import (
+    CellResult,
+    CostResult,
+    Event,
+    Executor,
+    Progress,
+    UnitStarted,
+    WorkUnit,
+)
 from evalkit.models.base import ADAPTERS, Adapter, stable_hash
 from evalkit.spec import ModelSpec, TaskSpec
 from evalkit.stats import bootstrap, wilson
@@ -248,19 +260,27 @@ def execute(
     on_cell: Callable[[Cell, str], None] | None = None,
     command: str | None = None,
     cost: bool = True,
+    executor: Executor | str | None = None,
 ) -> RunResult:
     """Evaluate the cells not already complete in the store; write each one atomically.
+
+    Work is scheduled per model variant (a :class:`~evalkit.executors.base.WorkUnit`: every
+    pending cell of one model, plus its cost probe) through ``executor`` (``local``, the default,
+    or ``ray``; an :class:`~evalkit.executors.base.Executor` or its name). Workers stream finished
+    cells back and this process, the store's only writer, writes each as it arrives.
 
     ``progress(n)`` is called after every batch with the number of samples done; ``on_cell(cell,
     status)`` after every cell. A failing cell is recorded as failed and the run goes on.
     With ``cost`` (the default), after each model's cells the cost probe measures every distinct
-    context length of that model's cells that has no cost row on this device yet (batch 1).
+    context length of that model's cells that has no cost row on the worker's device yet (batch 1).
     """
     import torch
 
     from evalkit import __version__
+    from evalkit.executors import make_executor
 
-    device = resolve_device(device)
+    ex = make_executor(executor or "local") if executor is None or isinstance(executor, str) else executor
+    where = ex.describe(device)
     out = Path(output_dir)
     with writer_lock(out):
         store = Store.open_dir(out, create=True)
@@ -276,18 +296,15 @@ def execute(
             store.start_run({
                 "run_id": run_id, "started_at": _now(), "status": "running", "command": command,
                 "git_commit": _git_commit(), "evalkit_version": __version__, "torch_version": torch.__version__,
-                "python_version": platform.python_version(), "device": device,
-                "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
+                "python_version": platform.python_version(), **where,
                 "seed": cells[0].seed if cells else None,
                 "specs": {"tasks": {c.spec.name: c.spec.to_dict() for c in cells},
                           "models": {c.model.name: c.model.to_dict() for c in cells}},
             })
             status = "error"
             try:
-                probe = _cost_hook(store, cells, device, result) if cost else None
-                _execute_cells(store, todo, device, result, progress, on_cell, probe)
-                if probe is not None:
-                    probe(None, None)  # models with no pending cells: probe what is missing
+                units = work_units(store, cells, todo, device, run_id, cost)
+                ex.run(units, _writer(store, {c.cell_key: c for c in todo}, result, progress, on_cell))
                 status = "complete" if not result.failed else "failed"
             except KeyboardInterrupt:
                 status = "interrupted"
@@ -300,82 +317,132 @@ def execute(
             store.close()
 
 
-def _cost_hook(store: Store, cells: Sequence[Cell], device: str, result: RunResult
-               ) -> Callable[[Adapter | None, str | None], None]:
-    """``probe(adapter, model_key)`` runs the cost probe for one model's lengths (reusing the
-    loaded adapter); ``probe(None, None)`` then covers every model not probed yet, loading it
-    only if some length is missing. Failures become ``error`` cost rows, never lost cells."""
+def _unit_key(c: Cell) -> str:
+    return c.model_id + c.model.name
+
+
+def work_units(store: Store, cells: Sequence[Cell], todo: Sequence[Cell], device: str, run_id: str,
+               cost: bool) -> list[WorkUnit]:
+    """One unit per model variant with pending cells (and, with ``cost``, per model whose cost
+    rows may be missing: the worker checks on its own device and loads the model only then).
+    The cost probe covers every distinct length of the model's cells in this sweep."""
+    from evalkit.cost import DONE_STATUSES
+
+    pending: dict[str, list[Cell]] = {}
+    for c in todo:
+        pending.setdefault(_unit_key(c), []).append(c)
+    everything: dict[str, list[Cell]] = {}
+    for c in cells:
+        everything.setdefault(_unit_key(c), []).append(c)
+    units = []
+    for key, group in everything.items():
+        mine = sorted(pending.get(key, []), key=lambda c: (c.context_length, c.spec.name, c.axes))
+        if not mine and not cost:
+            continue
+        lengths: tuple[int, ...] = ()
+        finished: tuple[tuple[str, int], ...] = ()
+        if cost:
+            lengths = tuple(sorted({c.context_length for c in group}))
+            rows = store.costs(f"WHERE model_id=? AND batch=1 AND status IN ({','.join('?' * len(DONE_STATUSES))})",
+                               (group[0].model_id, *DONE_STATUSES))
+            finished = tuple(sorted({(r["device_name"], int(r["context_length"])) for r in rows}))
+        units.append(WorkUnit(key, group[0].model, group[0].model_id, tuple(mine), device, run_id, lengths, finished))
+    return units
+
+
+def _writer(store: Store, todo: dict[str, Cell], result: RunResult, progress: Callable[[int], None] | None,
+            on_cell: Callable[[Cell, str], None] | None) -> Callable[[Event], None]:
+    """The driver's event handler: the one place results are written to the store. A cell that
+    arrives twice (a worker that died after sending it, then retried) is written once."""
+    written: set[str] = set()
+
+    def handle(event: Event) -> None:
+        if isinstance(event, Progress):
+            if progress:
+                progress(event.samples)
+        elif isinstance(event, CellResult):
+            if event.cell_key in written or event.cell_key not in todo:
+                return
+            store.write_cell(event.row, list(event.records))
+            written.add(event.cell_key)
+            c = todo[event.cell_key]
+            if event.row["status"] == "complete":
+                result.ran.append(c.cell_key)
+            else:
+                result.failed[c.label] = event.row["error"]
+            if on_cell:
+                on_cell(c, event.row["status"])
+        elif isinstance(event, CostResult):
+            for row in event.rows:
+                store.write_cost(row)
+            result.cost_points += len(event.rows)
+            result.cost_s += event.seconds
+
+    return handle
+
+
+# --------------------------------------------------------------------------- the worker side
+def run_unit(unit: WorkUnit, skip: frozenset[str] = frozenset()) -> Iterator[Event]:
+    """Evaluate one unit wherever this runs (the driver, or a Ray actor); yield its events.
+
+    Loads the model once, evaluates every cell not in ``skip`` (cells a previous attempt already
+    delivered), then probes the cost lengths this device has no row for. A failing cell becomes a
+    failed row and the unit goes on; a model that cannot load fails all its cells (an
+    ``EvalkitError`` — bad input — is raised instead, as planning would have)."""
+    import os
+    import socket
+
     from evalkit import cost as _cost
 
-    by_model: dict[str, list[Cell]] = {}
-    for c in cells:
-        by_model.setdefault(c.model_id + c.model.name, []).append(c)
-    probed: set[str] = set()
-
-    def probe_one(adapter: Adapter | None, key: str) -> None:
-        probed.add(key)
-        group = by_model[key]
-        spec = group[0].model
-        t0 = time.perf_counter()
-        rows = _cost.probe_into_store(
-            store, lambda: ADAPTERS.get(spec.kind)(spec, device), group[0].model_id, spec.name,
-            sorted({c.context_length for c in group}), device, run_id=result.run_id, adapter=adapter)
-        if rows:
-            result.cost_points += len(rows)
-            result.cost_s += time.perf_counter() - t0
-
-    def probe(adapter: Adapter | None, key: str | None) -> None:
-        if key is not None:
-            probe_one(adapter, key)
-            return
-        for k in by_model:
-            if k not in probed:
-                probe_one(None, k)
-
-    return probe
-
-
-def _execute_cells(store: Store, todo: Sequence[Cell], device: str, result: RunResult,
-                   progress: Callable[[int], None] | None, on_cell: Callable[[Cell, str], None] | None,
-                   probe: Callable[[Adapter | None, str | None], None] | None = None) -> None:
-    by_model: dict[str, list[Cell]] = {}
-    for c in todo:
-        by_model.setdefault(c.model_id + c.model.name, []).append(c)
-    for group in by_model.values():
-        try:
-            adapter = ADAPTERS.get(group[0].model.kind)(group[0].model, device)
-        except EvalkitError:
+    device = resolve_device(unit.device)
+    yield UnitStarted(unit.key, os.getpid(), socket.gethostname(), device)
+    cells = [c for c in unit.cells if c.cell_key not in skip]
+    here = _cost.device_name(device) if unit.cost_lengths else ""
+    missing = sorted({L for L in unit.cost_lengths} - {L for name, L in unit.cost_done if name == here})
+    if not cells and not missing:
+        return
+    spec = unit.model
+    try:
+        adapter = ADAPTERS.get(spec.kind)(spec, device)
+    except Exception as e:  # a model that cannot load fails its cells, the rest of the sweep goes on
+        if isinstance(e, EvalkitError) and cells:
             raise
-        except Exception as e:  # a model that cannot load fails its cells, the rest go on
-            for c in group:
-                _fail(store, c, result, f"model failed to load: {type(e).__name__}: {e}", device, on_cell)
-                if progress:
-                    progress(c.n_samples)
-            continue
-        info = adapter.describe()
-        for c in sorted(group, key=lambda c: (c.context_length, c.spec.name, c.axes)):
-            try:
-                _run_cell(store, adapter, info, c, device, result, progress)
-                if on_cell:
-                    on_cell(c, "complete")
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as e:
-                if "out of memory" in str(e).lower() and device == "cuda":
-                    import torch
+        reason = f"model failed to load: {type(e).__name__}: {e}"
+        for c in cells:
+            yield CellResult(unit.key, c.cell_key, failed_row(c, unit.run_id, reason, device))
+            yield Progress(unit.key, c.n_samples)
+        if missing:
+            yield CostResult(unit.key, tuple(_cost.error_rows(unit.model_id, spec.name, device, missing,
+                                                              f"cost probe failed: {reason}",
+                                                              run_id=unit.run_id)), 0.0)
+        return
+    info = adapter.describe()
+    for c in cells:
+        try:
+            yield from evaluate_cell(adapter, info, c, device, unit.run_id)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001  (a failing cell is a result; the unit goes on)
+            if "out of memory" in str(e).lower() and device == "cuda":
+                import torch
 
-                    torch.cuda.empty_cache()
-                _fail(store, c, result, f"{type(e).__name__}: {e}", device, on_cell)
-        if probe is not None:
-            probe(adapter, group[0].model_id + group[0].model.name)
+                torch.cuda.empty_cache()
+            yield CellResult(unit.key, c.cell_key, failed_row(c, unit.run_id, f"{type(e).__name__}: {e}", device))
+    if missing:
+        t0 = time.perf_counter()
+        try:
+            rows = _cost.probe(adapter, missing, device, run_id=unit.run_id)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001  (the recall results are never put at risk by the probe)
+            rows = _cost.error_rows(unit.model_id, spec.name, device, missing,
+                                    f"cost probe failed: {type(e).__name__}: {e}", run_id=unit.run_id)
+        yield CostResult(unit.key, tuple(rows), time.perf_counter() - t0)
 
 
-def _fail(store: Store, c: Cell, result: RunResult, reason: str, device: str,
-          on_cell: Callable[[Cell, str], None] | None) -> None:
-    result.failed[c.label] = reason
-    store.write_cell(_cell_row(c, result.run_id, "failed", device, error=reason), [])
-    if on_cell:
-        on_cell(c, "failed")
+def failed_row(c: Cell, run_id: str, reason: str, device: str) -> dict[str, Any]:
+    """The ``cells`` row of a cell that failed (no records)."""
+    return _cell_row(c, run_id, "failed", device, error=reason)
 
 
 def _cell_row(c: Cell, run_id: str, status: str, device: str, **kw: Any) -> dict[str, Any]:
@@ -389,10 +456,14 @@ def _cell_row(c: Cell, run_id: str, status: str, device: str, **kw: Any) -> dict
     }
 
 
-def _run_cell(store: Store, adapter: Adapter, info: dict[str, Any], c: Cell, device: str,
-              result: RunResult, progress: Callable[[int], None] | None) -> None:
+def evaluate_cell(adapter: Adapter, info: dict[str, Any], c: Cell, device: str, run_id: str
+                  ) -> Iterator[Progress | CellResult]:
+    """Render, predict (batched, halving on OOM) and score one cell's samples: yields a
+    :class:`Progress` after every batch, then the cell's :class:`CellResult` (nothing is written
+    here; the driver writes it)."""
     from evalkit.scoring import predict_greedy, predict_teacher_forced, score
 
+    unit = _unit_key(c)
     t0 = time.perf_counter()
     task_cls = TASKS.get(c.spec.task)
     rendered: list[tuple[int, Rendered]] = []
@@ -406,8 +477,8 @@ def _run_cell(store: Store, adapter: Adapter, info: dict[str, Any], c: Cell, dev
     if not rendered:
         raise OverLengthError(f"all {c.n_samples} samples are longer than {c.context_length} tokens "
                               "without any haystack (text: {overlength: skip})")
-    if progress and skipped:
-        progress(skipped)
+    if skipped:
+        yield Progress(unit, skipped)
     text = readable(c)
     if c.scoring == "teacher_forced":
         predict = predict_teacher_forced
@@ -434,8 +505,7 @@ def _run_cell(store: Store, adapter: Adapter, info: dict[str, Any], c: Cell, dev
                 length=r.context_length if c.format != "tokens" else None,
             ))
         start += len(batch)
-        if progress:
-            progress(len(batch))
+        yield Progress(unit, len(batch))
     wall = time.perf_counter() - t0
     n_ok = sum(r.correct for r in records)
     lo, hi = wilson(n_ok, len(records))
@@ -445,11 +515,10 @@ def _run_cell(store: Store, adapter: Adapter, info: dict[str, Any], c: Cell, dev
         blo, bhi = bootstrap(vals, seed=c.seed)
         metrics[name] = {"mean": float(np.mean(vals)), "ci_low": blo, "ci_high": bhi, "teacher_forced": True}
     tokens = sum(r.length or c.context_length for r in records)
-    row = _cell_row(c, result.run_id, "complete", device, n_correct=n_ok, accuracy=n_ok / len(records),
+    row = _cell_row(c, run_id, "complete", device, n_correct=n_ok, accuracy=n_ok / len(records),
                     ci_low=lo, ci_high=hi, metrics=metrics, model_info=info, wall_s=wall,
                     tokens_per_s=tokens / wall if wall > 0 else None, n_skipped=skipped)
-    store.write_cell(row, records)
-    result.ran.append(c.cell_key)
+    yield CellResult(unit, c.cell_key, row, tuple(records))
 
 
 def _is_oom(e: BaseException) -> bool:

@@ -26,7 +26,8 @@ Model spec (``models/hybrid.yaml``)::
     options: {}             # adapter options, e.g. for kind: hf {dtype: bfloat16, chat_template: true}
 
 ``--models hf:PATH`` (or a checkpoint directory whose config.json has a ``model_type``) is a
-``kind: hf`` spec of that transformers checkpoint.
+``kind: hf`` spec of that transformers checkpoint; ``--models vllm:PATH`` the ``kind: vllm`` spec
+of it (served by vLLM).
 """
 
 from __future__ import annotations
@@ -342,9 +343,11 @@ _MODEL_FIELDS = ("name", "kind", "arch", "checkpoint", "init_seed", "options", "
 
 def load_model_spec(ref: str) -> ModelSpec:
     """Resolve a model reference: a built-in name, a spec path, a checkpoint directory, or
-    ``hf:PATH`` (a transformers checkpoint directory)."""
+    ``hf:PATH`` (a transformers checkpoint directory), or ``vllm:PATH`` (the same, served by vLLM)."""
     if ref.startswith("hf:"):
         return hf_spec(ref[3:])
+    if ref.startswith("vllm:"):
+        return hf_spec(ref[5:], kind="vllm")
     p = Path(ref)
     if p.is_dir():
         return _checkpoint_dir_spec(p)
@@ -417,13 +420,15 @@ def _checkpoint_dir_spec(p: Path) -> ModelSpec:
                      checkpoint=str(p.resolve()), init_seed=0)
 
 
-def hf_spec(path: str) -> ModelSpec:
-    """The ``kind: hf`` spec of a transformers checkpoint directory (``--models hf:PATH``); the
-    adapter's ``check`` says what is missing from it."""
+def hf_spec(path: str, kind: str = "hf") -> ModelSpec:
+    """The ``kind: hf`` spec of a transformers checkpoint directory (``--models hf:PATH``), or with
+    ``kind="vllm"`` its ``kind: vllm`` spec (``--models vllm:PATH``); the adapter's ``check`` says
+    what is missing from it."""
     p = Path(path).expanduser()
     if not path or not p.exists():
-        raise SpecError(f"hf:{path}: no such checkpoint directory")
+        raise SpecError(f"{kind}:{path}: no such checkpoint directory")
     if not p.is_dir():
-        raise SpecError(f"hf:{path}: expected a checkpoint directory (config.json, weights, tokenizer), got a file")
+        raise SpecError(f"{kind}:{path}: expected a checkpoint directory (config.json, weights, tokenizer), got a file")
     p = p.resolve()
-    return ModelSpec(name=p.name, kind="hf", path=None, arch=(), checkpoint=str(p), init_seed=0)
+    name = p.name if kind == "hf" else f"{p.name}-{kind}"  # beside hf:PATH of the same directory
+    return ModelSpec(name=name, kind=kind, path=None, arch=(), checkpoint=str(p), init_seed=0)

@@ -92,25 +92,25 @@ def test_bad_spec_file_exits_2(cli, tmp_path):
 
 def test_failed_cells_finish_the_rest_exit_1_and_retry(cli, tiny_models, tiny_task, tmp_path, monkeypatch):
     out = tmp_path / "runs"
-    real = runner._run_cell
+    real = runner.evaluate_cell
 
-    def flaky(store, adapter, info, c, *a, **k):
+    def flaky(adapter, info, c, *a, **k):
         if c.context_length == 128:
             raise RuntimeError("simulated failure at 128")
-        return real(store, adapter, info, c, *a, **k)
+        return real(adapter, info, c, *a, **k)
 
-    monkeypatch.setattr(runner, "_run_cell", flaky)
+    monkeypatch.setattr(runner, "evaluate_cell", flaky)
     code, stdout, _ = cli("run", str(tiny_task), "--models", str(tiny_models["t-mamba2"]), "-d", str(out))
     assert code == 1 and "2 failed" in stdout and "simulated failure at 128" in stdout and "FAILED" in stdout
     assert _count(out, "SELECT count(*) FROM cells WHERE status='complete'") == 2
-    monkeypatch.setattr(runner, "_run_cell", real)
+    monkeypatch.setattr(runner, "evaluate_cell", real)
     code, stdout, _ = cli("run", str(tiny_task), "--models", str(tiny_models["t-mamba2"]), "-d", str(out))
     assert code == 0 and "2 cells run, 2 reused" in stdout
 
 
 def test_interrupt_keeps_finished_cells_and_resume_matches_uninterrupted(cli, tiny_models, tiny_task, tmp_path, monkeypatch):
     models = f"{tiny_models['t-hybrid']},{tiny_models['t-attn']}"
-    real = runner._run_cell
+    real = runner.evaluate_cell
     calls = {"n": 0}
 
     def interrupting(*a, **k):
@@ -119,12 +119,12 @@ def test_interrupt_keeps_finished_cells_and_resume_matches_uninterrupted(cli, ti
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(runner, "_run_cell", interrupting)
+    monkeypatch.setattr(runner, "evaluate_cell", interrupting)
     out = tmp_path / "interrupted"
     code, stdout, _ = cli("run", str(tiny_task), "--models", models, "-d", str(out))
     assert code == 130 and "every finished cell is stored" in stdout
     assert _count(out, "SELECT count(*) FROM cells") == 3
-    monkeypatch.setattr(runner, "_run_cell", real)
+    monkeypatch.setattr(runner, "evaluate_cell", real)
     code, stdout, _ = cli("run", str(tiny_task), "--models", models, "-d", str(out))
     assert code == 0 and "5 cells run, 3 reused" in stdout
 

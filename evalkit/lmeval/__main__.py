@@ -17,8 +17,9 @@ from evalkit.errors import EvalkitError
 
 def main() -> None:
     try:
-        import evalkit.lmeval.model  # noqa: F401  (registers --model evalkit)
         from lm_eval.__main__ import cli_evaluate
+
+        import evalkit.lmeval.model  # noqa: F401  (registers --model evalkit)
 
         cli_evaluate()
     except EvalkitError as e:  # bad input inside the bridge: one sentence, exit code 2

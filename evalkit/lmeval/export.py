@@ -20,6 +20,7 @@ import numpy as np
 from evalkit.errors import EvalkitError
 
 TASK_PREFIX = "evalkit_"
+GEN_SLACK = 8  # tokens generated beyond the longest possible answer
 
 _TASK_YAML = """\
 # Written by `evalkit export --format lm-eval` (evalkit {version}). The samples are built at run
@@ -123,9 +124,9 @@ def export_lm_eval(out_dir: str | Path, specs: Sequence[str] = (), lengths: Sequ
         name = "".join(c if c.isalnum() or c == "_" else "_" for c in spec.name)
         use_lengths = sorted(set(lengths or spec.lengths))
         y_ref = _ref(ref, spec.path)
-        common = dict(version=__version__, ref=y_ref, ref_yaml=_yaml_str(y_ref),
-                      samples=samples or spec.samples, seed=spec.seed if seed is None else seed,
-                      max_gen=max_answer_chars(spec, use_lengths) + 8, task_version=TASKS.get(spec.task).version)
+        common = {"version": __version__, "ref": y_ref, "ref_yaml": _yaml_str(y_ref),
+                  "samples": samples or spec.samples, "seed": spec.seed if seed is None else seed,
+                  "max_gen": max_answer_chars(spec, use_lengths) + GEN_SLACK, "task_version": TASKS.get(spec.task).version}
         tasks = []
         for length in use_lengths:
             task = f"{TASK_PREFIX}{name}_L{length}"

@@ -28,12 +28,12 @@ from evalkit.lmeval import require_lm_eval
 
 require_lm_eval()
 
-import torch  # noqa: E402
-from lm_eval.api.model import TemplateLM  # noqa: E402
-from lm_eval.api.registry import register_model  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import torch
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from tqdm import tqdm
 
-from evalkit.lmeval.tokenizer import load_tokenizer, native_tokenizer_path, no_tokenizer_message  # noqa: E402
+from evalkit.lmeval.tokenizer import load_tokenizer, native_tokenizer_path, no_tokenizer_message
 
 MODEL_NAME = "evalkit"
 

@@ -31,8 +31,6 @@ from typing import Any
 
 from evalkit.errors import ContextLengthError, EvalkitError
 
-GEN_SLACK = 8  # tokens generated beyond the longest possible answer
-
 
 # --------------------------------------------------------------------------- building samples
 @dataclass(frozen=True)

@@ -6,8 +6,7 @@ to a task's ``custom_dataset``, as RULER's tasks rely on. The names a tokenizer 
 - ``tokenizer=PATH``: explicit, wins over everything;
 - ``pretrained=PATH``: lm-eval's ``hf`` model; the checkpoint directory holds the tokenizer;
 - ``model=REF``: evalkit's own ``evalkit`` model; REF is a built-in model name, a model spec or
-  a native checkpoint directory, whose tokenizer is the spec's ``tokenizer:`` field or the
-  tokenizer files inside the checkpoint directory.
+  a native checkpoint directory, whose tokenizer is the tokenizer files in the checkpoint directory.
 
 Everything loads from local paths (``local_files_only``): nothing is downloaded.
 """
@@ -23,21 +22,16 @@ from evalkit.errors import CheckpointError, EvalkitError
 if TYPE_CHECKING:
     from evalkit.spec import ModelSpec
 
-# any one of these in a directory makes it a tokenizer directory for AutoTokenizer
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
 def has_tokenizer_files(path: str | Path) -> bool:
-    p = Path(path)
-    return p.is_dir() and any((p / f).is_file() for f in TOKENIZER_FILES)
+    """Whether a directory holds a transformers tokenizer (the rule the ``hf`` adapter uses)."""
+    from evalkit.models.base import tokenizer_files
+
+    return Path(path).is_dir() and bool(tokenizer_files(path))
 
 
 def native_tokenizer_path(spec: ModelSpec) -> str | None:
-    """The tokenizer a native model spec carries: its ``tokenizer:`` field (when the spec has one),
-    else tokenizer files in its checkpoint directory, else None."""
-    named = getattr(spec, "tokenizer", None)
-    if named:
-        return str(named)
+    """The tokenizer a native model spec carries: the tokenizer files in its checkpoint directory
+    (beside ``config.json`` and ``model.safetensors``), or None."""
     if spec.checkpoint is not None:
         ckpt = Path(spec.checkpoint)
         directory = ckpt if ckpt.is_dir() else ckpt.parent
@@ -69,9 +63,9 @@ def tokenizer_ref(model_args: dict[str, Any]) -> str:
 def no_tokenizer_message(spec: ModelSpec) -> str:
     where = spec.path or spec.checkpoint or spec.name
     return (f"native model '{spec.name}' ({where}) carries no tokenizer: lm-eval feeds models text, so a "
-            f"native checkpoint needs tokenizer files in its checkpoint directory or a 'tokenizer:' "
-            f"field in its model spec (models trained on the synthetic 'tokens' format have no text "
-            f"tokenizer and can only be evaluated with `evalkit run`)")
+            f"native checkpoint needs tokenizer files in its checkpoint directory (or pass tokenizer=PATH); "
+            f"models trained on the synthetic 'tokens' format have no text tokenizer and can only be "
+            f"evaluated with `evalkit run`")
 
 
 @cache
@@ -81,10 +75,10 @@ def load_tokenizer(path: str) -> Any:
 
     p = Path(path)
     if not has_tokenizer_files(p):
-        raise CheckpointError(f"{p}: no tokenizer files found (expected one of {', '.join(TOKENIZER_FILES)})")
+        raise CheckpointError(f"{p}: no tokenizer files found (tokenizer.json, tokenizer.model or vocab.json)")
     try:
         tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-    except Exception as e:  # transformers raises many types for a broken tokenizer directory
+    except Exception as e:  # noqa: BLE001  (transformers raises many types for a broken tokenizer directory)
         raise CheckpointError(f"{p}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
     if not tok("The quick brown fox.", add_special_tokens=False)["input_ids"]:
         raise CheckpointError(f"{p}: the tokenizer encodes text to no tokens, so lengths cannot be measured")

@@ -177,12 +177,13 @@ def load_report(store: Store, threshold: float = 0.5, reference_length: int | No
     complete = [c for c in cells if c["status"] == "complete"]
     if not complete:
         raise EvalkitError(f"{store.path} has no complete cells to report (run `evalkit run ... --output-dir DIR` first)")
-    lengths = sorted({c["context_length"] for c in complete})
+    lengths = sorted({c["context_length"] for c in cells})  # a length whose cells all failed shows as FAILED
+    done = sorted({c["context_length"] for c in complete})
     if reference_length is None:
-        reference_length = lengths[-1]
-    elif reference_length not in lengths:
+        reference_length = done[-1]
+    elif reference_length not in done:
         raise EvalkitError(f"--reference-length {reference_length} is not a context length in {store.path} "
-                           f"(stored lengths: {', '.join(map(str, lengths))})")
+                           f"(stored lengths: {', '.join(map(str, done))})")
 
     models: dict[str, ModelFacts] = {}
     for c in cells:

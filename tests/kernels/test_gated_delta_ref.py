@@ -6,7 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evalkit.kernels.gated_delta import gated_delta_naive, gated_delta_ref, gated_delta_rule, gated_delta_step
+from evalkit.kernels.gated_delta import (
+    gated_delta_naive,
+    gated_delta_ref,
+    gated_delta_rule,
+    gated_delta_step,
+)
 
 # (batch, L, heads, N (key dim), P (value dim), chunk)
 CASES = [(2, 1, 2, 4, 3, 8), (2, 7, 2, 4, 3, 8), (1, 63, 2, 8, 5, 16), (2, 130, 3, 4, 6, 64),
@@ -15,9 +20,9 @@ CASES = [(2, 1, 2, 4, 3, 8), (2, 7, 2, 4, 3, 8), (1, 63, 2, 8, 5, 16), (2, 130, 
 
 def _inputs(b: int, L: int, h: int, n: int, p: int, dtype=torch.float64, requires_grad=False):
     g = torch.Generator().manual_seed(b * 1000 + L * 10 + h)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
-    t = dict(q=F.normalize(r(b, L, h, n), dim=-1) * n ** -0.5, k=F.normalize(r(b, L, h, n), dim=-1),
-             v=r(b, L, h, p), g=-F.softplus(r(b, L, h)), beta=torch.sigmoid(r(b, L, h)))
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)
+    t = {"q": F.normalize(r(b, L, h, n), dim=-1) * n ** -0.5, "k": F.normalize(r(b, L, h, n), dim=-1),
+         "v": r(b, L, h, p), "g": -F.softplus(r(b, L, h)), "beta": torch.sigmoid(r(b, L, h))}
     if requires_grad:
         for v in t.values():
             v.requires_grad_(True)

@@ -16,8 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parents[1] / "hf"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hf_tiny import build_checkpoint, train_tokenizer  # noqa: E402
-from lmeval_tiny import save_native  # noqa: E402
+from hf_tiny import build_checkpoint, train_tokenizer
+from lmeval_tiny import save_native
 
 
 @pytest.fixture(scope="session")

@@ -63,6 +63,6 @@ def test_analytic_flops_stop_growing_at_the_window():
     swa = NativeConfig.from_dict({"flavor": "debug", "attention": "swa", "window": 64, "attention_fraction": 1.0})
     full = NativeConfig.from_dict({"flavor": "debug", "attention_fraction": 1.0})
     assert cost.analytic_flops_per_token(swa, 64) == cost.analytic_flops_per_token(full, 64)
-    f = lambda L: cost.mixer_sequence_flops(swa, "swa", L)  # noqa: E731
+    f = lambda L: cost.mixer_sequence_flops(swa, "swa", L)
     assert f(64) < f(1000) < f(10 ** 6) < 2 * 2 * 32 * 64  # the average span approaches the window
     assert f(10 ** 6) == pytest.approx(2 * 2 * 32 * 64, rel=1e-3)

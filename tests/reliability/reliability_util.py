@@ -19,6 +19,7 @@ import io
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -54,10 +55,47 @@ def _native_models(d: Path) -> list[Path]:
     ]
 
 
-# How to build tiny, offline model specs for each adapter kind. A new adapter (hf, vllm, ...) adds an
-# entry here, and every reliability test parametrised over TINY_MODELS covers it;
-# test_every_adapter_has_a_tiny_model fails until it does.
-TINY_MODELS: dict[str, Callable[[Path], list[Path]]] = {"native": _native_models}
+_HF_CHECKPOINTS: dict[str, Path] = {}
+
+
+def _hf_models(d: Path) -> list[Path]:
+    """A tiny random-weight Llama with a tokenizer trained offline (tests/hf/hf_tiny.py), built once
+    per process; the spec is ``kind: hf`` (text format)."""
+    if "llama" not in _HF_CHECKPOINTS:
+        import atexit
+        import shutil
+        import sys
+        import tempfile
+
+        sys.path.insert(0, str(Path(__file__).parents[1] / "hf"))
+        from hf_tiny import build_checkpoint, train_tokenizer
+
+        root = Path(tempfile.mkdtemp(prefix="evalkit-reliability-hf-"))
+        atexit.register(shutil.rmtree, root, True)
+        _HF_CHECKPOINTS["llama"] = build_checkpoint("llama", root / "llama", train_tokenizer("bpe"))
+    return [write(d / "r-llama.yaml", f"name: r-llama\nkind: hf\ncheckpoint: {_HF_CHECKPOINTS['llama']}\n")]
+
+
+@dataclass(frozen=True)
+class Tiny:
+    """How to get tiny, offline models of one adapter kind: ``build(dir)`` writes their model specs
+    and returns the paths; ``lengths`` are three short context lengths its default format can
+    render; ``share`` scales the kill trials / concurrency rounds (a slower adapter runs fewer)."""
+
+    build: Callable[[Path], list[Path]]
+    lengths: tuple[int, int, int]
+    share: float = 1.0
+
+    def __call__(self, d: Path) -> list[Path]:
+        return self.build(d)
+
+
+# One entry per adapter kind. A new adapter (vllm, ...) adds one here, and every reliability test
+# parametrised over TINY_MODELS covers it; test_every_adapter_has_a_tiny_model fails until it does.
+TINY_MODELS: dict[str, Tiny] = {
+    "native": Tiny(_native_models, (64, 128, 256)),
+    "hf": Tiny(_hf_models, (256, 384, 512), share=0.15),
+}
 
 
 def tiny_task(d: Path, name: str = "r-needle", lengths: Sequence[int] = (64, 128), samples: int = 4,
@@ -172,7 +210,8 @@ class ForkServer:
 
     def run(self, jobs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Start ``jobs`` together; wait for all (killing those that say so); their results."""
-        full = [{"kill_after": None, "kill_at_stmt": None, "kill_in_save": None, "count_file": None, **j} for j in jobs]
+        full = [{"kill_after": None, "kill_at_stmt": None, "kill_in_save": None, "count_file": None,
+                 "memory_limit_mb": None, **j} for j in jobs]
         self.proc.stdin.write(self._json.dumps({"jobs": full}) + "\n")  # type: ignore[union-attr]
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
         if not line:

@@ -44,14 +44,15 @@ def _read(path: str) -> str:
 
 @pytest.mark.parametrize("kind", sorted(TINY_MODELS))
 def test_two_runs_at_once_never_duplicate_or_corrupt(kind: str, tmp_path: Path) -> None:
-    models = TINY_MODELS[kind](tmp_path / "models")
-    task = tiny_task(tmp_path / "tasks", lengths=(64, 128, 256), samples=6, depths=(0.0, 0.5, 1.0))
+    tiny = TINY_MODELS[kind]
+    models, rounds = tiny(tmp_path / "models"), max(2, round(ROUNDS * tiny.share))
+    task = tiny_task(tmp_path / "tasks", lengths=tiny.lengths, samples=6, depths=(0.0, 0.5, 1.0))
     n_cells = len(models) * 3 * 3
     refused = 0
     with ForkServer(tmp_path, _argv(task, models, tmp_path / "warm")) as server:
         assert server.one(argv=_argv(task, models, tmp_path / "ref"), log=str(tmp_path / "ref.log"))["code"] == 0
         ref = store_rows(tmp_path / "ref")
-        for i in range(ROUNDS):
+        for i in range(rounds):
             out = tmp_path / f"r{i}"
             logs = [str(tmp_path / f"r{i}.{j}.log") for j in range(2)]
             results = server.run([{"argv": _argv(task, models, out), "log": log} for log in logs])
@@ -59,7 +60,7 @@ def test_two_runs_at_once_never_duplicate_or_corrupt(kind: str, tmp_path: Path) 
             assert sum(ran) == n_cells, f"round {i}: cells computed {ran}, expected {n_cells} in total"
             refused += sum(r["code"] == 2 for r in results)
             assert store_rows(out) == ref
-    print(f"\n[reliability] concurrent `evalkit run` pairs ({kind}): {ROUNDS} rounds, {refused} refused by the lock")
+    print(f"\n[reliability] concurrent `evalkit run` pairs ({kind}): {rounds} rounds, {refused} refused by the lock")
     assert refused >= 1, "the two runs never overlapped, so the lock was never exercised"
 
 

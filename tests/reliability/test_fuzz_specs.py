@@ -19,7 +19,7 @@ from reliability_fuzz import (
     mapping,
     yaml_text,
 )
-from reliability_util import TINY_MODELS, tiny_task
+from reliability_util import TINY_MODELS, store_rows, tiny_task
 
 from evalkit.errors import EvalkitError
 from evalkit.models import ADAPTERS
@@ -185,3 +185,44 @@ def test_value_strategy_reaches_every_yaml_type() -> None:
 
     prop()
     assert {"NoneType", "bool", "int", "float", "str", "list", "dict"} <= types
+
+
+def _cli_case(place: Path, argv: list[str], seen: Counter, what: str) -> None:
+    """`evalkit run ...` exits 0 (whole cells stored) or 2 (one sentence, the store untouched)."""
+    from reliability_util import call_cli, error_sentence, files_of, logical_digest
+
+    out = place / "out"
+    before = logical_digest(out), files_of(out)
+    code, _, err = call_cli([*argv, "-d", str(out), "--samples", "1", "--limit", "2", "--no-cost", "--device", "cpu"])
+    if code == 2:
+        error_sentence(err)
+        assert (logical_digest(out), files_of(out)) == before, f"refused {what} changed the store"
+        return seen.add("refused")
+    assert code == 0, err
+    rows = store_rows(out)
+    assert not rows["failed"] and all(len(v) == 1 for v in rows["records"].values())
+    seen.add("ran")
+
+
+def test_fuzzed_specs_through_evalkit_run_exit_0_or_2_and_never_write_partially(place: Path) -> None:
+    from reliability_util import call_cli
+
+    task, model = place / "tasks" / "r-needle.yaml", place / "models" / "r-attn.yaml"
+    assert call_cli(["run", str(task), "--models", str(model), "-d", str(place / "out"), "--samples", "1",
+                     "--no-cost", "--device", "cpu"])[0] == 0
+    ftask, fmodel = place / "fuzz-task.yaml", place / "fuzz-model.yaml"
+    seen = Counter()
+
+    @fuzz_settings(0.2)
+    @given(yaml_text(TASK_DOCS), yaml_text(MODEL_DOCS), st.booleans())
+    def prop(task_text: str, model_text: str, fuzz_task: bool) -> None:
+        if fuzz_task:
+            ftask.write_text(task_text)
+            _cli_case(place, ["run", str(ftask), "--models", str(model)], seen, "task spec")
+        else:
+            fmodel.write_text(model_text)
+            _cli_case(place, ["run", str(task), "--models", str(fmodel)], seen, "model spec")
+
+    prop()
+    seen.report("specs through `evalkit run`")
+    assert seen.outcomes.get("ran", 0) > 0 and seen.n >= 10

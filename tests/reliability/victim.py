@@ -16,7 +16,9 @@ Protocol: one JSON object per line on stdin, one JSON reply per line on stdout.
                                                            # SIGKILL itself in the K-th trainer_state
                                                            # save: half-way through writing the file,
                                                            # or just before its os.replace
-              "count_file": PATH | null}                   # write the number of SQL statements here
+              "count_file": PATH | null,                   # write the number of SQL statements here
+              "memory_limit_mb": MB | null}                # cap the child's address space at its
+                                                           # size after the fork + MB (RLIMIT_AS)
     RESULT = {"killed": bool, "code": exit code | null, "seconds": wall time}
 """
 
@@ -111,6 +113,13 @@ def _child(job: dict[str, Any], gate: int) -> None:
     seen = _arm_statement_kill(job.get("kill_at_stmt"))
     if job.get("kill_in_save"):
         _arm_save_kill(job["kill_in_save"]["call"], job["kill_in_save"]["phase"])
+    if job.get("memory_limit_mb"):
+        import resource
+
+        with open("/proc/self/status") as f:
+            vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+        limit = vm + job["memory_limit_mb"] * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     from evalkit.cli import main
 
     code = 0

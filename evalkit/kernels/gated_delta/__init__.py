@@ -5,7 +5,11 @@ There is no Triton kernel yet, so ``gated_delta_rule`` is the PyTorch reference 
 
 from __future__ import annotations
 
-from evalkit.kernels.gated_delta.ref import gated_delta_naive, gated_delta_ref, gated_delta_step
+from evalkit.kernels.gated_delta.ref import (
+    gated_delta_naive,
+    gated_delta_ref,
+    gated_delta_step,
+)
 
 gated_delta_rule = gated_delta_ref
 

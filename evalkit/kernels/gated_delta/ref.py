@@ -94,6 +94,13 @@ def gated_delta_ref(
     compute dtype (float32, or float64 for float64 inputs). Any L works: the tail is padded with
     β = 0 and g = 0 (the state passes through unchanged) and sliced off.
     """
+    with torch.autocast(v.device.type, enabled=False):  # the inverse needs fp32, not bf16
+        return _chunked(q, k, v, g, beta, chunk_size, initial_state, return_final_state)
+
+
+def _chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+             chunk_size: int, initial_state: torch.Tensor | None, return_final_state: bool):
+    """The body of :func:`gated_delta_ref` (same arguments and results)."""
     dtype_in = v.dtype
     ct = torch.float64 if v.dtype == torch.float64 else torch.float32
     Bsz, L, H, N = k.shape

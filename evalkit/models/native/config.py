@@ -193,7 +193,7 @@ class NativeConfig:
                 raise ValueError(f"'pattern' names an unknown mixer '{name}' at layer {i}"
                                  f"{did_you_mean(name, known)}")
         if len(self.pattern) != self.n_layers:
-            raise ValueError(f"'pattern' has {len(self.pattern)} layers but 'n_layers' is {self.n_layers}")
+            raise ValueError(f"'pattern' has {len(self.pattern)} layers but n_layers is {self.n_layers}")
         idx = _pattern_attn_idx(self.pattern)
         if self.attn_layer_idx is not None and tuple(sorted(self.attn_layer_idx)) != idx:
             raise ValueError(f"'attn_layer_idx' {list(self.attn_layer_idx)} disagrees with the "

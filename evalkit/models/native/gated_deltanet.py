@@ -21,8 +21,14 @@ from torch import nn
 from evalkit.kernels.gated_delta import gated_delta_rule, gated_delta_step
 from evalkit.models.native.config import NativeConfig
 from evalkit.models.native.mamba import causal_conv_step, conv_tail
-from evalkit.models.native.mixer import (Mixer, init_dt_bias_, init_normal_, init_uniform_,
-                                         out_proj_std, register_mixer)
+from evalkit.models.native.mixer import (
+    Mixer,
+    init_dt_bias_,
+    init_normal_,
+    init_uniform_,
+    out_proj_std,
+    register_mixer,
+)
 from evalkit.models.native.mlp import RMSNorm
 
 # Decode state: (conv_state (B, 2·H·N + d_inner, d_conv-1), S (B, H, P, N) in fp32 / fp64).

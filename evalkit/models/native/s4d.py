@@ -27,7 +27,13 @@ from torch import nn
 
 from evalkit.models.native.config import NativeConfig
 from evalkit.models.native.mamba import causal_conv_step, conv_tail
-from evalkit.models.native.mixer import Mixer, init_normal_, init_uniform_, out_proj_std, register_mixer
+from evalkit.models.native.mixer import (
+    Mixer,
+    init_normal_,
+    init_uniform_,
+    out_proj_std,
+    register_mixer,
+)
 
 # Decode state: (conv_state (B, d_inner, d_conv-1), ssm_state (B, d_inner, N/2, 2): the complex
 # modes as (real, imag) pairs, in float32 / float64).

@@ -67,7 +67,7 @@ class SlidingWindowAttention(Attention):
         if cfg.window < 1:
             raise ValueError("swa layers need 'window' >= 1 (tokens each query sees, itself included)")
         if cfg.window > cfg.max_context:
-            raise ValueError(f"'window' ({cfg.window}) is larger than 'max_context' ({cfg.max_context})")
+            raise ValueError(f"'window' ({cfg.window}) is larger than max_context ({cfg.max_context})")
 
     def _tail(self, t: torch.Tensor) -> torch.Tensor:
         """The last ``keep`` positions of a cache (B, H, T, hd)."""

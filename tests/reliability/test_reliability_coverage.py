@@ -1,0 +1,20 @@
+"""The reliability suite covers every adapter and format that registers: a new one fails here
+until it has a tiny offline model in ``reliability_util.TINY_MODELS``."""
+
+from __future__ import annotations
+
+from reliability_util import TINY_MODELS
+
+from evalkit.models import ADAPTERS
+from evalkit.tasks import FORMATS
+
+
+def test_every_adapter_has_a_tiny_model() -> None:
+    missing = sorted(set(ADAPTERS.names()) - set(TINY_MODELS))
+    assert not missing, (f"adapters {missing} have no tiny model in tests/reliability/reliability_util.py "
+                         "TINY_MODELS: add one so the crash, concurrency and determinism tests cover them")
+
+
+def test_every_format_is_some_tiny_models_default() -> None:
+    covered = {ADAPTERS.get(kind).formats[0] for kind in TINY_MODELS}
+    assert set(FORMATS.names()) <= covered, f"formats {sorted(set(FORMATS.names()) - covered)} are not exercised"
