@@ -6,7 +6,7 @@ built from them, at the zoo's size (d_model 64, the `small` flavor).
 Per mixer: one layer, batches of 65,536 tokens (B = 65536 / L), ``forward`` under inference
 mode (the teacher-forced evaluation path), optionally forward + backward (training), and
 ``step`` (decode: tokens/s over the batch). Per model: teacher-forced evaluation of the needle
-task, exactly as ``benchmarks/throughput.py`` measures it. Warm-up excluded, median of
+task, as ``benchmarks/throughput.py`` measures it. Warm-up excluded, median of
 ``--repeats``, device synchronised before each timer stops, device printed. Numbers, not tests.
 """
 
@@ -25,6 +25,9 @@ from evalkit.models.native import MIXERS, NativeConfig
 TOKENS = 65536
 
 
+CLOCK = time.perf_counter  # --cpu-time switches to time.process_time
+
+
 def _timed(fn: Callable[[], object], device: str, repeats: int) -> float:
     """Median seconds of ``fn`` over ``repeats`` runs after one warm-up run."""
     fn()
@@ -32,11 +35,11 @@ def _timed(fn: Callable[[], object], device: str, repeats: int) -> float:
     for _ in range(repeats):
         if device == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
         if device == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return statistics.median(times)
 
 
@@ -74,6 +77,20 @@ def mixer_rates(name: str, L: int, device: str, repeats: int, backward: bool) ->
     return out
 
 
+def model_rate(model: str, length: int, device: str, repeats: int) -> float:
+    """tokens/s of a whole model spec, teacher-forced on the needle task (as throughput.py)."""
+    from evalkit.models.native_adapter import NativeAdapter
+    from evalkit.runner import TOKENS_PER_BATCH, make_sample, plan, render
+    from evalkit.scoring import predict_teacher_forced
+    from evalkit.spec import load_model_spec, load_task_spec
+
+    cell = plan([load_task_spec("needle")], [load_model_spec(model)], lengths=[length])[0]
+    adapter = NativeAdapter(cell.model, device)
+    bs = max(1, TOKENS_PER_BATCH // length)
+    batch = [render(cell, make_sample(cell, i % cell.n_samples)) for i in range(bs)]
+    return bs * length / _timed(lambda: predict_teacher_forced(adapter, batch), device, repeats)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mixers", default=",".join(MIXERS.names()))
@@ -82,11 +99,19 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backward", action="store_true", help="also time forward + backward")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="CPU only: one thread, timed in process CPU seconds — steadier than wall time "
+                         "on a machine that other jobs share (on an idle one the two agree)")
     a = ap.parse_args()
+    global CLOCK
+    if a.cpu_time:
+        torch.set_num_threads(1)
+        CLOCK = time.process_time
     dev = (torch.cuda.get_device_name() if a.device == "cuda"
            else f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)")
     print(f"device: {a.device} — {dev}; torch {torch.__version__}; one layer, d_model 64, "
-          f"{TOKENS:,} tokens per batch{', bf16 autocast' if a.device == 'cuda' else ''}")
+          f"{TOKENS:,} tokens per batch{', bf16 autocast' if a.device == 'cuda' else ''}"
+          f"{'; tokens per CPU-second' if a.cpu_time else ''}")
     lengths = [int(x) for x in a.lengths.split(",")]
     kinds = ["forward", "decode"] + (["fwd+bwd"] if a.backward else [])
     cols = [f"{k} L={L}" for L in lengths for k in kinds]
@@ -95,13 +120,10 @@ def main() -> None:
         rates = {L: mixer_rates(name, L, a.device, a.repeats, a.backward) for L in lengths}
         print(f"{name:<16}" + "".join(f"{rates[L][k]:>18,.0f}" for L in lengths for k in kinds), flush=True)
     if a.models:
-        # benchmarks/throughput.py, beside this script (its directory is on sys.path)
-        from throughput import throughput
-
         print(f"\n{'model':<16}" + "".join(f"{'L=' + str(L):>14}" for L in lengths)
               + "   (tokens/s, teacher-forced eval of needle, whole model)")
         for model in a.models.split(","):
-            row = [throughput(model, L, a.device, a.repeats) for L in lengths]
+            row = [model_rate(model, L, a.device, a.repeats) for L in lengths]
             print(f"{model:<16}" + "".join(f"{v:>14,.0f}" for v in row), flush=True)
 
 

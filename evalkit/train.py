@@ -46,7 +46,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,10 +204,14 @@ class _ModelAdapter:
             return self.model.head(torch.gather(h, 1, idx)).argmax(-1).cpu()  # (B, P)
 
 
-def evaluate(model: Any, device: str, model_spec: ModelSpec, specs: Sequence[TaskSpec], length: int,
-             samples: int, batch_tokens: int) -> dict[str, float]:
-    """Held-out whole-answer accuracy per task spec at ``length``: ``samples`` samples spread over
-    the spec's sweep points, taken from the same cells ``evalkit run`` would evaluate."""
+def evaluate(model: Any, device: str, model_spec: ModelSpec, specs: Sequence[TaskSpec],
+             length: int | Mapping[str, int], samples: int, batch_tokens: int,
+             secondary: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
+    """Held-out whole-answer accuracy per task spec at ``length`` (one length, or one per spec
+    name): ``samples`` samples spread over the spec's sweep points, taken from the same cells
+    ``evalkit run`` would evaluate. When ``secondary`` is given it receives, per spec, the means
+    of the task's teacher-forced secondary metrics (``query_acc``, ``digit_acc``): with many
+    queries per sample, whole-answer accuracy stays at 0 long after single queries are learned."""
     from evalkit.runner import make_sample, plan, render
     from evalkit.scoring import predict_teacher_forced, score
     from evalkit.tasks import TASKS
@@ -217,18 +221,48 @@ def evaluate(model: Any, device: str, model_spec: ModelSpec, specs: Sequence[Tas
     adapter = _ModelAdapter(model, device)
     out = {}
     for spec in specs:
-        cells = plan([spec], [model_spec], lengths=[length])
+        n = length if isinstance(length, int) else length[spec.name]
+        cells = plan([spec], [model_spec], lengths=[n])
         per = math.ceil(samples / len(cells))
         rendered = [render(c, make_sample(c, i)) for c in cells for i in range(per)]
-        bs = max(1, batch_tokens // length)
-        right = 0
+        bs = max(1, batch_tokens // n)
+        right, sums = 0, dict.fromkeys(TASKS.get(spec.task).secondary, 0.0)
         for s in range(0, len(rendered), bs):
             chunk = rendered[s : s + bs]
             for r, p in zip(chunk, predict_teacher_forced(adapter, chunk)):
-                right += score(r, p, TASKS.get(spec.task).secondary)[0]
+                ok, scores = score(r, p, TASKS.get(spec.task).secondary)
+                right += ok
+                for k in sums:
+                    sums[k] += scores[k]
         out[spec.name] = right / len(rendered)
+        if secondary is not None:
+            secondary[spec.name] = {k: round(v / len(rendered), 4) for k, v in sums.items()}
     model.train(was_training)
     return out
+
+
+def spec_lengths(spec: TaskSpec, lengths: Sequence[int]) -> list[int]:
+    """The curriculum lengths at which every sweep point of ``spec`` fits (its needles and
+    queries alone must not exceed the length): a short curriculum stage then trains the tasks
+    that fit it and leaves out the rest, instead of failing the whole run."""
+    from evalkit.tasks import FORMATS, TASKS
+
+    cls = TASKS.get(spec.task)
+    fits = []
+    for n in lengths:
+        try:
+            for point in spec.points():
+                sample = cls(cls.Params(**point)).sample(n, np.random.default_rng(0), 0)
+                FORMATS.get("tokens")(sample, n, filler=spec.filler)
+        except ValueError:
+            continue
+        fits.append(n)
+    return fits
+
+
+def _eval_lengths(fit: Mapping[str, Sequence[int]], top: int) -> dict[str, int]:
+    """Per spec, the longest of its fitting training lengths up to ``top`` (else its shortest)."""
+    return {name: max([n for n in ns if n <= top] or ns[:1]) for name, ns in fit.items()}
 
 
 def _autocast(device: str) -> Any:
@@ -286,12 +320,14 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     ncfg = NativeAdapter.config(model_spec)
     lengths = curriculum_lengths(specs, cfg, ncfg.max_context)
-    for s in specs:  # a length too short for a task fails now, naming it
-        for n in lengths:
+    fit = {s.name: spec_lengths(s, lengths) for s in specs}
+    for s in specs:  # a task that fits none of the training lengths fails now, naming it
+        if not fit[s.name]:
             try:
-                train_batch(s, cfg.seed, 0, n, 1)
+                train_batch(s, cfg.seed, 0, lengths[-1], 1)
             except ValueError as e:
-                raise TrainError(f"{s.path}: training length {n}: {e}") from None
+                raise TrainError(f"{s.path}: training length {lengths[-1]}: {e}") from None
+            raise TrainError(f"{s.path}: no training length in {lengths} fits every sweep point of this task")
 
     torch.manual_seed(cfg.seed)
     model = NativeLM(ncfg, seed=cfg.seed).to(device)
@@ -324,6 +360,7 @@ def train(
 
     weights = None if cfg.task_weights is None else np.asarray(cfg.task_weights) / sum(cfg.task_weights)
     stopped, last_eval = "steps", {}
+    last_secondary: dict[str, dict[str, float]] = {}
     t0 = time.perf_counter()
     model.train()
 
@@ -342,7 +379,7 @@ def train(
         top = max_length_at(p, lengths, cfg)
         rng = np.random.default_rng(_seed_int("schedule", cfg.seed, step))
         k = step % len(specs) if weights is None else int(rng.choice(len(specs), p=weights))
-        allowed = [n for n in lengths if n <= top]
+        allowed = [n for n in fit[specs[k].name] if n <= top] or fit[specs[k].name][:1]
         length = allowed[int(rng.integers(len(allowed)))]
         batch = train_batch(specs[k], cfg.seed, step, length, max(1, cfg.batch_tokens // length))
         ids, tgt = _targets(batch)
@@ -371,9 +408,12 @@ def train(
             window_tokens, window_t = 0, now
         final_len = top == lengths[-1]
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            last_eval = evaluate(model, device, model_spec, specs, top, cfg.eval_samples, cfg.batch_tokens)
+            at = _eval_lengths(fit, top)
+            last_eval = evaluate(model, device, model_spec, specs, at, cfg.eval_samples, cfg.batch_tokens,
+                                 last_secondary)
             _log(log_path, {"event": "eval", "step": step, "length": top, "acc": last_eval,
-                            "mean_acc": sum(last_eval.values()) / len(last_eval), "wall_s": round(elapsed(), 2)})
+                            "mean_acc": sum(last_eval.values()) / len(last_eval), "secondary": last_secondary,
+                            "lengths": at, "wall_s": round(elapsed(), 2)})
             info["eval"] = last_eval
             if cfg.target_acc is not None and final_len and min(last_eval.values()) >= cfg.target_acc:
                 stopped = "target_acc"
@@ -390,9 +430,12 @@ def train(
             raise KeyboardInterrupt
 
     if step not in _eval_steps(log_path):
-        last_eval = evaluate(model, device, model_spec, specs, lengths[-1], cfg.eval_samples, cfg.batch_tokens)
+        at = _eval_lengths(fit, lengths[-1])
+        last_eval = evaluate(model, device, model_spec, specs, at, cfg.eval_samples, cfg.batch_tokens,
+                             last_secondary)
         _log(log_path, {"event": "eval", "step": step, "length": lengths[-1], "acc": last_eval,
-                        "mean_acc": sum(last_eval.values()) / len(last_eval), "wall_s": round(elapsed(), 2)})
+                        "mean_acc": sum(last_eval.values()) / len(last_eval), "secondary": last_secondary,
+                        "lengths": at, "wall_s": round(elapsed(), 2)})
     wall = elapsed()
     save_model(model, out, cfg.save_dtype)
     tps = tokens_done / max(1e-9, wall)
@@ -403,8 +446,10 @@ def train(
     peak = PEAK_FLOPS.get(device.split(":")[0])
     mfu = None if peak is None else flops_tok * tps / peak
     result = TrainResult(out, step, stopped, last_eval, wall, tps, device, device_name,
-                         {"flops_per_token": flops_tok, "mfu": mfu, "lengths": lengths, "tokens": tokens_done})
-    _log(log_path, {"event": "end", "step": step, "stopped": stopped, "acc": last_eval, "wall_s": round(wall, 2),
+                         {"flops_per_token": flops_tok, "mfu": mfu, "lengths": lengths, "tokens": tokens_done,
+                          "secondary": last_secondary, "eval_lengths": _eval_lengths(fit, lengths[-1])})
+    _log(log_path, {"event": "end", "step": step, "stopped": stopped, "acc": last_eval, "secondary": last_secondary,
+                    "wall_s": round(wall, 2),
                     "tokens": tokens_done, "tokens_per_s": round(tps), "train_flops_per_token": flops_tok,
                     "mfu": mfu, "device": device, "device_name": device_name})
     write_card(out, model_spec, specs, cfg, result, command)
@@ -463,7 +508,7 @@ def _load_state(path: Path, device: str) -> dict[str, Any]:
 
     try:
         st = torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # torch raises EOFError, RuntimeError, UnpicklingError, ... for bad files
+    except Exception as e:  # noqa: BLE001 (torch raises EOFError, RuntimeError, UnpicklingError, ...)
         why = (str(e).splitlines() or [""])[0].split(". ")[0] or type(e).__name__
         raise TrainError(f"{path}: unreadable trainer state ({why}); delete it to start over, "
                          "or use another --out") from None
@@ -511,7 +556,10 @@ def write_card(out: Path, model_spec: ModelSpec, specs: Sequence[TaskSpec], cfg:
     from evalkit.models.native.lm import NativeLM
 
     desc = NativeLM.from_pretrained(out).describe()
-    acc = "\n".join(f"| {k} | {r.extra['lengths'][-1]} | {v:.3f} |" for k, v in r.eval_acc.items())
+    at, sec = r.extra.get("eval_lengths", {}), r.extra.get("secondary", {})
+    acc = "\n".join(f"| {k} | {at.get(k, r.extra['lengths'][-1])} | {v:.3f} | "
+                    f"{', '.join(f'{m} {x:.3f}' for m, x in sec.get(k, {}).items()) or '-'} |"
+                    for k, v in r.eval_acc.items())
     mfu = "n/a (CPU)" if r.extra["mfu"] is None else f"{100 * r.extra['mfu']:.3g}% of {PEAK_FLOPS['cuda'] / 1e12:.0f} TFLOP/s bf16"
     text = f"""# {model_spec.name}
 
@@ -531,8 +579,8 @@ def write_card(out: Path, model_spec: ModelSpec, specs: Sequence[TaskSpec], cfg:
 Held-out whole-answer accuracy (teacher-forced exact match, {cfg.eval_samples} samples per task, the
 samples `evalkit run` uses at that length; training samples come from a separate seed namespace):
 
-| task spec | length | accuracy |
-|---|---|---|
+| task spec | length | accuracy | teacher-forced secondary metrics |
+|---|---|---|---|
 {acc}
 """
     (out / CARD_FILE).write_text(text)

@@ -7,7 +7,8 @@ with ``runner.run_unit``, a generator whose events Ray streams to the driver as 
 ``ray.wait`` and hands each event to the runner's writer, so finished cells reach SQLite while the
 worker goes on.
 
-A worker that dies (SIGKILL, OOM kill, node lost) surfaces as ``RayActorError`` on its stream.
+A worker that dies (SIGKILL, OOM kill, node lost) surfaces on its stream as ``RayActorError``
+(or Ray's ``OutOfMemoryError`` / ``WorkerCrashedError`` / ``NodeDiedError``).
 The unit is then given to a fresh actor, which skips the cells already delivered; after
 ``max_retries`` such losses the unit's remaining cells are recorded ``failed`` with the reason and
 the sweep finishes the rest. Everything else (a bug, a bad checkpoint) is raised, as locally.
@@ -153,7 +154,11 @@ class RayExecutor(Executor):
             return
         started = self._connect()
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray import exceptions as rx
+        from ray.exceptions import RayTaskError
+
+        # the worker process is gone (killed, OOM-killed by Ray's memory monitor, its node lost)
+        worker_lost = (rx.RayActorError, rx.OutOfMemoryError, rx.WorkerCrashedError, rx.NodeDiedError)
 
         from evalkit.runner import failed_row
 
@@ -179,7 +184,7 @@ class RayExecutor(Executor):
                     del streams[stream]
                     idle.append(actor)
                     continue
-                except RayActorError as e:  # the worker process is gone: retry on a fresh one, or give up
+                except worker_lost as e:  # retry on a fresh worker, or give up on the unit
                     del streams[stream]
                     ray.kill(actor, no_restart=True)
                     lost[unit.key] += 1

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalkit.errors import CheckpointError, EvalkitError
-from evalkit.models.base import register_adapter
+from evalkit.models.base import Adapter, register_adapter
 from evalkit.models.hf_adapter import DTYPES, HFAdapter, _config, _dir, _weights
 from evalkit.models.hf_layout import describe_config
 
@@ -111,7 +111,7 @@ class VLLMAdapter(HFAdapter):
     # --- a loaded model ----------------------------------------------------------------------
     def __init__(self, spec: ModelSpec, device: str) -> None:
         _require_vllm()
-        self.spec, self.device = spec, device
+        Adapter.__init__(self, spec, device)  # not HFAdapter's: that one loads transformers' model
         opts = self.options(spec)
         cuda = str(device).startswith("cuda")
         if not cuda:  # vLLM's automatic OpenMP core binding crawls on a shared machine (docs/vllm.md)

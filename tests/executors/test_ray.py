@@ -28,6 +28,9 @@ VOLATILE = {"run_id", "finished_at", "wall_s", "tokens_per_s"}  # differ between
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster() -> Any:
+    # Ray's memory monitor kills workers when the machine is nearly full; on a shared CI machine
+    # that would be a second, random killer beside the one these tests control
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
              configure_logging=False)
     yield

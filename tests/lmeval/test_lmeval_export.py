@@ -34,17 +34,17 @@ def test_builtin_names_are_portable_other_specs_absolute(tmp_path: Path) -> None
     assert f'evalkit_spec: "{spec.resolve()}"' in (tmp_path / "out" / "evalkit_mine_L300.yaml").read_text()
 
 
-@pytest.mark.parametrize("spec", ["needle", "multi_query"])
-def test_documents_are_evalkit_runs_samples(spec: str, tokenizer_dir: Path, llama_ckpt: Path) -> None:
+@pytest.mark.parametrize(("spec", "length"), [("needle", 256), ("multi_query", 512)])
+def test_documents_are_evalkit_runs_samples(spec: str, length: int, tokenizer_dir: Path, llama_ckpt: Path) -> None:
     """Prompts and answers of the lm-eval documents == ``evalkit run SPEC --models hf:PATH``'s
     renderings (the tokenizer adds a BOS, and multi_query's second prompt holds the first answer)."""
     from evalkit.lmeval.tasks import build_docs
     from evalkit.runner import make_sample, plan, render
     from evalkit.spec import load_model_spec, load_task_spec
 
-    cells = plan([load_task_spec(spec)], [load_model_spec(f"hf:{llama_ckpt}")], lengths=[256], samples=2)
+    cells = plan([load_task_spec(spec)], [load_model_spec(f"hf:{llama_ckpt}")], lengths=[length], samples=2)
     rendered = {f"{c.sample_key}:{i}": render(c, make_sample(c, i)) for c in cells for i in range(2)}
-    docs = build_docs(spec, str(tokenizer_dir), [256], 2, 0)
+    docs = build_docs(spec, str(tokenizer_dir), [length], 2, 0)
     assert {d.sample_uid for d in docs} == set(rendered)
     from transformers import AutoTokenizer
 
@@ -58,25 +58,19 @@ def test_documents_are_evalkit_runs_samples(spec: str, tokenizer_dir: Path, llam
 
 
 def test_lm_eval_loads_the_exported_task_and_builds_its_dataset(tmp_path: Path, tokenizer_dir: Path) -> None:
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import TaskManager
 
     from evalkit.lmeval.export import export_lm_eval
 
     export_lm_eval(tmp_path, ["needle"], lengths=[256, 384], samples=2)
     tm = TaskManager(include_path=str(tmp_path), include_defaults=False, metadata={"pretrained": str(tokenizer_dir)})
-    tasks = get_task_dict(["evalkit_needle"], tm)
-    leaves = {t.config.task: t for t in _leaves(tasks)}
+    loaded = tm.load(["evalkit_needle"])
+    assert any("evalkit_needle" in str(g) for g in loaded["groups"])  # the group, keyed by lm-eval's group object
+    leaves = dict(loaded["tasks"])
     assert set(leaves) == {"evalkit_needle_L256", "evalkit_needle_L384"}
     docs = list(leaves["evalkit_needle_L384"].test_docs())
     assert len(docs) == 2 * 5  # 2 samples × 5 depths (needle.yaml's sweep)
     assert {d["context_length"] for d in docs} == {384} and all(d["length"] <= 384 for d in docs)
-
-
-def _leaves(d: Any) -> list[Any]:
-    out = []
-    for v in d.values():
-        out += _leaves(v) if isinstance(v, dict) else [v]
-    return out
 
 
 def test_metrics() -> None:

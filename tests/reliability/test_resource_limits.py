@@ -86,6 +86,9 @@ def test_simulated_cuda_oom_is_recorded_per_cell_and_retried(tmp_path: Path, mon
     assert len(rows) == 2 * 3 * 2  # every cell of both models was tried: the sweep went on
     assert "8 failed" in stdout and stdout.count("FAILED") >= 4
     assert _report(out).count("FAILED") >= 4
+    assert call_cli(["report", "-d", str(out), "-o", str(tmp_path / "lb.html")])[0] == 0
+    html = (tmp_path / "lb.html").read_text()
+    assert "L=256" in html and html.count(">FAILED<") >= 4 and "8 of 12 cells failed" in html
     c = sqlite3.connect(out / "evalkit.sqlite")
     costs = dict(c.execute("SELECT context_length || ':' || model, status FROM costs").fetchall())
     c.close()

@@ -149,3 +149,28 @@ def test_cli_trains_and_writes_checkpoint(cli, specs, tmp_path):
     assert "trained dbg: 4 steps" in out
     assert {"config.json", "model.safetensors", "train_log.jsonl", "card.md", "trainer_state.pt"} <= {
         p.name for p in (tmp_path / "o").iterdir()}
+
+
+def test_tasks_train_only_at_lengths_they_fit_and_secondary_metrics_are_logged(specs, tmp_path):
+    """A curriculum stage too short for one task trains the others; the eval rows carry the
+    teacher-forced secondary metric (query_acc) that whole-answer accuracy hides."""
+    model, tasks = specs
+    ar = write(tmp_path / "ar.yaml", "task: assoc_recall\nlengths: [64]\nsamples: 8\nparams: {num_pairs: 8}\n")
+    specs2 = [tasks[0], load_task_spec(str(ar))]  # needle16 fits 16 and 64; 8 pairs need 49 tokens
+    r = train(model, specs2, quick(steps=8, eval_every=4, curriculum=0.0), tmp_path / "o", device="cpu")
+    rows = read_log(r.out_dir / "train_log.jsonl")
+    assert rows[0]["lengths"] == [16, 64]
+    assert {x["length"] for x in rows if x["event"] == "train" and x["task"] == "ar"} == {64}
+    ev = [x for x in rows if x["event"] == "eval"][-1]
+    assert ev["lengths"] == {"needle16": 64, "ar": 64}
+    assert set(ev["secondary"]) == {"needle16", "ar"} and ev["secondary"]["needle16"] == {}
+    assert 0.0 <= ev["secondary"]["ar"]["query_acc"] <= 1.0
+    assert "query_acc" in (r.out_dir / "card.md").read_text()
+
+
+def test_a_task_that_fits_no_training_length_is_refused(specs, tmp_path):
+    model, _ = specs
+    ar = write(tmp_path / "ar.yaml", "task: assoc_recall\nlengths: [64]\nsamples: 8\nparams: {num_pairs: 8}\n")
+    with pytest.raises(TrainError, match="training length 32"):
+        train(model, [load_task_spec(str(ar))], quick(max_length=32), tmp_path / "o", device="cpu")
+    assert not (tmp_path / "o" / "model.safetensors").exists()

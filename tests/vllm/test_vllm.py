@@ -54,7 +54,8 @@ def _records(out: Path) -> dict[tuple[Any, ...], tuple[Any, ...]]:
 def test_vllm_engine_agrees_with_hf_on_the_same_cells(ckpt: Path, task: Path, tmp_path: Path) -> None:
     out = tmp_path / "vllm"
     model = tmp_path / "tiny-llama-vllm.yaml"  # eager: no torch.compile of a 2-layer model on 2 cores
-    model.write_text(f"kind: vllm\ncheckpoint: {ckpt}\noptions: {{enforce_eager: true, max_model_len: 1024}}\n")
+    model.write_text(f"kind: vllm\ncheckpoint: {ckpt}\n"  # a 64 MiB KV-cache pool: plenty for 2 layers
+                     "options: {enforce_eager: true, max_model_len: 1024, kv_cache_memory_bytes: 67108864}\n")
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # engine in the script's process: one import
     proc = subprocess.run([sys.executable, str(Path(__file__).parent / "run_vllm.py"), str(model), str(task), str(out)],
                           env=env, capture_output=True, text=True, timeout=600, check=False)
@@ -82,6 +83,7 @@ def test_vllm_engine_agrees_with_hf_on_the_same_cells(ckpt: Path, task: Path, tm
         assert r["kv_cache_bytes"] == r["context_length"] * info["kv_bytes_per_token"]
         assert engine["prefix_caching"] is False and info["prefix_cache_hits"] == 0
         assert engine["enforce_eager"] is True and engine["max_model_len"] == 1024
+        assert engine["kv_cache_pool_bytes"] <= 1 << 26
         assert info["params"] == sum(p.numel() for p in _hf_params(ckpt))
 
 
