@@ -484,7 +484,8 @@ def evaluate_cell(adapter: Adapter, info: dict[str, Any], c: Cell, device: str, 
         predict = predict_teacher_forced
     else:
         limit = type(adapter).max_context(adapter.spec)
-        extra = GREEDY_EXTRA_TOKENS if limit is None else max(0, min(GREEDY_EXTRA_TOKENS, limit - c.context_length))
+        want = getattr(task_cls, "greedy_extra_tokens", GREEDY_EXTRA_TOKENS)  # a task may ask for more (RULER: 128)
+        extra = want if limit is None else max(0, min(want, limit - c.context_length))
         detok = text if c.format == "text" else None
 
         def predict(a: Adapter, b: Sequence[Rendered]) -> list[Prediction]:

@@ -106,6 +106,9 @@ HAYSTACKS = ("noise", "words", "constant")
 # the tokens format's ``filler:`` mapped to its text analogue when ``haystack: auto``
 FILLER_TO_HAYSTACK = {"random": "words", "repeat": "noise", "constant": "constant"}
 OVERLENGTH = ("error", "skip")
+# tasks that write their own text (task name -> (sample, context_length, tokenizer, chat wrappers) -> Rendered):
+# RULER's NIAH (``evalkit.tasks.ruler``) needs RULER's exact prompt and length rule, not this layout
+TASK_RENDERERS: dict[str, Callable[..., Rendered]] = {}
 
 # options a task spec's ``text:`` mapping may set, with their allowed values; the first is the default
 TEXT_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -382,6 +385,8 @@ def render_text(
     are longer. Deterministic: the random-words haystack is drawn from ``sample.seed``."""
     if tokenizer is None:
         raise ValueError("the text format needs the model's tokenizer (this model has none; use format: tokens)")
+    if sample.task in TASK_RENDERERS:
+        return TASK_RENDERERS[sample.task](sample, context_length, tokenizer, chat_wrappers(tokenizer) if chat else None)
     opts = resolve_text_options({"haystack": haystack, "values": values, "template": template}, filler)
     check_text_options(opts)
     tok = text_tokenizer(tokenizer)

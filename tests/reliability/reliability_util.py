@@ -205,7 +205,7 @@ class ForkServer:
         import sys
 
         self._json = json
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("victim.py")), json.dumps(list(warm_argv))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=cwd, env=env, text=True, bufsize=1)

@@ -31,7 +31,7 @@ def test_same_spec_and_seed_same_samples_and_results_across_runs_and_processes(k
         assert call_cli([*argv, "-d", str(tmp_path / f"in{i}")])[0] == 0
     procs = []
     for seed in (1, 2):
-        env = {**os.environ, "PYTHONHASHSEED": str(seed), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONHASHSEED": str(seed), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         procs.append(subprocess.Popen([sys.executable, str(PROBE), str(models[0]), *argv, "-d", str(tmp_path / f"p{seed}")],
                                       cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=300) for p in procs]
