@@ -37,7 +37,17 @@ from typing import Any
 
 import numpy as np
 
-from evalkit.tasks.base import Filler, Needle, OverLengthError, Part, Query, Rendered, Sample, Task, register_task
+from evalkit.tasks.base import (
+    Filler,
+    Needle,
+    OverLengthError,
+    Part,
+    Query,
+    Rendered,
+    Sample,
+    Task,
+    register_task,
+)
 from evalkit.tasks.text import TASK_RENDERERS
 
 DATA = Path(__file__).parent / "data"

@@ -35,9 +35,10 @@ def _spec(tmp: Path, name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object]]:
-    import evalkit
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
+
+    import evalkit
 
     tmp = tmp_path_factory.mktemp("ruler_parity")
     out: dict[str, dict[str, object]] = {}
@@ -57,6 +58,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, obj
         samples = lm["samples"][name]
         out[name]["lm_eval"] = [float(s[str(LENGTH)]) for s in samples]
         out[name]["lm_eval_lengths"] = [int(s["doc"]["length"]) for s in samples]
+    for name, r in out.items():  # shown with pytest -s
+        print(name, {k: round(sum(v) / len(v), 2) for k, v in r.items()})
     return out
 
 
