@@ -10,10 +10,7 @@ import torch
 torch.set_num_threads(1)
 
 
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+from testutil import write  # noqa: E402,F401  (re-exported for fixtures below)
 
 
 @pytest.fixture

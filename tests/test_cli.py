@@ -13,7 +13,7 @@ import pytest
 
 import evalkit
 from evalkit import runner
-from conftest import write
+from testutil import write
 
 
 def _count(out: Path, sql: str) -> int:

@@ -8,7 +8,7 @@ import pytest
 
 from evalkit.errors import SpecError, UnknownNameError
 from evalkit.spec import builtin_dir, builtin_names, load_model_spec, load_task_spec
-from conftest import write
+from testutil import write
 
 
 def test_builtin_specs_load_and_resolve_by_name():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import evalkit
-from conftest import write
+from testutil import write
 from evalkit.stats import wilson
 from evalkit.store import Record, Store
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import write
+from testutil import write
 from evalkit.errors import SpecError
 from evalkit.gate import load_gate
 

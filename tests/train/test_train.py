@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write
+from testutil import write
 from evalkit.spec import load_model_spec, load_task_spec
 from evalkit.train import TrainConfig, TrainError, read_log, train, train_batch
 
