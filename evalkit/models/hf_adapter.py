@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from evalkit.errors import CheckpointError
 from evalkit.models.base import Adapter, file_sha256, files_identity, register_adapter, stable_hash, tokenizer_files
@@ -74,18 +74,26 @@ class HFAdapter(Adapter):
             raise ValueError(f"kind 'hf' takes no 'arch' (the architecture is the checkpoint's config.json); "
                              f"got '{next(iter(arch))}'")
 
+    option_table: ClassVar[dict[str, Any]] = OPTIONS  # name → tuple of choices, or the value's type
+
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> None:
         from evalkit.registry import did_you_mean
 
         for k, v in options.items():
-            if k not in OPTIONS:
-                raise ValueError(f"unknown hf option '{k}'{did_you_mean(str(k), tuple(OPTIONS))}")
-            want = OPTIONS[k]
-            if isinstance(want, tuple) and v not in want:
-                raise ValueError(f"option '{k}' must be one of {', '.join(want)}, got {v!r}")
-            if isinstance(want, type) and not isinstance(v, want):
-                raise ValueError(f"option '{k}' must be a {want.__name__}, got {v!r}")
+            if k not in cls.option_table:
+                raise ValueError(f"unknown {cls.kind} option '{k}'{did_you_mean(str(k), tuple(cls.option_table))}")
+            want = cls.option_table[k]
+            if isinstance(want, tuple):
+                if v not in want:
+                    raise ValueError(f"option '{k}' must be one of {', '.join(want)}, got {v!r}")
+            else:
+                cls.check_option_type(k, v, want)
+
+    @classmethod
+    def check_option_type(cls, k: str, v: Any, want: type) -> None:
+        if not isinstance(v, want):
+            raise ValueError(f"option '{k}' must be a {want.__name__}, got {v!r}")
 
     @classmethod
     def options(cls, spec: ModelSpec) -> dict[str, Any]:

@@ -75,22 +75,16 @@ class VLLMAdapter(HFAdapter):
     formats = ("text",)
 
     # --- from the spec alone (identity, check, tokenizer: the HF adapter's) -------------------
-    @classmethod
-    def validate_options(cls, options: dict[str, Any]) -> None:
-        from evalkit.registry import did_you_mean
+    option_table = OPTIONS
 
-        for k, v in options.items():
-            if k not in OPTIONS:
-                raise ValueError(f"unknown vllm option '{k}'{did_you_mean(str(k), tuple(OPTIONS))}")
-            want = OPTIONS[k]
-            if isinstance(want, tuple) and v not in want:
-                raise ValueError(f"option '{k}' must be one of {', '.join(want)}, got {v!r}")
-            if want is float and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1):
-                raise ValueError(f"option '{k}' must be a fraction in (0, 1], got {v!r}")
-            if want is int and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"option '{k}' must be a positive integer, got {v!r}")
-            if want is bool and not isinstance(v, bool):
-                raise ValueError(f"option '{k}' must be a bool, got {v!r}")
+    @classmethod
+    def check_option_type(cls, k: str, v: Any, want: type) -> None:
+        if want is float and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1):
+            raise ValueError(f"option '{k}' must be a fraction in (0, 1], got {v!r}")
+        if want is int and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"option '{k}' must be a positive integer, got {v!r}")
+        if want is bool and not isinstance(v, bool):
+            raise ValueError(f"option '{k}' must be a bool, got {v!r}")
 
     @classmethod
     def options(cls, spec: ModelSpec) -> dict[str, Any]:
