@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,14 +69,18 @@ def cli() -> None:
               help="Ray workers at once (default: as many as the cluster's GPUs, or CPUs, allow).")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
               help="GPUs each Ray worker holds (default 0; e.g. 1, or the tensor-parallel size for vLLM).")
+@click.option("--train-missing", is_flag=True,
+              help="Train every variant of a model spec with a train: block that has no cached checkpoint, then evaluate.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
+              help="Cache of trained variants (default: OUTPUT_DIR/checkpoints; docs/training.md).")
 def run(specs: Sequence[str], models: str, lengths: list[int] | None, samples: int | None, seed: int | None,
         output_dir: str, device: str, overwrite: bool, limit: int | None, scoring: str, dry_run: bool,
         no_cost: bool, executor: str, ray_address: str | None, workers: int | None,
-        gpus_per_worker: float | None) -> None:
+        gpus_per_worker: float | None, train_missing: bool, checkpoint_dir: str | None) -> None:
     """Evaluate task SPECS (paths or built-in names) on --models; store and print recall."""
     from evalkit.executors import make_executor
     from evalkit.runner import plan
-    from evalkit.spec import load_model_spec, load_task_spec
+    from evalkit.spec import load_model_specs, load_task_spec
 
     flags = {"--ray-address": ray_address, "--workers": workers, "--gpus-per-worker": gpus_per_worker}
     if executor == "local" and any(v is not None for v in flags.values()):
@@ -85,7 +90,10 @@ def run(specs: Sequence[str], models: str, lengths: list[int] | None, samples: i
     if not names:
         raise click.BadParameter("no model given", param_hint="--models")
     task_specs = [load_task_spec(s) for s in specs]
-    model_specs = [load_model_spec(m) for m in names]
+    model_specs = [v for m in names for v in load_model_specs(m)]
+    if any(m.trains for m in model_specs):  # check the whole evaluation before training anything
+        plan(task_specs, model_specs, lengths=lengths, samples=samples, seed=seed, scoring=scoring)
+        model_specs = _train_variants(model_specs, output_dir, checkpoint_dir, train_missing, device, dry_run)
     cells = plan(task_specs, model_specs, lengths=lengths, samples=samples, seed=seed, scoring=scoring)
     console = _console()
     if dry_run:
@@ -96,7 +104,50 @@ def run(specs: Sequence[str], models: str, lengths: list[int] | None, samples: i
     sys.exit(1 if failed else 0)
 
 
+def _train_variants(model_specs: list[Any], output_dir: str, checkpoint_dir: str | None, train_missing: bool,
+                    device: str, dry_run: bool) -> list[Any]:
+    """Model specs with ``train:`` → their cached or freshly trained checkpoints (evalkit/sweeps.py);
+    training progress goes to stderr."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from evalkit.sweeps import prepare_models
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("eta"), TimeRemainingColumn(), console=err, transient=True) as bar:
+        jobs: dict[str, Any] = {}
+
+        def progress(spec: Any, step: int, total: int, info: dict[str, Any]) -> None:
+            if spec.name not in jobs:
+                jobs[spec.name] = bar.add_task(f"training {escape(spec.name)}", total=total)
+            loss = "" if info.get("loss") is None else f" loss {info['loss']:.3f}"
+            bar.update(jobs[spec.name], completed=step, description=f"training {escape(spec.name)} L={info['length']}{loss}")
+
+        try:
+            done = prepare_models(model_specs, output_dir, train_missing=train_missing, checkpoint_dir=checkpoint_dir,
+                                  device=device, dry_run=dry_run, command=" ".join(["evalkit", *sys.argv[1:]]),
+                                  log=lambda line: err.print(line, markup=False), progress=progress)
+        except KeyboardInterrupt:
+            bar.stop()
+            err.print("interrupted: the training state is saved; run the same command again to resume it")
+            sys.exit(130)
+    if done.untrained:
+        err.print(f"{len(done.untrained)} variant(s) not trained yet (--train-missing trains them; their cells below "
+                  f"use untrained weights): {', '.join(done.untrained)}", markup=False)
+    return done.models
+
+
 def _print_plan(console: Any, cells: Sequence[Any], output_dir: str) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from evalkit.runner import estimate_seconds
@@ -108,8 +159,8 @@ def _print_plan(console: Any, cells: Sequence[Any], output_dir: str) -> None:
     for col in ("cell", "spec", "model", "length", "axes", "samples", "status"):
         t.add_column(col)
     for c in cells:
-        t.add_row(c.cell_key[:12], c.spec.name, c.model.name, str(c.context_length),
-                  " ".join(f"{k}={v}" for k, v in c.axes), str(c.n_samples),
+        t.add_row(c.cell_key[:12], escape(c.spec.name), escape(c.model.name), str(c.context_length),
+                  escape(" ".join(f"{k}={v}" for k, v in c.axes)), str(c.n_samples),
                   "stored" if c.cell_key in done else "pending")
     console.print(t)
     pending = [c for c in cells if c.cell_key not in done]
@@ -120,6 +171,7 @@ def _print_plan(console: Any, cells: Sequence[Any], output_dir: str) -> None:
 
 def _run(console: Any, cells: Sequence[Any], output_dir: str, device: str, overwrite: bool, limit: int | None,
          cost: bool = True, executor: Any = None) -> bool:
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from evalkit.models import ADAPTERS
@@ -127,7 +179,7 @@ def _run(console: Any, cells: Sequence[Any], output_dir: str, device: str, overw
 
     random_models = sorted({c.model.name for c in cells if ADAPTERS.get(c.model.kind).random_weights(c.model)})
     if random_models:
-        console.print(f"[bold red]WARNING: {', '.join(random_models)} ha{'s' if len(random_models) == 1 else 've'} "
+        console.print(f"[bold red]WARNING: {escape(', '.join(random_models))} ha{'s' if len(random_models) == 1 else 've'} "
                       "no checkpoint and run with RANDOM weights; their recall means nothing (recorded as random_weights=1).[/]")
     total = sum(c.n_samples for c in cells)
     command = " ".join(["evalkit", *sys.argv[1:]])
@@ -136,9 +188,9 @@ def _run(console: Any, cells: Sequence[Any], output_dir: str, device: str, overw
         job = bar.add_task("evaluating", total=total)
 
         def on_cell(cell: Any, status: str) -> None:
-            bar.update(job, description=f"{cell.label}")
+            bar.update(job, description=escape(cell.label))
             if status == "failed":
-                console.print(f"[red]failed[/]: {cell.label}")
+                console.print(f"[red]failed[/]: {escape(cell.label)}")
 
         try:
             result = execute(cells, output_dir, device=device, overwrite=overwrite, limit=limit,
@@ -161,6 +213,8 @@ def _run(console: Any, cells: Sequence[Any], output_dir: str, device: str, overw
 
 
 def _print_summary(console: Any, result: Any) -> None:
+    from rich.markup import escape
+
     from evalkit.report.table import recall_table
     from evalkit.store import Store
 
@@ -174,9 +228,9 @@ def _print_summary(console: Any, result: Any) -> None:
                   f"{len(result.failed)} failed" + (f", {result.skipped} left for the next run (--limit)" if result.skipped else ""))
     console.print(f"store: {path}  (run {result.run_id})")
     for label, reason in result.failed.items():
-        console.print(f"[red]failed[/] {label}: {reason}")
+        console.print(f"[red]failed[/] {escape(label)}: {escape(str(reason))}")
     if result.random_models:
-        console.print(f"[bold red]RANDOM WEIGHTS: {', '.join(result.random_models)} (no checkpoint)[/]")
+        console.print(f"[bold red]RANDOM WEIGHTS: {escape(', '.join(result.random_models))} (no checkpoint)[/]")
 
 
 # ----------------------------------------------------------------------------------- ls
@@ -326,11 +380,12 @@ def gate(gate_file: str, output_dir: str | None, store_path: str | None, junit_p
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
               help="File to write, '-' for stdout [default: reports/leaderboard.html or .md].")
 @click.option("--format", "fmt", type=click.Choice(["html", "markdown"]), default="html", show_default=True)
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Recall that counts as 'recalled' for the effective context length.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="Recall that counts as 'recalled' for the effective context length, for every row "
+                   "[default: the task's own (RULER's NIAH: 0.856), else 0.5].")
 @click.option("--reference-length", type=click.IntRange(min=1),
               help="Context length for the cost columns and recall-vs-cost plots [default: the longest stored].")
-def report(output_dir: str, store_path: str | None, output: str | None, fmt: str, threshold: float,
+def report(output_dir: str, store_path: str | None, output: str | None, fmt: str, threshold: float | None,
            reference_length: int | None) -> None:
     """Write the leaderboard: one self-contained HTML file (tables, plots, provenance) or markdown."""
     from evalkit.report.data import load_report, write_atomic
@@ -526,10 +581,17 @@ def _cost_table(rows: Sequence[dict[str, Any]], title: str) -> Any:
 @click.option("--time-limit", type=float, help="Seconds; the schedule follows wall time too (not bit-reproducible).")
 @click.option("--save-dtype", type=click.Choice(["float32", "bfloat16"]), help="dtype of model.safetensors.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/trainer_state.pt.")
+@click.option("--pool", type=int, help="Train on a fixed set of N samples per (task, length), built once (default 0: "
+              "fresh samples every step). Much faster on a GPU; see evalkit/trainpool.py.")
+@click.option("--pool-dir", type=click.Path(file_okay=False), help="Cache the fixed training sets here (shared by runs).")
+@click.option("--pool-workers", type=click.IntRange(min=1), default=min(8, os.cpu_count() or 1), show_default=True,
+              help="Processes that build the fixed training sets.")
+@click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (tiny models train fastest with 1).")
 def train_cmd(model_spec: str | None, tasks: str | None, recipe: str | None, steps: int | None, out_dir: str | None,
               device: str | None, batch_tokens: int | None, lr: float | None, seed: int | None,
               max_length: int | None, target_acc: float | None, eval_every: int | None, time_limit: float | None,
-              save_dtype: str | None, resume: bool) -> None:
+              save_dtype: str | None, resume: bool, pool: int | None, pool_dir: str | None, pool_workers: int,
+              threads: int | None) -> None:
     """Train a native MODEL_SPEC on --task specs; write a checkpoint, a log and a model card."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -544,7 +606,8 @@ def train_cmd(model_spec: str | None, tasks: str | None, recipe: str | None, ste
     if not task_refs:
         raise TrainError("no task given: pass --task TASK_SPEC[,TASK_SPEC...] or --recipe")
     flags = {"steps": steps, "batch_tokens": batch_tokens, "lr": lr, "seed": seed, "max_length": max_length,
-             "target_acc": target_acc, "eval_every": eval_every, "time_limit": time_limit, "save_dtype": save_dtype}
+             "target_acc": target_acc, "eval_every": eval_every, "time_limit": time_limit, "save_dtype": save_dtype,
+             "pool": pool}
     cfg = make_config({**r["train"], **{k: v for k, v in flags.items() if v is not None}})
     mspec = load_model_spec(model_ref)
     specs = [load_task_spec(t) for t in task_refs]
@@ -562,8 +625,12 @@ def train_cmd(model_spec: str | None, tasks: str | None, recipe: str | None, ste
                 console.print(f"step {step}: held-out " + ", ".join(f"{k} {v:.2f}" for k, v in info["eval"].items()))
 
         try:
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
             res = train(mspec, specs, cfg, out, device=device or r["device"], resume=resume, command=command,
-                        progress=progress)
+                        progress=progress, pool_dir=pool_dir, pool_workers=pool_workers)
         except KeyboardInterrupt:
             bar.stop()
             console.print(f"interrupted: state saved in {out}; add --resume to continue")

@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 # columns of model_info promoted to record columns (sweep axes are columns, STYLE.md habit 6)
-MODEL_COLUMNS = ("attention_fraction", "attn_layer_idx", "params", "kv_bytes_per_token", "fixed_state_bytes")
+MODEL_COLUMNS = ("attention_fraction", "attn_layer_idx", "params", "kv_bytes_per_token", "fixed_state_bytes",
+                 "d_model", "n_layers", "d_state")  # the last three: axes of model-spec sweeps (docs/training.md)
 RECORD_FRAME_COLUMNS = (
     "run_id", "cell_key", "spec", "task", "model", "model_id", "model_kind", "random_weights", "format",
     "context_length", "seed", "idx", "correct", "prediction", "answer", "prompt_hash", "target_hash", "length",

@@ -25,6 +25,22 @@ Model spec (``models/hybrid.yaml``)::
     init_seed: 0            # seeds the random init when there is no checkpoint
     options: {}             # adapter options, e.g. for kind: hf {dtype: bfloat16, chat_template: true}
 
+A model spec may sweep its architecture and carry its own training recipe (docs/training.md,
+"Sweeps that train")::
+
+    arch: {flavor: small, n_layers: 8, attention_fraction: [0, 0.125, 0.25, 0.5, 1.0]}
+    train:                  # evalkit run ... --train-missing trains each variant (evalkit/sweeps.py)
+      tasks: [assoc_recall] # built-in names or paths relative to this file
+      steps: 400            # any other TrainConfig field (evalkit/train.py), as in a recipe's train:
+
+A list under ``arch`` is *one value* when the adapter accepts it as one (``pattern: [mamba2,
+attention]``, ``attn_layer_idx: [1, 3]``: every existing spec keeps its meaning); otherwise it
+sweeps that field, and several such lists sweep their cartesian product. Each combination is a
+variant named ``NAME[field=value,...]`` (``load_model_specs``). A field whose one value is itself
+a list (the adapter's ``list_fields``) is swept by a list of lists (``attn_layer_idx: [[1], [1,
+3]]``) or by scalars that are each a valid value (``pattern: [MMMA, MAMA]``); a list that is
+neither is reported as the one (invalid) value it then must be.
+
 ``--models hf:PATH`` (or a checkpoint directory whose config.json has a ``model_type``) is a
 ``kind: hf`` spec of that transformers checkpoint; ``--models vllm:PATH`` the ``kind: vllm`` spec
 of it (served by vLLM).
@@ -281,7 +297,13 @@ def _task_params(doc: _Doc, cls: Any, params: dict[str, Any]) -> tuple[tuple, tu
             try:
                 cls(dataclasses.replace(defaults, **{name: v})).validate()
             except (ValueError, TypeError) as e:
-                raise doc.error(where, str(e)) from None
+                # a bound that depends on another field (num_queries <= num_pairs) is judged
+                # against the values this spec gives those fields, not their defaults
+                ctx = {k: (x[0] if isinstance(x, list) and x else x) for k, x in params.items() if k != name}
+                try:
+                    cls(dataclasses.replace(defaults, **{**ctx, name: v})).validate()
+                except (ValueError, TypeError):
+                    raise doc.error(where, str(e)) from None
         if isinstance(value, list):
             sweep.append((name, tuple(values)))
         else:
@@ -324,6 +346,14 @@ class ModelSpec:
     init_seed: int
     description: str = ""
     options: tuple[tuple[str, Any], ...] = ()  # adapter options (validated by the adapter)
+    sweep: tuple[tuple[str, Any], ...] = ()  # this variant's swept arch values, in spec order
+    train: tuple[tuple[str, Any], ...] = ()  # the spec's train: block (TrainConfig values), sorted
+    train_tasks: tuple[str, ...] = ()  # its task specs: absolute paths or built-in names
+
+    @property
+    def trains(self) -> bool:
+        """True when the spec carries a ``train:`` block (its checkpoint is trained and cached)."""
+        return bool(self.train_tasks)
 
     def arch_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dict(self.arch)))
@@ -335,22 +365,41 @@ class ModelSpec:
         d = dataclasses.asdict(self)
         d["arch"] = self.arch_dict()
         d["options"] = self.options_dict()
+        for key in ("sweep", "train", "train_tasks"):  # absent unless used: older runs' specs read the same
+            if not d[key]:
+                del d[key]
+            elif key != "train_tasks":
+                d[key] = json.loads(json.dumps(dict(getattr(self, key))))
         return d
 
 
-_MODEL_FIELDS = ("name", "kind", "arch", "checkpoint", "init_seed", "options", "description")
+_MODEL_FIELDS = ("name", "kind", "arch", "checkpoint", "init_seed", "options", "description", "train")
 
 
 def load_model_spec(ref: str) -> ModelSpec:
     """Resolve a model reference: a built-in name, a spec path, a checkpoint directory, or
-    ``hf:PATH`` (a transformers checkpoint directory), or ``vllm:PATH`` (the same, served by vLLM)."""
+    ``hf:PATH`` (a transformers checkpoint directory), or ``vllm:PATH`` (the same, served by vLLM).
+    A spec that sweeps its architecture is refused here (it is several models): commands that
+    evaluate many models take it through ``load_model_specs``."""
+    specs = load_model_specs(ref)
+    if len(specs) > 1:
+        axes = ", ".join(dict.fromkeys(k for s in specs for k, _ in s.sweep))
+        raise SpecError(f"{specs[0].path}: sweeps {axes} ({len(specs)} variants: {specs[0].name}, ...); this "
+                        "command takes one model, so give one value per arch field (`evalkit run --models` "
+                        "takes the whole sweep)")
+    return specs[0]
+
+
+def load_model_specs(ref: str) -> list[ModelSpec]:
+    """Every model a reference stands for: one, or one per combination of a spec's swept arch
+    values (module docstring), in the spec's order, each a complete ModelSpec."""
     if ref.startswith("hf:"):
-        return hf_spec(ref[3:])
+        return [hf_spec(ref[3:])]
     if ref.startswith("vllm:"):
-        return hf_spec(ref[5:], kind="vllm")
+        return [hf_spec(ref[5:], kind="vllm")]
     p = Path(ref)
     if p.is_dir():
-        return _checkpoint_dir_spec(p)
+        return [_checkpoint_dir_spec(p)]
     path = _resolve_path(ref, "models")
     doc = _read(path)
     d = doc.data
@@ -360,17 +409,20 @@ def load_model_spec(ref: str) -> ModelSpec:
     kind = _typed(doc, ("kind",), d.get("kind", "native"), str, "an adapter name")
     if kind not in ADAPTERS:
         raise doc.error(("kind",), f"unknown adapter '{kind}'{did_you_mean(kind, ADAPTERS.names())}")
+    adapter = ADAPTERS.get(kind)
     arch = d.get("arch") or {}
     if not isinstance(arch, dict):
         raise doc.error(("arch",), f"expected a mapping, got {arch!r}")
-    try:
-        ADAPTERS.get(kind).validate_arch(arch)
-    except ValueError as e:
-        field = _field_in_message(str(e), arch)
-        raise doc.error(("arch", field) if field else ("arch",), str(e)) from None
+    points = _arch_points(doc, adapter, arch)
     ckpt = d.get("checkpoint")
     if ckpt is not None:
         _typed(doc, ("checkpoint",), ckpt, str, "a path")
+        if len(points) > 1:
+            raise doc.error(("checkpoint",), f"one checkpoint cannot hold the {len(points)} architectures this spec "
+                            "sweeps; drop 'checkpoint' (and give a train: block to train each variant)")
+        if "train" in d:
+            raise doc.error(("checkpoint",), "give either 'checkpoint' (trained weights) or 'train' (evalkit "
+                            "trains and caches the weights), not both")
         cpath = (path.parent / ckpt).resolve()
         if not cpath.exists():
             raise doc.error(("checkpoint",), f"checkpoint '{cpath}' does not exist")
@@ -380,15 +432,179 @@ def load_model_spec(ref: str) -> ModelSpec:
     if not isinstance(options, dict):
         raise doc.error(("options",), f"expected a mapping of adapter options, got {options!r}")
     try:
-        ADAPTERS.get(kind).validate_options(options)
+        adapter.validate_options(options)
     except ValueError as e:
         field = _field_in_message(str(e), options)
         raise doc.error(("options", field) if field else ("options",), str(e)) from None
-    return ModelSpec(
-        name=str(d.get("name", path.stem)), kind=kind, path=str(path), arch=tuple(sorted(arch.items())),
-        checkpoint=ckpt, init_seed=init_seed, description=str(d.get("description", "")),
-        options=tuple(sorted(options.items())),
-    )
+    base = ModelSpec(name=str(d.get("name", path.stem)), kind=kind, path=str(path), arch=(), checkpoint=ckpt,
+                     init_seed=init_seed, description=str(d.get("description", "")),
+                     options=tuple(sorted(options.items())))
+    if "train" in d:
+        train, tasks = _train_block(doc, d["train"], path, kind)
+        base = dataclasses.replace(base, train=train, train_tasks=tasks)
+    variants = []
+    for pt in points:
+        swept = tuple((k, pt.arch[k]) for k in pt.index)
+        name = base.name + (f"[{','.join(f'{k}={_show(v)}' for k, v in swept)}]" if swept else "")
+        variants.append(dataclasses.replace(base, name=name, arch=tuple(sorted(pt.arch.items())), sweep=swept))
+    _check_distinct(doc, adapter, variants, points)
+    if base.trains:
+        _check_trainable(doc, variants[0])
+    return variants
+
+
+# --------------------------------------------------------------------------- architecture sweeps
+@dataclass(frozen=True)
+class _Point:
+    arch: dict[str, Any]  # the variant's full arch
+    index: dict[str, int]  # swept field → position of its value in the spec's list (for lines)
+
+
+def _arch_points(doc: _Doc, adapter: Any, arch: dict[str, Any]) -> list[_Point]:
+    """Every variant's arch. A list-valued field the adapter accepts as one value stays one
+    value; every other list sweeps its field (module docstring)."""
+    try:
+        adapter.validate_arch(arch)
+        return [_Point(arch, {})]  # no sweep: exactly what a spec meant before sweeps existed
+    except (ValueError, TypeError) as whole:
+        first_error = whole
+    scalars = {k: v for k, v in arch.items() if not isinstance(v, list)}
+    axes: dict[str, list[Any]] = {}
+    for key, value in arch.items():
+        if not isinstance(value, list):
+            continue
+        try:
+            adapter.validate_arch({**scalars, key: value})
+            scalars[key] = value  # one value of a list-valued field (pattern, attn_layer_idx)
+            continue
+        except (ValueError, TypeError) as e:
+            as_one = e
+        if not value:
+            raise doc.error(("arch", key), "empty list of values to sweep; give at least one value")
+        if key in adapter.list_fields and not all(isinstance(x, list) for x in value):
+            # scalars for a list-valued field: a sweep only if each is a valid value by itself
+            # (pattern: [MMMA, MAMA]); else it was meant as one value (pattern: [mamba2, atention])
+            for x in value:
+                try:
+                    adapter.validate_arch({**scalars, key: x})
+                except (ValueError, TypeError):
+                    raise doc.error(("arch", key), str(as_one)) from None
+        axes[key] = value
+    if not axes:  # every list is one value, yet the whole does not validate: report it as before
+        field = _arch_field(str(first_error), arch)
+        raise doc.error(("arch", field) if field else ("arch",), str(first_error))
+    points = []
+    for combo in itertools.product(*(range(len(v)) for v in axes.values())):
+        index = dict(zip(axes, combo))
+        full = {k: (axes[k][index[k]] if k in axes else v) for k, v in arch.items()}
+        try:
+            adapter.validate_arch(full)
+        except (ValueError, TypeError) as e:
+            field = _arch_field(str(e), full, prefer=tuple(axes))
+            if field in axes and "unknown field" in str(e):  # not a field of this adapter at all
+                raise doc.error(("arch", field), f"cannot sweep it: {e}") from None
+            where = ("arch", field, index[field]) if field in axes else ("arch", field) if field else ("arch",)
+            label = ",".join(f"{k}={_show(full[k])}" for k in axes)
+            raise doc.error(where, f"{e} (variant [{label}])") from None
+        points.append(_Point(full, index))
+    return points
+
+
+def _arch_field(msg: str, arch: Mapping[str, Any], prefer: tuple[str, ...] = ()) -> str | None:
+    """The arch field an adapter's message is about: a quoted name, else the earliest field
+    named as a word (swept fields first: the value to blame is on their line)."""
+    quoted = _field_in_message(msg, arch)
+    if quoted:
+        return quoted
+    import re
+
+    found = [(m.start(), k) for k in arch if (m := re.search(rf"(?<![\w]){re.escape(str(k))}(?![\w])", msg))]
+    swept = [x for x in found if x[1] in prefer]
+    return min(swept or found)[1] if found else None
+
+
+def _show(value: Any) -> str:
+    """A swept value as it appears in a variant's name: 0.125, 64, mamba2, [1,3]."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def _check_distinct(doc: _Doc, adapter: Any, variants: list[ModelSpec], points: list[_Point]) -> None:
+    """Two variants with the same model identity would share every cell key: refuse them,
+    naming both and what they resolved to (for native models: the attention layers)."""
+    if len(variants) < 2:
+        return
+    seen: dict[str, int] = {}
+    for j, v in enumerate(variants):
+        ident = adapter.identity(v)
+        if ident in seen:
+            i = seen[ident]
+            a, pa, pb = variants[i], points[i], points[j]
+            field = next((k for k in pb.index if pa.index[k] != pb.index[k]), next(iter(pb.index)))
+            raise doc.error(("arch", field, pb.index[field]),
+                            f"variants '{a.name}' and '{v.name}' resolve to the same model{_resolved_as(adapter, v)}, "
+                            "so they would overwrite each other in the store; drop one of the values")
+        seen[ident] = j
+
+
+def _resolved_as(adapter: Any, spec: ModelSpec) -> str:
+    config = getattr(adapter, "config", None)
+    if config is None:
+        return ""
+    cfg = config(spec)
+    idx = getattr(cfg, "attn_layer_idx", None)
+    return "" if idx is None else f" (attention layers {list(idx)} of {cfg.n_layers})"
+
+
+# --------------------------------------------------------------------------- train: block
+def _train_block(doc: _Doc, block: Any, path: Path, kind: str) -> tuple[tuple, tuple[str, ...]]:
+    """Validate a spec's ``train:`` block with the trainer's own checks (``make_config``): its
+    ``tasks`` (built-in names, or paths relative to the spec) and TrainConfig values."""
+    from evalkit.train import TRAIN_FIELDS, TrainError, make_config
+
+    if not isinstance(block, dict):
+        raise doc.error(("train",), f"expected a mapping of training settings (tasks, steps, ...), got {block!r}")
+    if kind != "native":
+        raise doc.error(("train",), f"only native models can be trained, and this spec has kind '{kind}'")
+    _check_keys(doc, block, ("tasks", *TRAIN_FIELDS), ("train",))
+    tasks = block.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        raise doc.error(("train", "tasks"), "expected a non-empty list of task specs to train on "
+                        f"(built-in names or paths relative to {path.name}), got {tasks!r}")
+    refs = []
+    for i, t in enumerate(tasks):
+        _typed(doc, ("train", "tasks", i), t, str, "a task spec (a built-in name or a path)")
+        local = Path(t) if Path(t).is_absolute() else path.parent / t
+        if Path(t).suffix in (".yaml", ".yml") or "/" in t:
+            if not local.is_file():
+                raise doc.error(("train", "tasks", i), f"task spec '{local}' does not exist")
+            refs.append(str(local.resolve()))
+        elif t in builtin_names("tasks"):
+            refs.append(t)
+        else:
+            raise doc.error(("train", "tasks", i), f"unknown task spec '{t}'{did_you_mean(t, builtin_names('tasks'))}")
+    for i, ref in enumerate(refs):
+        try:
+            load_task_spec(ref)
+        except SpecError as e:
+            raise doc.error(("train", "tasks", i), f"{e}") from None
+    values = {k: v for k, v in block.items() if k != "tasks"}
+    try:
+        make_config(values)
+    except TrainError as e:
+        field = next((k for k in values if k in str(e) or k.replace("_", "-") in str(e)), None)
+        raise doc.error(("train", field) if field else ("train",), str(e)) from None
+    return tuple(sorted(values.items())), tuple(refs)
+
+
+def _check_trainable(doc: _Doc, spec: ModelSpec) -> None:
+    """The trainer's own input check (task formats, task_weights against the task count)."""
+    from evalkit.train import TrainError, check_inputs, make_config
+
+    try:
+        check_inputs(spec, [load_task_spec(t) for t in spec.train_tasks], make_config(dict(spec.train)))
+    except TrainError as e:
+        field = "task_weights" if "task_weights" in str(e) else "tasks"
+        raise doc.error(("train", field), str(e)) from None
 
 
 def _field_in_message(msg: str, arch: Mapping[str, Any]) -> str | None:

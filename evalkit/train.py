@@ -11,6 +11,9 @@ What one run does:
   ``H("train", seed, spec sample key, s, i)``, while evaluation samples are seeded from
   ``H(cell sample key, i)`` (``runner.make_sample``). The held-out set is therefore the very set
   that ``evalkit run`` evaluates at those lengths, and no training sample is drawn from it.
+  With ``pool: N`` the batches come instead from a fixed training set of N samples per (spec,
+  length), drawn from the same "train" namespace and built once (``evalkit.trainpool``): the way
+  Zoology trains MQAR, and what keeps a GPU busy when sample generation (Python) would not.
 - **Curriculum.** Context lengths are the specs' lengths up to ``max_length`` (plus
   ``max_length`` itself). The longest allowed length grows from the shortest to the longest over
   the first ``curriculum`` share of the run; each batch draws its length uniformly from the
@@ -93,6 +96,7 @@ class TrainConfig:
     save_every: int = 100  # steps between trainer_state.pt checkpoints
     time_limit: float | None = None  # seconds; the schedule then follows wall time too
     save_dtype: str = "float32"  # dtype of model.safetensors: float32 | bfloat16
+    pool: int = 0  # 0: fresh samples every step; N: a fixed training set of N samples per (spec, length)
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -107,6 +111,8 @@ class TrainConfig:
             raise TrainError("eval_every, save_every and eval_samples must be >= 1")
         if self.save_dtype not in ("float32", "bfloat16"):
             raise TrainError(f"save_dtype must be float32 or bfloat16, got '{self.save_dtype}'")
+        if self.pool < 0:
+            raise TrainError(f"pool must be >= 0 (0 = fresh samples every step), got {self.pool}")
         if not 0 <= self.curriculum <= 1 or not 0 <= self.warmup < 1:
             raise TrainError("curriculum must be in [0, 1] and warmup in [0, 1)")
 
@@ -292,6 +298,26 @@ def check_inputs(model_spec: ModelSpec, specs: Sequence[TaskSpec], cfg: TrainCon
                          f"got {list(cfg.task_weights)}")
 
 
+def preflight(model_spec: ModelSpec, specs: Sequence[TaskSpec], cfg: TrainConfig
+              ) -> tuple[list[int], dict[str, list[int]]]:
+    """Every check a run makes before its first step (inputs, and that each task fits some
+    curriculum length); returns the curriculum lengths and, per spec, those it fits. Cheap: a
+    sweep checks all its variants with it before training the first."""
+    from evalkit.models.native_adapter import NativeAdapter
+
+    check_inputs(model_spec, specs, cfg)
+    lengths = curriculum_lengths(specs, cfg, NativeAdapter.config(model_spec).max_context)
+    fit = {s.name: spec_lengths(s, lengths) for s in specs}
+    for s in specs:  # a task that fits none of the training lengths fails now, naming it
+        if not fit[s.name]:
+            try:
+                train_batch(s, cfg.seed, 0, lengths[-1], 1)
+            except ValueError as e:
+                raise TrainError(f"{s.path}: training length {lengths[-1]}: {e}") from None
+            raise TrainError(f"{s.path}: no training length in {lengths} fits every sweep point of this task")
+    return lengths, fit
+
+
 def train(
     model_spec: ModelSpec,
     specs: Sequence[TaskSpec],
@@ -302,11 +328,15 @@ def train(
     command: str | None = None,
     progress: Callable[[int, int, dict[str, Any]], None] | None = None,
     stop_after: int | None = None,
+    pool_dir: str | Path | None = None,
+    pool_workers: int = 1,
 ) -> TrainResult:
     """Train ``model_spec``'s architecture on ``specs``; write the checkpoint into ``out_dir``.
 
     ``progress(step, steps, info)`` is called after every step. ``stop_after`` ends the run
     after that many steps as an interruption would (state saved, no final checkpoint): for tests.
+    With ``cfg.pool``, batches come from fixed training sets (``evalkit.trainpool``) built with
+    ``pool_workers`` processes and cached in ``pool_dir`` (None: not cached).
     """
     import torch
 
@@ -314,21 +344,18 @@ def train(
     from evalkit.models.native_adapter import NativeAdapter
     from evalkit.runner import resolve_device
 
-    check_inputs(model_spec, specs, cfg)
+    lengths, fit = preflight(model_spec, specs, cfg)
     device = resolve_device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ncfg = NativeAdapter.config(model_spec)
-    lengths = curriculum_lengths(specs, cfg, ncfg.max_context)
-    fit = {s.name: spec_lengths(s, lengths) for s in specs}
-    for s in specs:  # a task that fits none of the training lengths fails now, naming it
-        if not fit[s.name]:
-            try:
-                train_batch(s, cfg.seed, 0, lengths[-1], 1)
-            except ValueError as e:
-                raise TrainError(f"{s.path}: training length {lengths[-1]}: {e}") from None
-            raise TrainError(f"{s.path}: no training length in {lengths} fits every sweep point of this task")
 
+    pools = None
+    if cfg.pool:  # the fixed training sets, built (or read from pool_dir) before the first step
+        from evalkit.trainpool import Pools
+
+        pools = Pools(cfg.pool, cfg.seed, device, pool_workers, pool_dir)
+        pools.prepare(specs, fit)
     torch.manual_seed(cfg.seed)
     model = NativeLM(ncfg, seed=cfg.seed).to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "norm" not in n]
@@ -381,9 +408,11 @@ def train(
         k = step % len(specs) if weights is None else int(rng.choice(len(specs), p=weights))
         allowed = [n for n in fit[specs[k].name] if n <= top] or fit[specs[k].name][:1]
         length = allowed[int(rng.integers(len(allowed)))]
-        batch = train_batch(specs[k], cfg.seed, step, length, max(1, cfg.batch_tokens // length))
-        ids, tgt = _targets(batch)
-        ids, tgt = ids.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
+        if pools is not None:
+            ids, tgt = pools.batch(specs[k], length, max(1, cfg.batch_tokens // length), rng)
+        else:
+            ids, tgt = _targets(train_batch(specs[k], cfg.seed, step, length, max(1, cfg.batch_tokens // length)))
+            ids, tgt = ids.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
         lr = lr_at(p, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -483,8 +512,17 @@ def save_model(model: Any, out: Path, dtype: str) -> None:
     m.save_pretrained(out)
 
 
+# Fields added after checkpoints were trained: left out of the recipe identity while they hold
+# their default, so every older recipe hash, card and trainer state keeps matching.
+_LATER_TRAIN_FIELDS = {"pool": 0}
+
+
 def _cfg_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    d = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    for k, default in _LATER_TRAIN_FIELDS.items():
+        if d.get(k) == default:
+            d.pop(k)
+    return d
 
 
 def _save_state(path: Path, model: Any, opt: Any, step: int, elapsed: float, tokens: int,
@@ -588,6 +626,7 @@ samples `evalkit run` uses at that length; training samples come from a separate
 
 # --------------------------------------------------------------------------- recipes
 RECIPE_FIELDS = ("model", "tasks", "out", "device", "train", "description")
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))  # the keys of a train: block
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
@@ -607,16 +646,18 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if bad:
         raise SpecError(f"{p}: unknown field '{bad[0]}' (expected: {', '.join(RECIPE_FIELDS)})")
     tr = d.get("train") or {}
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    bad = sorted(set(tr) - names)
+    bad = sorted(set(tr) - set(TRAIN_FIELDS))
     if bad:
-        raise SpecError(f"{p}: unknown field 'train.{bad[0]}' (expected: {', '.join(sorted(names))})")
+        raise SpecError(f"{p}: unknown field 'train.{bad[0]}' (expected: {', '.join(sorted(TRAIN_FIELDS))})")
     return {"model": str(d["model"]), "tasks": [str(t) for t in d["tasks"]], "out": d.get("out"),
             "device": d.get("device", "auto"), "train": tr}
 
 
-def make_config(values: dict[str, Any]) -> TrainConfig:
-    """TrainConfig from plain values (lists become tuples)."""
+def make_config(values: Mapping[str, Any]) -> TrainConfig:
+    """TrainConfig from plain values (lists become tuples); a value of the wrong type is a
+    TrainError naming the field (recipes and model specs' ``train:`` blocks come from YAML)."""
+    for k, x in values.items():
+        _check_type(k, x)
     v = {k: tuple(x) if isinstance(x, list) else x for k, x in values.items()}
     try:
         cfg = TrainConfig(**v)
@@ -624,3 +665,32 @@ def make_config(values: dict[str, Any]) -> TrainConfig:
         raise TrainError(str(e)) from None
     cfg.validate()
     return cfg
+
+
+def _check_type(name: str, value: Any) -> None:
+    """One TrainConfig value against its declared type (``int``, ``float | None``, ``tuple[float,
+    ...] | None``, ...); unknown names are left to TrainConfig itself."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    if name not in types:
+        return
+    typ = types[name]
+    if value is None:
+        if "None" in typ:
+            return
+        raise TrainError(f"'{name}' must be {typ}, got null")
+    base = typ.split("|")[0].strip()
+
+    def number(x: Any, integer: bool = False) -> bool:
+        return isinstance(x, (int,) if integer else (int, float)) and not isinstance(x, bool)
+
+    if base.startswith("tuple"):
+        ok = isinstance(value, (list, tuple)) and all(number(x) for x in value)
+        ok = ok and ("..." in base or len(value) == base.count(",") + 1)  # betas: exactly two
+    elif base == "int":
+        ok = number(value, integer=True)
+    elif base == "float":
+        ok = number(value)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise TrainError(f"'{name}' must be {typ}, got {value!r}")

@@ -5,7 +5,10 @@
 Per family, on cuda: loads ``hf:DIR`` with dtype float32 and checks teacher-forced batched ==
 unbatched (right padding) and greedy == teacher forcing on the model's own continuation; then
 runs ``evalkit run`` (dtype auto → bfloat16) on the needle task at ``--length`` with the cost
-probe, and prints one line per family (exit 1 if a check failed). Prints versions first.
+probe, and prints one line per family (exit 1 if a check failed), with ``kernel_path`` (Mamba
+families run evalkit's kernels by default on CUDA: ``kernels: auto``) and the cost row's ``path``.
+Prints versions first. scripts/hf_kernels_gpu_check.py compares the routed kernels with
+transformers' own path.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def main() -> int:
             own.append(Rendered(r.input_ids[:s] + tuple(gen), r.answer_spans, "text"))
         agree = [p.answers for p in predict_teacher_forced(a, own)] == \
                 [p.answers for p in predict_greedy(a, own, decoder(tok), 0)]
+        kernel_path = a.describe()["kernel_path"]
         del a
         torch.cuda.empty_cache()
         tspec = root / "needle.yaml"
@@ -78,6 +82,7 @@ def main() -> int:
         print(f"{family:11s} {'ok ' if ok else 'FAIL'} batched==unbatched {same} greedy==tf {agree} "
               f"failed cells {res.failed or 0} lengths {sorted(lengths)} "
               f"prefill {cost[0]['prefill_s'] * 1e3 if cost and cost[0]['prefill_s'] else float('nan'):.1f} ms "
+              f"kernel_path {kernel_path} cost path {cost[0]['path'] if cost else None} "
               f"({time.perf_counter() - t0:.1f} s)")
     return 1 if failed else 0
 

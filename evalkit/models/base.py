@@ -24,6 +24,8 @@ class Adapter:
 
     kind: ClassVar[str]
     formats: ClassVar[tuple[str, ...]]  # formats this adapter can take, default first
+    # arch fields whose one value is a list: in a model spec, a list of lists sweeps them (spec.py)
+    list_fields: ClassVar[tuple[str, ...]] = ()
 
     # --- from the spec alone ----------------------------------------------------------------
     @classmethod

@@ -3,7 +3,9 @@
 ``--models hf:PATH`` or a model spec with ``kind: hf`` and ``checkpoint: PATH``; options (spec
 ``options:``) are ``dtype`` (auto | float32 | bfloat16 | float16; auto = float32 on CPU, bfloat16
 on CUDA), ``chat_template`` (wrap prompts in the tokenizer's chat template), ``trust_remote_code``
-(default false) and ``device`` (overrides ``--device``). Everything loads with
+(default false), ``device`` (overrides ``--device``) and ``kernels`` (auto | evalkit | transformers:
+whether Mamba-family mixers run evalkit's scan / SSD / decode-step kernels, ``hf_kernels``; auto =
+evalkit on CUDA where transformers would run its PyTorch fallback). Everything loads with
 ``local_files_only=True``: nothing is fetched.
 
 Identity = hash(config.json, every weights file, the tokenizer files, the options that change
@@ -25,6 +27,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from evalkit.errors import CheckpointError
 from evalkit.models.base import Adapter, file_sha256, files_identity, register_adapter, stable_hash, tokenizer_files
+from evalkit.models.hf_kernels import FAMILIES as KERNEL_FAMILIES
+from evalkit.models.hf_kernels import MODES as KERNEL_MODES
+from evalkit.models.hf_kernels import route as route_kernels
 from evalkit.models.hf_layout import describe_config
 
 if TYPE_CHECKING:
@@ -33,7 +38,8 @@ if TYPE_CHECKING:
     from evalkit.spec import ModelSpec
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-OPTIONS: dict[str, Any] = {"dtype": DTYPES, "chat_template": bool, "trust_remote_code": bool, "device": str}
+OPTIONS: dict[str, Any] = {"dtype": DTYPES, "chat_template": bool, "trust_remote_code": bool, "device": str,
+                           "kernels": KERNEL_MODES}
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 _TOKENIZERS: dict[tuple[str, str], Any] = {}
 
@@ -98,7 +104,7 @@ class HFAdapter(Adapter):
     @classmethod
     def options(cls, spec: ModelSpec) -> dict[str, Any]:
         return {"dtype": "auto", "chat_template": False, "trust_remote_code": False, "device": None,
-                **spec.options_dict()}
+                "kernels": "auto", **spec.options_dict()}
 
     @classmethod
     def random_weights(cls, spec: ModelSpec) -> bool:
@@ -148,6 +154,9 @@ class HFAdapter(Adapter):
         if not tokenizer_files(d):
             raise CheckpointError(f"{d}: no tokenizer (tokenizer.json, tokenizer.model or vocab.json); the text "
                                   "format needs the model's own tokenizer")
+        if opts.get("kernels") == "evalkit" and mt not in KERNEL_FAMILIES:  # (vllm's subclass has no such option)
+            raise CheckpointError(f"{d}/config.json: option kernels: evalkit, but model_type '{mt}' has no Mamba "
+                                  f"mixer evalkit routes (it routes: {', '.join(KERNEL_FAMILIES)})")
         if opts["chat_template"] and not getattr(cls.load_tokenizer(spec), "chat_template", None):
             raise CheckpointError(f"{d}: option chat_template: true, but the tokenizer has no chat template "
                                   "(no chat_template.jinja and none in tokenizer_config.json)")
@@ -201,6 +210,7 @@ class HFAdapter(Adapter):
         except (OSError, ValueError, KeyError) as e:
             raise CheckpointError(f"{d}: model could not be loaded ({type(e).__name__}: {e})") from None
         self.model = model.to(device).eval()
+        self.kernel_path = route_kernels(self.model, opts["kernels"], device)  # Mamba mixers: whose kernels
         tok = self.tokenizer
         eos = tok.eos_token_id if tok.eos_token_id is not None else model.config.eos_token_id
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (eos if eos is not None else 0)
@@ -216,7 +226,7 @@ class HFAdapter(Adapter):
     def describe(self) -> dict[str, Any]:
         return {**describe_config(self.model.config), "params": sum(p.numel() for p in self.model.parameters()),
                 "kind": self.kind, "random_weights": False, "dtype": str(self.dtype).replace("torch.", ""),
-                "tokenizer": self.tokenizer_identity(self.spec)}
+                "tokenizer": self.tokenizer_identity(self.spec), "kernel_path": self.kernel_path}
 
     def predict(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Teacher-forced argmax at ``positions`` (B, P) of ``input_ids`` (B, L); logits are only

@@ -30,6 +30,7 @@ def weights_file(spec: ModelSpec) -> Path | None:
 class NativeAdapter(Adapter):
     kind = "native"
     formats = ("tokens",)
+    list_fields = ("pattern", "attn_layer_idx")
 
     @classmethod
     def config(cls, spec: ModelSpec) -> NativeConfig:

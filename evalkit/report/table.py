@@ -30,6 +30,7 @@ def aggregate(cells: Sequence[dict[str, Any]]) -> dict[tuple, dict[int, tuple[in
 
 
 def recall_table(store: Store, cell_keys: Sequence[str]) -> Any:
+    from rich.markup import escape
     from rich.table import Table
 
     keys = set(cell_keys)
@@ -51,5 +52,6 @@ def recall_table(store: Store, cell_keys: Sequence[str]) -> Any:
                 entries.append(f"{k / n:.2f} [{lo:.2f},{hi:.2f}] n={n}")
             else:
                 entries.append("FAILED" if (spec, model, L) in failed else "-")
-        t.add_row(spec, model, " ".join(f"{k}={v}" for k, v in axes), *entries)
+        # names are text, not rich markup: a swept variant is named like "hybrid[attention_fraction=0.5]"
+        t.add_row(escape(spec), escape(model), escape(" ".join(f"{k}={v}" for k, v in axes)), *entries)
     return t

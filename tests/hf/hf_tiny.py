@@ -86,6 +86,15 @@ def _config(family: str, vocab: int, ids: dict[str, int]) -> Any:
                                   num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=64,
                                   ssm_state_size=8, mamba_num_heads=4, mamba_head_dim=16, n_groups=1, conv_kernel=4,
                                   expand=2, chunk_size=32, max_position_embeddings=4096)
+    # two more Mamba families (not in FAMILIES: tests/hf/test_hf_kernels.py builds them)
+    if family == "falcon_mamba":
+        return tf.FalconMambaConfig(**common, state_size=8, expand=2, conv_kernel=4)
+    if family == "granitemoehybrid":  # Mamba-2 with 2 groups and a Δ limit
+        return tf.GraniteMoeHybridConfig(**{**common, "num_hidden_layers": 3}, **attn,
+                                         layer_types=["mamba", "attention", "mamba"], num_local_experts=2,
+                                         num_experts_per_tok=1, shared_intermediate_size=64, mamba_n_heads=4,
+                                         mamba_d_head=16, mamba_d_state=8, mamba_n_groups=2, mamba_expand=2,
+                                         mamba_d_conv=4, mamba_chunk_size=32, time_step_limit=(0.0, 1.0))
     raise ValueError(f"unknown family {family}")
 
 
@@ -94,12 +103,49 @@ FAMILIES = ("llama", "mamba", "mamba2", "jamba", "zamba2", "falcon_h1", "bamba",
 
 def build_checkpoint(family: str, directory: Path, tokenizer: Any, seed: int = 0) -> Path:
     """Random-weight ``family`` model sized to ``tokenizer``, saved with its tokenizer."""
+    return save_checkpoint(_config(family, len(tokenizer), token_ids(tokenizer)), directory, tokenizer, seed)
+
+
+def token_ids(tokenizer: Any) -> dict[str, int]:
+    """The special-token ids a config built for ``tokenizer`` carries."""
+    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}
+
+
+def sharpen(model: Any, seed: int = 0) -> Any:
+    """Redraw ``model``'s weights in place at O(1) scale, so that the SSM state path carries the
+    logits (with the 0.02-std init it carries ~1e-6 of a tiny hybrid's logits, and comparing two
+    implementations of the scan by their logits could not fail): linear and conv weights
+    ~ N(0, 1/fan_in), embeddings ~ N(0, 1); in every Mamba mixer (a module with ``A_log``)
+    D ~ N(0, 0.1²) and the Δ bias ~ N(0, 1)."""
+    import math
+
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(p: torch.Tensor, std: float) -> None:
+        p.copy_(torch.randn(p.shape, generator=g) * std)
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                draw(m.weight, 1 / math.sqrt(m.in_features))
+            elif isinstance(m, torch.nn.Embedding):
+                draw(m.weight, 1.0)
+            elif isinstance(m, torch.nn.Conv1d):
+                draw(m.weight, 1 / math.sqrt(m.kernel_size[0]))
+            if hasattr(m, "A_log") and hasattr(m, "D"):
+                draw(m.D, 0.1)
+                draw(m.dt_bias if hasattr(m, "dt_bias") else m.dt_proj.bias, 1.0)
+    return model
+
+
+def save_checkpoint(cfg: Any, directory: Path, tokenizer: Any, seed: int = 0) -> Path:
+    """A random-weight model from the transformers config ``cfg``, saved with ``tokenizer``."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-               pad_token_id=tokenizer.pad_token_id)
-    cfg = _config(family, len(tokenizer), ids)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(directory)

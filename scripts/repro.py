@@ -1,0 +1,426 @@
+"""Train, evaluate and write up the small-scale reproductions (issues 3 and 10).
+
+    PYTHONPATH=. python scripts/repro.py train  --only zoology,frontier --out DIR [--parallel 16] [--deadline S]
+    PYTHONPATH=. python scripts/repro.py eval   --only zoology,frontier --out DIR
+    PYTHONPATH=. python scripts/repro.py report [--data reports/repro/data]
+
+The runs are listed in experiments/repro/grid.py. ``train`` writes a model spec and a recipe per
+run under DIR/specs/, builds the fixed training sets once (DIR/pools, shared by all runs), then
+runs ``evalkit train`` for every run as its own process, ``--parallel`` at a time on one GPU
+(tiny models leave a GPU idle one at a time). ``--deadline`` (seconds) stops starting new runs
+after that long, so a time-boxed device call still ends with whatever finished. ``eval`` runs
+``evalkit run`` over each experiment's evaluation specs with the trained checkpoints into
+DIR/stores/<experiment>/evalkit.sqlite. ``report`` reads those stores (copied to
+reports/repro/data/) and the training logs and writes reports/repro/<experiment>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _grid():
+    spec = importlib.util.spec_from_file_location("repro_grid", ROOT / "experiments" / "repro" / "grid.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["repro_grid"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _select(g, a):
+    """The runs of ``--only`` experiments whose name contains ``--match``, with ``--time-limit`` applied."""
+    import dataclasses
+
+    runs = [r for r in g.runs(a.only.split(",") if a.only else None) if a.match in r.name]
+    if a.time_limit:
+        runs = [dataclasses.replace(r, time_limit=a.time_limit) for r in runs]
+    return runs
+
+
+def _write_specs(run, out: Path, pool: int) -> tuple[Path, Path]:
+    specs = out / "specs"
+    specs.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "ckpt" / run.name
+    model = {"name": run.name, "kind": "native", "description": f"{run.exp}: {run.label}", "arch": run.arch}
+    mpath = specs / f"{run.name}.train.yaml"  # what the trainer builds
+    mpath.write_text(yaml.safe_dump(model, sort_keys=False))
+    model["checkpoint"] = os.path.relpath(ckpt, specs)  # what `evalkit run` evaluates once trained
+    (specs / f"{run.name}.yaml").write_text(yaml.safe_dump(model, sort_keys=False))
+    lengths = [yaml.safe_load((ROOT / t).read_text())["lengths"] for t in run.train_tasks]
+    top = min(max(max(x) for x in lengths), run.train.get("max_length", 1 << 30))
+    train = {"steps": 100000, "time_limit": run.time_limit, "lr": run.lr, "batch_tokens": 64 * top,
+             "warmup": 0.02, "weight_decay": 0.1, "eval_every": 500, "eval_samples": 64, "save_every": 2000,
+             "target_acc": 0.99, "pool": pool, "seed": run.seed, "save_dtype": "bfloat16", **run.train}
+    recipe = {"model": str(mpath), "tasks": list(run.train_tasks), "out": str(ckpt), "device": "auto",
+              "description": f"{run.exp}: {run.label}, lr {run.lr:g}", "train": train}
+    rpath = specs / f"{run.name}.recipe.yaml"
+    rpath.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return mpath, rpath
+
+
+def build_pools(runs, out: Path, workers: int, n: int) -> None:
+    """Every distinct (task spec, length) pool the runs will draw from, built once up front."""
+    from evalkit.spec import load_task_spec
+    from evalkit.trainpool import build_pool
+
+    seen = set()
+    for run in runs:
+        for t in run.train_tasks:
+            spec = load_task_spec(str(ROOT / t))
+            top = run.train.get("max_length", max(spec.lengths))
+            for length in spec.lengths:
+                key = (t, length, run.seed)
+                if length <= top and key not in seen:
+                    seen.add(key)
+                    t0 = time.time()
+                    build_pool(spec, run.seed, length, n, workers, out / "pools")
+                    print(f"pool {t} L={length}: {time.time() - t0:.1f} s", flush=True)
+
+
+def train(a) -> None:
+    g = _grid()
+    out = Path(a.out).resolve()
+    runs = _select(g, a)
+    build_pools(runs, out, a.workers, a.pool)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    queue = [r for r in runs if not (out / "ckpt" / r.name / "model.safetensors").is_file()]
+    running: dict[str, tuple[subprocess.Popen, object, float]] = {}
+    t0 = time.time()
+    while queue or running:
+        while queue and len(running) < a.parallel and time.time() - t0 < a.deadline:
+            run = queue.pop(0)
+            _, rpath = _write_specs(run, out, a.pool)
+            logs = out / "logs"
+            logs.mkdir(exist_ok=True)
+            log = open(logs / f"{run.name}.txt", "w")
+            cmd = [sys.executable, "-m", "evalkit.cli", "train", "--recipe", str(rpath), "--pool-dir",
+                   str(out / "pools"), "--pool-workers", "1", "--threads", "1"]
+            running[run.name] = (subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log,
+                                 time.time())
+            print(f"[{time.time() - t0:6.0f}s] start {run.name}", flush=True)
+        if queue and time.time() - t0 >= a.deadline:
+            print(f"deadline: {len(queue)} runs not started: {', '.join(r.name for r in queue)}", flush=True)
+            queue = []
+        for name, (p, log, ts) in list(running.items()):
+            if p.poll() is not None:
+                log.close()
+                del running[name]
+                print(f"[{time.time() - t0:6.0f}s] done {name}: exit {p.returncode} after {time.time() - ts:.0f} s",
+                      flush=True)
+        time.sleep(1)
+
+
+def evaluate(a) -> None:
+    g = _grid()
+    out = Path(a.out).resolve()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    by_exp: dict[str, list] = {}
+    for run in _select(g, a):
+        if (out / "ckpt" / run.name / "model.safetensors").is_file():
+            by_exp.setdefault(run.exp, []).append(run)
+    for exp, runs in by_exp.items():
+        tasks = sorted({t for r in runs for t in r.eval_tasks})
+        models = ",".join(str(out / "specs" / f"{r.name}.yaml") for r in runs)
+        cmd = [sys.executable, "-m", "evalkit.cli", "run", *tasks, "--models", models, "--output-dir",
+               str(out / "stores" / exp), "--no-cost"]
+        t0 = time.time()
+        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        print(f"eval {exp}: {len(runs)} models, exit {p.returncode}, {time.time() - t0:.0f} s", flush=True)
+        if p.returncode:
+            print(p.stdout[-3000:], p.stderr[-3000:], flush=True)
+
+
+def collect(a) -> None:
+    """Each experiment's store and a compact summary of its runs' training logs → reports/repro/data/<exp>/."""
+    import shutil
+
+    g = _grid()
+    out, data = Path(a.out), Path(a.data)
+    for exp in g.EXPERIMENTS:
+        store = out / "stores" / exp / "evalkit.sqlite"
+        if not store.is_file():
+            continue
+        (data / exp).mkdir(parents=True, exist_ok=True)
+        shutil.copy(store, data / exp / "evalkit.sqlite")
+        summary = {}
+        for run in g.EXPERIMENTS[exp]():
+            log = out / "ckpt" / run.name / "train_log.jsonl"
+            if not log.is_file():
+                continue
+            rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+            start = rows[0]
+            end = next((r for r in reversed(rows) if r["event"] == "end"), {})
+            summary[run.name] = {
+                "label": run.label, "lr": run.lr, "d_model": run.arch["d_model"], "train_tasks": list(run.train_tasks),
+                "device_name": start.get("device_name"), "command": start.get("command"),
+                "params": start.get("params"), "steps": end.get("step"), "stopped": end.get("stopped"),
+                "wall_s": end.get("wall_s"), "tokens_per_s": end.get("tokens_per_s"), "mfu": end.get("mfu"),
+                "evals": [{k: r[k] for k in ("step", "acc", "secondary", "wall_s")} for r in rows if r["event"] == "eval"],
+            }
+        (data / exp / "runs.json").write_text(json.dumps(summary, indent=1))
+        print(f"{exp}: {len(summary)} runs collected")
+
+
+def status(a) -> None:
+    """One line per run: steps, why it stopped, wall time, last held-out accuracy / query accuracy."""
+    g = _grid()
+    out = Path(a.out).resolve()
+    for run in _select(g, a):
+        log = out / "ckpt" / run.name / "train_log.jsonl"
+        if not log.is_file():
+            print(f"{run.name}: not trained")
+            continue
+        rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        end = next((r for r in reversed(rows) if r["event"] == "end"), None)
+        ev = next((r for r in reversed(rows) if r["event"] == "eval"), {})
+        sec = {k: v.get("query_acc", v.get("digit_acc")) for k, v in ev.get("secondary", {}).items()}
+        acc = " ".join(f"{k}={v:.3f}/{sec.get(k)}" for k, v in ev.get("acc", {}).items())
+        tail = f"{end['step']} steps {end['stopped']} {end['wall_s']:.0f}s" if end else f"running step {ev.get('step')}"
+        print(f"{run.name}: {tail} {acc}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("train", "eval", "status"):
+        s = sub.add_parser(name)
+        s.add_argument("--only", default="")
+        s.add_argument("--out", default=os.environ.get("OUT", "repro_out"))
+        s.add_argument("--parallel", type=int, default=16)
+        s.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+        s.add_argument("--deadline", type=float, default=1e9)
+        s.add_argument("--match", default="", help="only runs whose name contains this")
+        s.add_argument("--time-limit", type=float, help="override every run's training seconds")
+        s.add_argument("--pool", type=int, default=20000, help="fixed training set size per (task, length)")
+    s = sub.add_parser("collect", help="copy stores + run summaries from --out into reports/repro/data")
+    s.add_argument("--out", required=True)
+    s.add_argument("--data", default=str(ROOT / "reports" / "repro" / "data"))
+    s = sub.add_parser("report")
+    s.add_argument("--data", default=str(ROOT / "reports" / "repro" / "data"))
+    a = ap.parse_args()
+    if a.cmd == "train":
+        train(a)
+    elif a.cmd == "eval":
+        evaluate(a)
+    elif a.cmd == "status":
+        status(a)
+    elif a.cmd == "collect":
+        collect(a)
+    else:
+        write_reports(Path(a.data))
+
+
+
+# --------------------------------------------------------------------------- write-ups
+PAPER = {
+    "zoology": ("Zoology (Arora et al. 2023), Fig. 2: MQAR, 2 layers, widths 64-512. Attention solves MQAR "
+                "(≈ 1.0) at every width and length; gated-convolution and Mamba-style recurrent models fall with "
+                "sequence length at small width and recover as width (state size) grows."),
+    "mamba2": ("Mamba-2 (Dao & Gu 2024), Fig. 8: MQAR with T/4 key-value pairs, T ∈ {256, 512}, 2 layers, widths "
+               "32-256. Accuracy orders by state size: Mamba-2 N=256 > N=64 > N=16 > Mamba-1 (N=16); the larger "
+               "state gives the larger gain at the longer T."),
+    "frontier": ("Based (Arora et al. 2024), Fig. 2/3: on MQAR, recall accuracy rises with recurrent state size along "
+                 "one frontier across architectures; attention sits at full accuracy with the largest state "
+                 "(its KV cache grows with T); sliding-window attention is the least state-efficient (it recalls "
+                 "only keys inside its window)."),
+    "fraction": ("Hybrid studies (Jamba: Lieber et al. 2024; Waleffe et al. 2024, 'An Empirical Study of "
+                 "Mamba-based Language Models'): a few attention layers (≈ 1 in 8) restore the recall a pure "
+                 "Mamba-2 stack lacks, at a fraction of the KV cache of a transformer."),
+    "copying": ("Jelassi et al. 2024 ('Repeat After Me'), Fig. 1/3: trained on strings of ≤ 50 tokens, a "
+                "transformer copies well and generalises to longer strings (with a suitable position scheme), "
+                "while Mamba's accuracy collapses once the string outgrows what its fixed state holds."),
+}
+
+
+def _cells(store: Path) -> list[dict]:
+    import sqlite3
+
+    c = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    c.row_factory = sqlite3.Row
+    rows = [dict(r) for r in c.execute(
+        "SELECT model, spec, context_length, params, n_samples, accuracy, ci_low, ci_high, metrics, model_info "
+        "FROM cells WHERE status = 'complete'")]
+    for r in rows:
+        r["metrics"] = json.loads(r["metrics"] or "{}")
+        r["model_info"] = json.loads(r["model_info"] or "{}")
+        r["params"] = json.loads(r["params"] or "{}")
+    return rows
+
+
+def _fmt(mean: float | None, lo: float | None = None, hi: float | None = None) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.2f}" if lo is None else f"{mean:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _qa(cell: dict) -> tuple[float, float, float]:
+    """(query accuracy, CI) if the task has one, else whole-sample accuracy (CI)."""
+    m = cell["metrics"].get("query_acc")
+    if m:
+        return m["mean"], m["ci_low"], m["ci_high"]
+    return cell["accuracy"], cell["ci_low"], cell["ci_high"]
+
+
+def _best(runs: dict, cells: list[dict], match, spec: str, length: int | None = None, key=_qa):
+    """Best over the learning-rate sweep (as the papers report): (cell, run summary) or (None, None)."""
+    best = (None, None)
+    for name, info in runs.items():
+        if not match(name, info):
+            continue
+        for c in cells:
+            if c["model"] == name and c["spec"] == spec and (length is None or c["context_length"] == length):
+                if best[0] is None or key(c)[0] > key(best[0])[0]:
+                    best = (c, info)
+    return best
+
+
+def _state_bytes(cell: dict, length: int) -> int:
+    mi = cell["model_info"]
+    kv = mi.get("kv_bytes_per_token") or 0
+    win = mi.get("window") or 0
+    tokens = min(length, win) if win else length
+    return int(kv * tokens + (mi.get("fixed_state_bytes") or 0))
+
+
+def write_reports(data: Path) -> None:
+    outdir = ROOT / "reports" / "repro"
+    pages = {"zoology": _zoology, "mamba2": _mamba2, "frontier": _frontier, "fraction": _fraction,
+             "copying": _copying}
+    for exp, fn in pages.items():
+        store = data / exp / "evalkit.sqlite"
+        if not store.is_file():
+            continue
+        runs = json.loads((data / exp / "runs.json").read_text())
+        extra = {}
+        if exp == "frontier" and (data / "zoology" / "evalkit.sqlite").is_file():
+            extra = {"zoo_cells": _cells(data / "zoology" / "evalkit.sqlite"),
+                     "zoo_runs": json.loads((data / "zoology" / "runs.json").read_text())}
+        body = fn(runs, _cells(store), **extra)
+        dev = sorted({r["device_name"] for r in runs.values() if r.get("device_name")})
+        steps = [r["steps"] for r in runs.values() if r.get("steps")]
+        text = (f"# Reproduction: {exp}\n\n**Paper.** {PAPER[exp]}\n\n"
+                f"**Setting here.** Runs from `experiments/repro/grid.py` ({exp}()), trained on {', '.join(dev)} with "
+                "`PYTHONPATH=. python scripts/repro.py train --only " + exp + " --out DIR`, evaluated with "
+                "`scripts/repro.py eval` (that is `evalkit run` on the specs in `experiments/repro/tasks/`), "
+                f"collected into `reports/repro/data/{exp}/` and written by `scripts/repro.py report`. "
+                f"{len(runs)} training runs, {min(steps) if steps else 0}–{max(steps) if steps else 0} steps each "
+                "(each run has a wall-clock budget, see grid.py; it stops early at 0.99 held-out accuracy). "
+                "Numbers are the best over the learning-rate sweep (3e-3, 1e-2), chosen on the same held-out "
+                "samples they are reported on, as the papers report the best of their sweep. Brackets: 95 % "
+                "Wilson interval over queries (MQAR) or samples. One training seed.\n\n" + body)
+        (outdir / f"{exp}.md").write_text(text)
+        print(f"wrote {outdir / f'{exp}.md'}")
+
+
+def _zoology(runs, cells, **_):
+    lines = []
+    for spec, title in (("mqar_128_8", "sequence 128, 8 pairs"), ("mqar_512_64", "sequence 512, 64 pairs")):
+        lines += [f"## {title} — per-query accuracy (ours) vs paper\n", "| model | d=64 | d=128 | d=256 | paper |",
+                  "|---|---|---|---|---|"]
+        for label, paper in (("attention", "≈ 1.0 at every width"), ("mamba", "below attention at small width, rises with width"),
+                             ("mamba2", "(not in Zoology; Mamba-2 paper: above Mamba)")):
+            row = [label]
+            for d in (64, 128, 256):
+                c, info = _best(runs, cells, lambda n, i, d=d, label=label: i["label"] == label and i["d_model"] == d
+                                and spec in n, spec)
+                row.append("–" if c is None else f"{_fmt(*_qa(c))} (lr {info['lr']:g}, {info['steps']} st)")
+            lines.append("| " + " | ".join(row + [paper]) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _mamba2(runs, cells, **_):
+    lines = ["## per-query accuracy, best over lr (ours) vs paper direction\n",
+             "| model | state N | T=256 (64 pairs) | T=512 (128 pairs) |", "|---|---|---|---|"]
+    for label in ("mamba N=16", "mamba2 N=16", "mamba2 N=64", "mamba2 N=256"):
+        row = [label.split()[0], label.split("=")[1]]
+        for spec in ("mqar_256_t4", "mqar_512_t4"):
+            c, info = _best(runs, cells, lambda n, i, label=label, spec=spec: i["label"] == label and spec in n, spec)
+            row.append("–" if c is None else f"{_fmt(*_qa(c))} (lr {info['lr']:g}, {info['steps']} st)")
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Paper (direction): Mamba-2 N=256 > N=64 > N=16 > Mamba-1 N=16 at both T."]
+    return "\n".join(lines)
+
+
+def _frontier(runs, cells, zoo_cells=(), zoo_runs=None, **_):
+    spec, length = "mqar_512_64", 512
+    pts = []
+    for label in sorted({i["label"] for i in runs.values()}):
+        c, info = _best(runs, cells, lambda n, i, label=label: i["label"] == label, spec)
+        if c:
+            pts.append((label, c, info))
+    for label in ("attention", "mamba", "mamba2"):
+        c, info = _best(zoo_runs or {}, list(zoo_cells), lambda n, i, label=label: i["label"] == label
+                        and i["d_model"] == 128 and spec in n, spec)
+        if c:
+            pts.append((label + (" N=16" if label == "mamba" else " N=64" if label == "mamba2" else ""), c, info))
+    pts.sort(key=lambda p: _state_bytes(p[1], length))
+    lines = ["## MQAR (512 tokens, 64 pairs), width 128: accuracy vs recurrent state\n",
+             "| model | state bytes at T=512 (per sequence) | per-query accuracy | lr | steps |", "|---|---|---|---|---|"]
+    for label, c, info in pts:
+        lines.append(f"| {label} | {_state_bytes(c, length):,} | {_fmt(*_qa(c))} | {info['lr']:g} | {info['steps']} |")
+    lines += ["", "State bytes: the model's own `describe()` (fixed SSM state + KV bytes per token × tokens held; a "
+              "sliding window holds at most `window` tokens), summed over layers, at the stored dtype."]
+    return "\n".join(lines)
+
+
+def _fraction(runs, cells, **_):
+    lines = ["## 8-layer Mamba-2 stack (width 128) with k attention layers\n",
+             "| layout | attention layers | hard MQAR T=512 (per-query) | multi_query 256 | 1024 | 4096 | state bytes at 4096 |",
+             "|---|---|---|---|---|---|---|"]
+    labels = []
+    for i in runs.values():
+        if i["label"] not in labels:
+            labels.append(i["label"])
+    for label in labels:
+        c, info = _best(runs, cells, lambda n, i, label=label: i["label"] == label, "mqar_512_t4")
+        if c is None:
+            continue
+        name = c["model"]
+        row = [label, str(len(c["model_info"].get("attn_layer_idx") or [])), f"{_fmt(*_qa(c))} (lr {info['lr']:g})"]
+        for L in (256, 1024, 4096):
+            mq = [x for x in cells if x["model"] == name and x["spec"] == "multi_query_eval" and x["context_length"] == L]
+            row.append("–" if not mq else _fmt(mq[0]["accuracy"], mq[0]["ci_low"], mq[0]["ci_high"]))
+        row.append(f"{_state_bytes(c, 4096):,}")
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Each layout's lr is chosen on hard MQAR; multi_query columns are the same model (whole-sample "
+              "accuracy: both queried values right). 4096 is 4× the longest training length."]
+    return "\n".join(lines)
+
+
+def _copying(runs, cells, **_):
+    lines = ["## copy_number: trained on ≤ 50 digits (256 tokens), tested at 512 tokens\n",
+             "| model | 25 digits | 50 | 100 | 150 | 200 |", "|---|---|---|---|---|---|"]
+    for label in ("transformer", "mamba", "mamba2"):
+        # lr chosen on the in-distribution 50-digit cell
+        c, info = _best(runs, cells, lambda n, i, label=label: i["label"] == label, "copy_test",
+                        key=lambda x: (x["accuracy"] if x["params"].get("digits") == 50 else -1,))
+        if c is None:
+            continue
+        row = [f"{label} (lr {info['lr']:g})"]
+        for dg in (25, 50, 100, 150, 200):
+            x = [y for y in cells if y["model"] == c["model"] and y["params"].get("digits") == dg]
+            if not x:
+                row.append("–")
+                continue
+            da = x[0]["metrics"].get("digit_acc", {}).get("mean")
+            row.append(f"{_fmt(x[0]['accuracy'], x[0]['ci_low'], x[0]['ci_high'])}; digits {da:.2f}" if da is not None
+                       else _fmt(x[0]["accuracy"], x[0]["ci_low"], x[0]["ci_high"]))
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Whole-number accuracy [95 % CI]; `digits`: per-digit accuracy (teacher-forced)."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
