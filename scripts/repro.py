@@ -141,10 +141,36 @@ def evaluate(a) -> None:
             print(p.stdout[-3000:], p.stderr[-3000:], flush=True)
 
 
+def _pack_store(store: Path, dest: Path) -> None:
+    """A compact copy of a store for the repo: prompts dropped (each is regenerated from its cell's
+    sample key; ``prompt_hash`` stays), vacuumed, xz-compressed (12 MB → 0.6 MB for zoology).
+    Read it with ``xz -dk FILE`` then ``evalkit export --store FILE``."""
+    import lzma
+    import shutil
+    import sqlite3
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "evalkit.sqlite"
+        shutil.copy(store, db)
+        c = sqlite3.connect(db)
+        c.execute("UPDATE records SET prompt = NULL")
+        c.commit()
+        c.execute("VACUUM")
+        c.close()
+        dest.write_bytes(lzma.compress(db.read_bytes(), preset=9))
+
+
+def _unpacked(path: Path, tmp: Path) -> Path:
+    import lzma
+
+    db = tmp / (path.parent.name + ".sqlite")
+    db.write_bytes(lzma.decompress(path.read_bytes()))
+    return db
+
+
 def collect(a) -> None:
     """Each experiment's store and a compact summary of its runs' training logs → reports/repro/data/<exp>/."""
-    import shutil
-
     g = _grid()
     out, data = Path(a.out), Path(a.data)
     for exp in g.EXPERIMENTS:
@@ -152,7 +178,7 @@ def collect(a) -> None:
         if not store.is_file():
             continue
         (data / exp).mkdir(parents=True, exist_ok=True)
-        shutil.copy(store, data / exp / "evalkit.sqlite")
+        _pack_store(store, data / exp / "evalkit.sqlite.xz")
         summary = {}
         for run in g.EXPERIMENTS[exp]():
             log = out / "ckpt" / run.name / "train_log.jsonl"
@@ -297,33 +323,44 @@ def write_reports(data: Path) -> None:
     outdir = ROOT / "reports" / "repro"
     pages = {"zoology": _zoology, "mamba2": _mamba2, "frontier": _frontier, "fraction": _fraction,
              "copying": _copying}
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp())
+    cells = {e: _cells(_unpacked(data / e / "evalkit.sqlite.xz", tmp)) for e in _grid().EXPERIMENTS
+             if (data / e / "evalkit.sqlite.xz").is_file()}
+    runs_of = {e: json.loads((data / e / "runs.json").read_text()) for e in cells}
     for exp, fn in pages.items():
-        store = data / exp / "evalkit.sqlite"
-        if not store.is_file():
+        if exp not in cells:
             continue
-        runs = json.loads((data / exp / "runs.json").read_text())
-        extra = {}
-        if exp == "frontier" and (data / "zoology" / "evalkit.sqlite").is_file():
-            extra = {"zoo_cells": _cells(data / "zoology" / "evalkit.sqlite"),
-                     "zoo_runs": json.loads((data / "zoology" / "runs.json").read_text())}
-        body = fn(runs, _cells(store), **extra)
-        dev = sorted({r["device_name"] for r in runs.values() if r.get("device_name")})
-        steps = [r["steps"] for r in runs.values() if r.get("steps")]
+        runs = runs_of[exp]
+        extra = {"long_cells": cells.get("long", []), "long_runs": runs_of.get("long", {}),
+                 "r3_cells": cells.get(exp + "2", []), "r3_runs": runs_of.get(exp + "2", {})}
+        if exp == "frontier" and "zoology" in cells:
+            extra |= {"zoo_cells": cells["zoology"], "zoo_runs": runs_of["zoology"]}
+        body = fn(runs, cells[exp], **extra)
+        allruns = [*runs.values(), *extra["r3_runs"].values(),
+                   *(extra["long_runs"].values() if exp in ("zoology", "mamba2", "frontier") else ())]
+        dev = sorted({r["device_name"] for r in allruns if r.get("device_name")})
+        steps = [r["steps"] for r in allruns if r.get("steps")]
         text = (f"# Reproduction: {exp}\n\n**Paper.** {PAPER[exp]}\n\n"
                 f"**Setting here.** Runs from `experiments/repro/grid.py` ({exp}()), trained on {', '.join(dev)} with "
                 "`PYTHONPATH=. python scripts/repro.py train --only " + exp + " --out DIR`, evaluated with "
                 "`scripts/repro.py eval` (that is `evalkit run` on the specs in `experiments/repro/tasks/`), "
                 f"collected into `reports/repro/data/{exp}/` and written by `scripts/repro.py report`. "
-                f"{len(runs)} training runs, {min(steps) if steps else 0}–{max(steps) if steps else 0} steps each "
+                f"{len(allruns)} training runs, {min(steps) if steps else 0}–{max(steps) if steps else 0} steps each "
                 "(each run has a wall-clock budget, see grid.py; it stops early at 0.99 held-out accuracy). "
-                "Numbers are the best over the learning-rate sweep (3e-3, 1e-2), chosen on the same held-out "
-                "samples they are reported on, as the papers report the best of their sweep. Brackets: 95 % "
+                "Round 1 numbers are the best over the learning-rate sweep (3e-3, 1e-2), chosen on the same "
+                "held-out samples they are reported on, as the papers report the best of their sweep; later rounds "
+                "use one lr each (named). Brackets: 95 % "
                 "Wilson interval over queries (MQAR) or samples. One training seed.\n\n" + body)
+        notes = ROOT / "experiments" / "repro" / "notes" / f"{exp}.md"
+        if notes.is_file():  # the hand-written reading of the numbers above
+            text += "\n" + notes.read_text()
         (outdir / f"{exp}.md").write_text(text)
         print(f"wrote {outdir / f'{exp}.md'}")
 
 
-def _zoology(runs, cells, **_):
+def _zoology(runs, cells, long_runs=None, long_cells=(), **_):
     lines = []
     for spec, title in (("mqar_128_8", "sequence 128, 8 pairs"), ("mqar_512_64", "sequence 512, 64 pairs")):
         lines += [f"## {title} — per-query accuracy (ours) vs paper\n", "| model | d=64 | d=128 | d=256 | paper |",
@@ -337,10 +374,35 @@ def _zoology(runs, cells, **_):
                 row.append("–" if c is None else f"{_fmt(*_qa(c))} (lr {info['lr']:g}, {info['steps']} st)")
             lines.append("| " + " | ".join(row + [paper]) + " |")
         lines.append("")
+    lines += _round2(long_runs, long_cells, ("attention", "mamba"), (64, 128, 256), "mqar_128_8",
+                     "sequence 128, 8 pairs, 4 minutes per run (10 runs sharing the GPU instead of 16), lr 3e-3")
     return "\n".join(lines)
 
 
-def _mamba2(runs, cells, **_):
+def _long_cell(long_runs, long_cells, label, d, spec):
+    for name, info in (long_runs or {}).items():
+        if info["label"] == label and info["d_model"] == d and spec in name:
+            for c in long_cells:
+                if c["model"] == name and c["spec"] == spec:
+                    return c, info
+    return None, None
+
+
+def _round2(long_runs, long_cells, labels, widths, spec, title):
+    if not long_runs:
+        return []
+    lines = [f"## Round 2: {title}\n", "| model | " + " | ".join(f"d={d}" for d in widths) + " |",
+             "|---" * (len(widths) + 1) + "|"]
+    for label in labels:
+        row = [label]
+        for d in widths:
+            c, info = _long_cell(long_runs, long_cells, label, d, spec)
+            row.append("–" if c is None else f"{_fmt(*_qa(c))} ({info['steps']} st, {info['wall_s']:.0f} s)")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines + [""]
+
+
+def _mamba2(runs, cells, long_runs=None, long_cells=(), **_):
     lines = ["## per-query accuracy, best over lr (ours) vs paper direction\n",
              "| model | state N | T=256 (64 pairs) | T=512 (128 pairs) |", "|---|---|---|---|"]
     for label in ("mamba N=16", "mamba2 N=16", "mamba2 N=64", "mamba2 N=256"):
@@ -349,11 +411,14 @@ def _mamba2(runs, cells, **_):
             c, info = _best(runs, cells, lambda n, i, label=label, spec=spec: i["label"] == label and spec in n, spec)
             row.append("–" if c is None else f"{_fmt(*_qa(c))} (lr {info['lr']:g}, {info['steps']} st)")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Paper (direction): Mamba-2 N=256 > N=64 > N=16 > Mamba-1 N=16 at both T."]
+    lines += ["", "Paper (direction): Mamba-2 N=256 > N=64 > N=16 > Mamba-1 N=16 at both T.", ""]
+    lines += _round2(long_runs, long_cells, ("mamba N=16", "mamba2 N=16", "mamba2 N=64", "mamba2 N=256"), (128,),
+                     "mqar_256_t4", "T = 256 (64 pairs), 4 minutes per run (10 runs sharing the GPU), lr 1e-2")
     return "\n".join(lines)
 
 
-def _frontier(runs, cells, zoo_cells=(), zoo_runs=None, **_):
+def _frontier(runs, cells, zoo_cells=(), zoo_runs=None, long_runs=None, long_cells=(), r3_runs=None, r3_cells=(),
+              **_):
     spec, length = "mqar_512_64", 512
     pts = []
     for label in sorted({i["label"] for i in runs.values()}):
@@ -371,46 +436,77 @@ def _frontier(runs, cells, zoo_cells=(), zoo_runs=None, **_):
     for label, c, info in pts:
         lines.append(f"| {label} | {_state_bytes(c, length):,} | {_fmt(*_qa(c))} | {info['lr']:g} | {info['steps']} |")
     lines += ["", "State bytes: the model's own `describe()` (fixed SSM state + KV bytes per token × tokens held; a "
-              "sliding window holds at most `window` tokens), summed over layers, at the stored dtype."]
+              "sliding window holds at most `window` tokens), summed over layers, at the stored dtype.", ""]
+    spec, length = "mqar_256_t4", 256
+    pts = []
+    for rr, cc in ((long_runs or {}, long_cells), (r3_runs or {}, r3_cells)):
+        for name, info in rr.items():
+            c = next((x for x in cc if x["model"] == name and x["spec"] == spec), None)
+            if c is not None and info["d_model"] == 128 and spec in name:  # trained on this spec
+                pts.append((info["label"], c, info))
+    pts.sort(key=lambda p: _state_bytes(p[1], length))
+    lines += ["## Rounds 2-3: hard MQAR T = 256 (64 pairs, 31 queried), width 128, lr 1e-2, 4 minutes per run\n",
+              "| model | state bytes at T=256 | per-query accuracy | steps | round |", "|---|---|---|---|---|"]
+    for label, c, info in pts:
+        rnd = "2 (10 runs on the GPU)" if c["model"].startswith("long") else "3 (15 runs on the GPU)"
+        lines.append(f"| {label} | {_state_bytes(c, length):,} | {_fmt(*_qa(c))} | {info['steps']} | {rnd} |")
     return "\n".join(lines)
 
 
-def _fraction(runs, cells, **_):
-    lines = ["## 8-layer Mamba-2 stack (width 128) with k attention layers\n",
-             "| layout | attention layers | hard MQAR T=512 (per-query) | multi_query 256 | 1024 | 4096 | state bytes at 4096 |",
-             "|---|---|---|---|---|---|---|"]
+def _fraction(runs, cells, r3_runs=None, r3_cells=(), **_):
+    lines = _fraction_table(runs, cells, "mqar_512_t4", "Round 1: hard MQAR T = 512, lr 3e-3, 3 minutes per run")
+    if r3_runs:
+        lines += ["", *_fraction_table(r3_runs, r3_cells, "mqar_256_t4",
+                                       "Round 3: hard MQAR T = 256, lr 1e-2, 5 minutes per run")]
+    return "\n".join(lines)
+
+
+def _fraction_table(runs, cells, mqar, title):
+    lines = [f"## 8-layer Mamba-2 stack (width 128) with k attention layers — {title}\n",
+             f"| layout | attention layers | {mqar} (per-query) | steps | multi_query 256 | 1024 | 4096 | state bytes at 4096 |",
+             "|---|---|---|---|---|---|---|---|"]
     labels = []
     for i in runs.values():
         if i["label"] not in labels:
             labels.append(i["label"])
     for label in labels:
-        c, info = _best(runs, cells, lambda n, i, label=label: i["label"] == label, "mqar_512_t4")
+        c, info = _best(runs, cells, lambda n, i, label=label: i["label"] == label, mqar)
         if c is None:
             continue
         name = c["model"]
-        row = [label, str(len(c["model_info"].get("attn_layer_idx") or [])), f"{_fmt(*_qa(c))} (lr {info['lr']:g})"]
+        row = [label, str(len(c["model_info"].get("attn_layer_idx") or [])), _fmt(*_qa(c)), str(info["steps"])]
         for L in (256, 1024, 4096):
             mq = [x for x in cells if x["model"] == name and x["spec"] == "multi_query_eval" and x["context_length"] == L]
             row.append("–" if not mq else _fmt(mq[0]["accuracy"], mq[0]["ci_low"], mq[0]["ci_high"]))
         row.append(f"{_state_bytes(c, 4096):,}")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Each layout's lr is chosen on hard MQAR; multi_query columns are the same model (whole-sample "
-              "accuracy: both queried values right). 4096 is 4× the longest training length."]
+    lines += ["", "multi_query columns are the same model (whole-sample accuracy: both queried values right); 4096 "
+              "is 4× the longest training length."]
+    return lines
+
+
+def _copying(runs, cells, r3_runs=None, r3_cells=(), **_):
+    lines = _copy_table(runs, cells, "copy_test", (25, 50, 100, 150, 200),
+                        "Round 1: trained on ≤ 50 digits (256 tokens), tested at 512 tokens; lr chosen on 50 digits")
+    if r3_runs:
+        for spec, digits, where in (("copy_test_256", (25, 50, 75, 100), "at the training length, 256 tokens"),
+                                    ("copy_test", (25, 50, 100, 150, 200), "at 512 tokens")):
+            lines += ["", *_copy_table(r3_runs, r3_cells, spec, digits, f"Round 3: same recipe, one lr each, tested {where}")]
     return "\n".join(lines)
 
 
-def _copying(runs, cells, **_):
-    lines = ["## copy_number: trained on ≤ 50 digits (256 tokens), tested at 512 tokens\n",
-             "| model | 25 digits | 50 | 100 | 150 | 200 |", "|---|---|---|---|---|---|"]
+def _copy_table(runs, cells, spec, digits, title):
+    lines = [f"## copy_number — {title}\n", "| model | steps | " + " | ".join(f"{d} digits" for d in digits) + " |",
+             "|---" * (len(digits) + 2) + "|"]
     for label in ("transformer", "mamba", "mamba2"):
         # lr chosen on the in-distribution 50-digit cell
-        c, info = _best(runs, cells, lambda n, i, label=label: i["label"] == label, "copy_test",
+        c, info = _best(runs, cells, lambda n, i, label=label: i["label"] == label, spec,
                         key=lambda x: (x["accuracy"] if x["params"].get("digits") == 50 else -1,))
         if c is None:
             continue
-        row = [f"{label} (lr {info['lr']:g})"]
-        for dg in (25, 50, 100, 150, 200):
-            x = [y for y in cells if y["model"] == c["model"] and y["params"].get("digits") == dg]
+        row = [f"{label} (lr {info['lr']:g})", str(info["steps"])]
+        for dg in digits:
+            x = [y for y in cells if y["model"] == c["model"] and y["spec"] == spec and y["params"].get("digits") == dg]
             if not x:
                 row.append("–")
                 continue
@@ -419,7 +515,7 @@ def _copying(runs, cells, **_):
                        else _fmt(x[0]["accuracy"], x[0]["ci_low"], x[0]["ci_high"]))
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Whole-number accuracy [95 % CI]; `digits`: per-digit accuracy (teacher-forced)."]
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":

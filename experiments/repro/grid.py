@@ -127,8 +127,32 @@ def long() -> list[Run]:
     return runs
 
 
+def round3() -> list[Run]:
+    """Round 3 (after rounds 1-2 showed what this budget can train): the frontier and the attention
+    fraction on the T = 256 hard MQAR, where round 2 trained Mamba-2 N >= 64 to 1.0, at round 2's
+    lr (1e-2); copying re-evaluated at the training context length too (copy_test_256)."""
+    h, runs = T + "mqar_256_t4.yaml", []
+    for label, arch in (("attention", base(128, "AA")), ("gated_deltanet", base(128, "GG", d_state=32)),
+                        *[(f"swa w={w}", base(128, "WW", window=w)) for w in (32, 64, 128)]):
+        runs.append(Run("frontier2", label, arch, (h,), (h,), 1e-2, 240.0))
+    layouts = {"0 attn": "MMMMMMMM", "1 attn dispersed": "MMMMMMMA", "2 attn dispersed": "MMMAMMMA",
+               "4 attn dispersed": "MAMAMAMA", "8 attn": "AAAAAAAA", "2 attn stacked": "MMMMMMAA",
+               "4 attn stacked": "MMMMAAAA"}
+    for label, pat in layouts.items():
+        runs.append(Run("fraction2", label, base(128, pat, d_state=64), (h, T + "multi_query_train.yaml"),
+                        (h, T + "multi_query_eval.yaml"), 1e-2, 300.0, train={"max_length": 1024, "curriculum": 0.3}))
+    for label, pat, extra, lr in (("transformer", "AAAA", {}, 3e-3), ("mamba", "mmmm", {"d_state": 16}, 1e-2),
+                                  ("mamba2", "MMMM", {"d_state": 64}, 1e-2)):
+        runs.append(Run("copying2", label, base(128, pat, **extra), (T + "copy_train.yaml",),
+                        (T + "copy_test_256.yaml", T + "copy_test.yaml"), lr, 180.0))
+    return runs
+
+
 EXPERIMENTS = {"zoology": zoology, "mamba2": mamba2, "frontier": frontier, "fraction": fraction,
-               "copying": copying, "long": long}
+               "copying": copying, "long": long,
+               "frontier2": lambda: [r for r in round3() if r.exp == "frontier2"],
+               "fraction2": lambda: [r for r in round3() if r.exp == "fraction2"],
+               "copying2": lambda: [r for r in round3() if r.exp == "copying2"]}
 
 
 def runs(names: list[str] | None = None) -> list[Run]:
