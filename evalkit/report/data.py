@@ -4,6 +4,11 @@ points with fitted scaling exponents, and run provenance.
 Primary recall is pooled over every non-length axis but the leaderboard's row axes (needle depth
 is pooled, as in the terminal table) and shown with its 95 % Wilson interval. Costs come from the
 ``costs`` table; a store without cost rows still reports, with the cost parts saying so.
+
+**Effective length** (RULER's term) is the longest context length whose recall reaches a
+threshold. Each row uses its task's own threshold when the task plugin declares one
+(``effective_length_threshold``: RULER's NIAH uses 0.856, the score of Llama-2-7B, as RULER does),
+else ``DEFAULT_THRESHOLD``; a threshold given explicitly (``--threshold``) overrides all of them.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from evalkit.stats import wilson
 from evalkit.store import Store
 
 NO_COST_DATA = "no cost data (run `evalkit cost` or `evalkit run`)"
+DEFAULT_THRESHOLD = 0.5  # effective-length threshold of tasks that declare none
 # cost metrics a recall-vs-cost panel can use: column → axis label
 COST_METRICS = {
     "prefill_s": "prefill latency (s)",
@@ -80,6 +86,7 @@ class LeaderRow:
     axes: tuple[tuple[str, Any], ...]
     recall: dict[int, Recall]
     effective_length: int | None  # longest length with recall ≥ threshold
+    threshold: float = DEFAULT_THRESHOLD  # the effective-length threshold this row used
 
     @property
     def axes_label(self) -> str:
@@ -92,7 +99,7 @@ class LeaderRow:
 
 @dataclass(frozen=True)
 class ReportData:
-    threshold: float
+    threshold: float | None  # the explicit effective-length threshold for every row; None: each task's own
     reference_length: int
     lengths: list[int]
     specs: list[str]
@@ -110,6 +117,21 @@ class ReportData:
     n_cells: int = 0
     n_failed: int = 0
     random_models: list[str] = field(default_factory=list)
+
+    @property
+    def thresholds(self) -> list[float]:
+        """The distinct thresholds the rows used, ascending."""
+        return sorted({r.threshold for r in self.rows})
+
+    def threshold_note(self) -> str:
+        """One sentence: which threshold the effective length used, and where it came from."""
+        if self.threshold is not None:
+            return f"Effective length = longest context length with recall ≥ {self.threshold:g} (--threshold)."
+        declared = sorted({(r.spec, r.threshold) for r in self.rows if r.threshold != DEFAULT_THRESHOLD})
+        own = "; ".join(f"{spec}: {t:g}" for spec, t in declared)
+        return ("Effective length = longest context length with recall ≥ the row's threshold: the task's own where it "
+                f"declares one ({own or 'none here'}; RULER's NIAH uses 0.856), else {DEFAULT_THRESHOLD:g}; "
+                "--threshold sets one for every row.")
 
     def cost_at(self, model: str, metric: str, length: int | None = None) -> float | None:
         """A cost metric of ``model`` at ``length`` (default: the reference length), or None."""
@@ -171,8 +193,30 @@ def architecture(info: dict[str, Any]) -> str:
     return "hybrid (" + "+".join(types) + ")"
 
 
-def load_report(store: Store, threshold: float = 0.5, reference_length: int | None = None) -> ReportData:
-    """Read everything a report shows from ``store``; EvalkitError when there is nothing to show."""
+def task_threshold(task: str) -> float:
+    """The effective-length threshold the task plugin ``task`` declares (its class attribute
+    ``effective_length_threshold``), else DEFAULT_THRESHOLD (also for a task no longer installed)."""
+    import evalkit.tasks  # noqa: F401  (registers the built-in task plugins: light, no torch)
+    from evalkit.tasks.base import TASKS, Task
+
+    found: type[Task] | None = None
+    stack = list(Task.__subclasses__())
+    while stack and found is None:  # the built-in and already imported plugins, without importing the rest
+        cls = stack.pop()
+        found = cls if getattr(cls, "name", None) == task else None
+        stack += cls.__subclasses__()
+    if found is None:
+        try:
+            found = TASKS.get(task)  # a plugin from an entry point (this imports every plugin)
+        except EvalkitError:
+            return DEFAULT_THRESHOLD
+    value = getattr(found, "effective_length_threshold", None)
+    return DEFAULT_THRESHOLD if value is None else float(value)
+
+
+def load_report(store: Store, threshold: float | None = None, reference_length: int | None = None) -> ReportData:
+    """Read everything a report shows from ``store``; EvalkitError when there is nothing to show.
+    ``threshold``: the effective-length threshold of every row; None: each task's own (see above)."""
     cells = store.cells("ORDER BY spec, model, context_length")
     complete = [c for c in cells if c["status"] == "complete"]
     if not complete:
@@ -206,16 +250,19 @@ def load_report(store: Store, threshold: float = 0.5, reference_length: int | No
     agg = aggregate(cells)
     for spec, model, axes, L in errors:  # rows whose every cell failed still get a row
         agg.setdefault((spec, model, axes), {})
+    spec_task = {c["spec"]: c["task"] for c in cells}
+    by_task = {t: task_threshold(t) for t in sorted(set(spec_task.values()))} if threshold is None else {}
     rows = []
     for (spec, model, axes), per_len in sorted(agg.items()):
+        row_threshold = threshold if threshold is not None else by_task[spec_task[spec]]
         recall: dict[int, Recall] = {}
         for L in lengths:
             if L in per_len:
                 recall[L] = Recall(*per_len[L])
             elif (spec, model, axes, L) in errors:
                 recall[L] = Recall(error=errors[(spec, model, axes, L)])
-        ok = [L for L, r in recall.items() if r.value is not None and r.value >= threshold]
-        rows.append(LeaderRow(spec, model, axes, recall, max(ok) if ok else None))
+        ok = [L for L, r in recall.items() if r.value is not None and r.value >= row_threshold]
+        rows.append(LeaderRow(spec, model, axes, recall, max(ok) if ok else None, row_threshold))
 
     heatmaps: dict[tuple[str, str], dict[tuple[float, int], Recall]] = {}
     pooled: dict[tuple[str, str, float, int], list[int]] = {}

@@ -134,6 +134,7 @@ def _td(text: str, sort: float | str | None, cls: str = "", title: str = "") -> 
 
 
 def _recall_td(r: Recall | None, threshold: float) -> str:
+    """A recall cell, marked as passing when it reaches the row's effective-length threshold."""
     if r is None:
         return _td("—", None)
     if r.failed:
@@ -152,7 +153,9 @@ def _leaderboard(data: ReportData) -> str:
     if any_axes:
         head.append('<th class="t">axes</th>')
     head += [f'<th title="recall at context length {L} (95% Wilson interval, pooled samples)">L={L}</th>' for L in data.lengths]
-    head += [f'<th data-selftest="1" title="longest context length with recall ≥ {data.threshold:g}">eff. length (≥{data.threshold:g})</th>',
+    head += ['<th data-selftest="1" title="longest context length with recall ≥ the row\'s threshold">eff. length</th>',
+             ('<th title="the recall an effective length needs: the task\'s own (RULER\'s NIAH: 0.856), else 0.5, '
+              'or --threshold">threshold</th>'),
              f"<th>prefill @{ref}</th>", f"<th>decode/tok @{ref}</th>", f"<th>state bytes @{ref}</th>",
              '<th title="least-squares slope of log prefill time vs log length">cost exponent</th>']
     body = []
@@ -165,9 +168,10 @@ def _leaderboard(data: ReportData) -> str:
                  _td(fmt_num(facts.params), facts.params)]
         if any_axes:
             cells.append(_td(escape(row.axes_label), row.axes_label, "t"))
-        cells += [_recall_td(row.recall.get(L), data.threshold) for L in data.lengths]
+        cells += [_recall_td(row.recall.get(L), row.threshold) for L in data.lengths]
         eff = row.effective_length
-        cells.append(_td(str(eff) if eff else f"&lt;{data.lengths[0]}", eff or 0))
+        cells += [_td(str(eff) if eff else f"&lt;{data.lengths[0]}", eff or 0),
+                  _td(f"{row.threshold:g}", row.threshold)]
         prefill, decode = data.cost_at(row.model, "prefill_s"), data.cost_at(row.model, "decode_s_per_token")
         state = data.state_bytes_at_ref(row.model)
         exp = data.exponents.get(row.model)
@@ -179,7 +183,7 @@ def _leaderboard(data: ReportData) -> str:
                  "state bytes are the adapter's analytic KV cache + fixed state.")
     return f"""<section id="leaderboard"><h2>Leaderboard</h2>
 <p class="note">Recall = whole-answer exact match pooled over needle depth (and other pooled axes), with its 95% Wilson
-interval and sample count. Effective length = longest context length with recall ≥ {data.threshold:g}. {cost_note}
+interval and sample count. {escape(data.threshold_note())} {cost_note}
 Click a column header to sort.</p>
 <div class="wrap"><table class="sortable" id="leaderboard-table"><thead><tr>{''.join(head)}</tr></thead>
 <tbody>{''.join(body)}</tbody></table></div></section>"""
@@ -244,10 +248,16 @@ report from that run, samples = scored samples of its complete cells.</p>
 </section>"""
 
 
+def _thresholds(data: ReportData) -> str:
+    if data.threshold is not None:
+        return f"{data.threshold:g}"
+    return "per task: " + "/".join(f"{t:g}" for t in data.thresholds)
+
+
 def render_html(data: ReportData, source: str = "", title: str = "evalkit leaderboard") -> str:
     """The whole report as one HTML string."""
     plots_html, kinds = _plots(data)
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     banner = ""
     if data.random_models:
         banner = (f'<div class="banner">RANDOM WEIGHTS: {escape(", ".join(data.random_models))} ha'
@@ -255,9 +265,10 @@ def render_html(data: ReportData, source: str = "", title: str = "evalkit leader
     if data.n_failed:
         banner += f'<div class="banner">{data.n_failed} of {data.n_cells} cells failed (shown as FAILED / ×).</div>'
     sub = (f"{len(data.models)} models · {len(data.specs)} tasks · {data.n_cells} cells · lengths "
-           f"{', '.join(map(str, data.lengths))} · threshold {data.threshold:g} · reference length {data.reference_length}"
+           f"{', '.join(map(str, data.lengths))} · threshold {_thresholds(data)} · reference length {data.reference_length}"
            f" · generated {now}" + (f" from <code>{escape(source)}</code>" if source else ""))
     meta: dict[str, Any] = {"threshold": data.threshold, "reference_length": data.reference_length,
+                            "thresholds": {f"{r.spec}/{r.label}": r.threshold for r in data.rows},
                             "runs": [r["run_id"] for r in data.runs]}
     meta_json = json.dumps(meta).replace("</", "<\\/")
     return f"""<!DOCTYPE html>

@@ -26,12 +26,12 @@ def render_markdown(data: ReportData) -> str:
     any_axes = any(r.axes for r in data.rows)
     head = ["task", "model", "architecture", "attn. fraction", "params"] + (["axes"] if any_axes else [])
     head += [f"L={L}" for L in data.lengths]
-    head += [f"eff. length (≥{data.threshold:g})", f"prefill @{ref}", f"state bytes @{ref}", "cost exponent"]
+    head += ["eff. length", "threshold", f"prefill @{ref}", f"state bytes @{ref}", "cost exponent"]
     lines = ["## evalkit leaderboard", ""]
     if data.random_models:
         lines += [f"> **RANDOM WEIGHTS:** {', '.join(data.random_models)} (no checkpoint; recall means nothing)", ""]
-    lines += [f"Recall = whole-answer exact match pooled over needle depth, 95% Wilson interval, n samples. "
-              f"Effective length = longest context length with recall ≥ {data.threshold:g}. "
+    lines += ["Recall = whole-answer exact match pooled over needle depth, 95% Wilson interval, n samples. "
+              f"{data.threshold_note()} "
               + (f"Costs measured on {data.cost_device} at L={ref}." if data.costs else f"Costs: {NO_COST_DATA}."), ""]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join("---" if i < 3 or (any_axes and i == 5) else "---:" for i in range(len(head))) + "|")
@@ -43,7 +43,7 @@ def render_markdown(data: ReportData) -> str:
         if any_axes:
             cells.append(row.axes_label)
         cells += [_recall(row.recall.get(L)) for L in data.lengths]
-        cells += [str(row.effective_length) if row.effective_length else f"<{data.lengths[0]}",
+        cells += [str(row.effective_length) if row.effective_length else f"<{data.lengths[0]}", f"{row.threshold:g}",
                   fmt_num(data.cost_at(row.model, "prefill_s"), "s"), fmt_num(data.state_bytes_at_ref(row.model), "B"),
                   "—" if exp is None else f"{exp:.2f}"]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")

@@ -51,7 +51,7 @@ def _svg(fig: Any) -> str:
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = buf.getvalue()
     text = text[text.index("<svg"):]
-    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
+    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.DOTALL)
     prefix = f"p{next(_ids)}-"
     text = re.sub(r'id="([^"]+)"', lambda m: f'id="{prefix}{m.group(1)}"', text)
     text = re.sub(r'(href="#|url\(#)([^")]+)', lambda m: f"{m.group(1)}{prefix}{m.group(2)}", text)
@@ -92,7 +92,8 @@ def recall_vs_length(data: ReportData, spec: str) -> str:
             ax.plot(bad, [0.0] * len(bad), "x", color=FAILED_COLOR, ms=7, mew=2)
     if any(r.failed for row in data.rows if row.spec == spec for r in row.recall.values()):
         ax.plot([], [], "x", color=FAILED_COLOR, mew=2, label="failed cell")
-    ax.axhline(data.threshold, color="0.5", lw=0.8, ls=":", label=f"threshold {data.threshold:g}")
+    for t in sorted({row.threshold for row in data.rows if row.spec == spec}):  # one per task, normally
+        ax.axhline(t, color="0.5", lw=0.8, ls=":", label=f"threshold {t:g}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(data.lengths, [str(L) for L in data.lengths])
     ax.minorticks_off()

@@ -33,7 +33,7 @@ import uuid
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -112,10 +112,13 @@ class RulerNiahTask(Task):
     version = 1
     Params = RulerNiahParams
     axes = ("haystack", "num_needle_k", "num_needle_v", "num_needle_q")
-    secondary = {"answers_found": "queries"}  # RULER's string_match_all: fraction of answers found
+    secondary: ClassVar[dict[str, str]] = {"answers_found": "queries"}  # RULER's string_match_all: fraction of answers found
     description = "RULER's needle-in-a-haystack variants (noise, distractor-needle and essay haystacks)."
     # greedy scoring generates this many tokens past each answer: at least RULER's 128-token budget
     greedy_extra_tokens = 128
+    # the report's effective length: longest length scoring at least this (RULER's threshold, 85.6 =
+    # Llama-2-7B's average score); ``evalkit report --threshold`` overrides it
+    effective_length_threshold = 0.856
 
     params: RulerNiahParams
 

@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 
 from evalkit.errors import EvalkitError
-from evalkit.report.data import NO_COST_DATA, load_report, pareto_front, scaling_exponent, write_atomic
+from evalkit.report.data import (
+    NO_COST_DATA,
+    load_report,
+    pareto_front,
+    scaling_exponent,
+    write_atomic,
+)
 from evalkit.stats import wilson
 from evalkit.store import Record, Store
 
@@ -154,7 +160,7 @@ def test_report_data_pools_depth_with_wilson_effective_length_and_costs(sweep):
     # the failed depth is left out of the pool, not counted as wrong
     assert rows["mamba2"].recall[4096].n == 4 * N
     # effective length: longest length with pooled recall ≥ threshold
-    for model, row in rows.items():
+    for row in rows.values():
         ok = [L for L in LENGTHS if row.recall[L].value >= 0.5]
         assert row.effective_length == max(ok)
     assert rows["transformer"].effective_length == 4096 and rows["mamba"].effective_length < 4096
@@ -189,8 +195,8 @@ def test_html_is_self_contained_small_and_complete(cli, sweep, tmp_path):
     html = out.read_text()
     assert out.stat().st_size < 2_000_000
     # offline: no external scripts, styles, images or fonts
-    assert not re.search(r'(src|href)\s*=\s*["\']?(https?:)?//', html, re.I)
-    assert not re.search(r"<script[^>]*\bsrc=", html, re.I) and "<link" not in html.lower()
+    assert not re.search(r'(src|href)\s*=\s*["\']?(https?:)?//', html, re.IGNORECASE)
+    assert not re.search(r"<script[^>]*\bsrc=", html, re.IGNORECASE) and "<link" not in html.lower()
     assert "@import" not in html and "url(http" not in html
     assert html.count("<svg") == html.count("</svg>") and html.count("<svg") >= 4 + 4  # + 4 heatmaps
     # every plot kind, one recall curve per task and one heatmap per model
@@ -237,7 +243,8 @@ def test_markdown_leaderboard(cli, sweep, tmp_path):
     assert code == 0, err
     lines = md.splitlines()
     header = next(l for l in lines if l.startswith("| task | model"))
-    assert "| L=256 |" in header and "eff. length (≥0.8)" in header and "prefill @4096" in header
+    assert "| L=256 |" in header and "| eff. length | threshold |" in header and "prefill @4096" in header
+    assert "recall ≥ 0.8 (--threshold)" in md
     body = [l for l in lines if l.startswith("| needle |")]
     assert len(body) == 4 and any("hybrid ⚠ RANDOM WEIGHTS" in l for l in body)
     k = sum(n_correct("transformer", 256, d) for d in DEPTHS)
@@ -247,6 +254,65 @@ def test_markdown_leaderboard(cli, sweep, tmp_path):
     out = tmp_path / "lb.md"
     assert cli("report", "--store", str(sweep), "--format", "markdown", "--threshold", "0.8", "-o", str(out))[0] == 0
     assert out.read_text() == md
+
+
+# ----------------------------------------------------------------------------------- effective-length threshold
+RULER_RECALL = {1024: 18, 2048: 16, 4096: 12}  # of N: 0.90, 0.80, 0.60
+
+
+def _ruler_store(path: Path) -> Path:
+    """One RULER NIAH spec (task ruler_niah) and one needle spec, one model, three lengths."""
+    store = Store(path, create=True)
+    for spec, task in (("niah_single_1", "ruler_niah"), ("needle", "needle")):
+        for L, k in RULER_RECALL.items():
+            c = {**cell_row("transformer", L, 0.5, spec=spec), "task": task, "axes": {}, "params": {},
+                 "n_correct": k, "accuracy": k / N, "ci_low": wilson(k, N)[0], "ci_high": wilson(k, N)[1]}
+            store.write_cell(c, [Record(i, f"p{i}", f"t{i}", "q", "v", "v", i < k, {}) for i in range(N)])
+    store.close()
+    return path
+
+
+def test_ruler_rows_use_rulers_threshold_unless_one_is_given(tmp_path):
+    from evalkit.report.data import DEFAULT_THRESHOLD, task_threshold
+    from evalkit.tasks.ruler import RulerNiahTask
+
+    assert RulerNiahTask.effective_length_threshold == 0.856 and task_threshold("ruler_niah") == 0.856
+    assert task_threshold("needle") == DEFAULT_THRESHOLD == 0.5
+    assert task_threshold("no_such_task") == DEFAULT_THRESHOLD  # a plugin no longer installed
+    path = _ruler_store(tmp_path / "evalkit.sqlite")
+    rows = {r.spec: r for r in _data(path).rows}
+    # 0.90 ≥ 0.856 > 0.80: RULER's effective length is 1024; the needle row (0.5) keeps 4096
+    assert (rows["niah_single_1"].threshold, rows["niah_single_1"].effective_length) == (0.856, 1024)
+    assert (rows["needle"].threshold, rows["needle"].effective_length) == (0.5, 4096)
+    # an explicit threshold is every row's
+    rows = {r.spec: r for r in _data(path, threshold=0.7).rows}
+    assert {(r.threshold, r.effective_length) for r in rows.values()} == {(0.7, 2048)}
+    rows = {r.spec: r for r in _data(path, threshold=0.95).rows}
+    assert all(r.effective_length is None for r in rows.values())
+
+
+def test_report_shows_each_rows_threshold(cli, tmp_path):
+    path = _ruler_store(tmp_path / "evalkit.sqlite")
+    code, md, err = cli("report", "--store", str(path), "--format", "markdown", "-o", "-")
+    assert code == 0, err
+    rows = {line.split(" | ")[0][2:]: line for line in md.splitlines() if line.startswith(("| niah", "| needle"))}
+    assert "| 1024 | 0.856 |" in rows["niah_single_1"] and "| 4096 | 0.5 |" in rows["needle"]
+    assert "niah_single_1: 0.856" in md and "RULER's NIAH uses 0.856" in md
+    code, md, err = cli("report", "--store", str(path), "--format", "markdown", "-o", "-", "--threshold", "0.7")
+    assert code == 0, err
+    assert md.count("| 2048 | 0.7 |") == 2 and "recall ≥ 0.7 (--threshold)" in md
+    out = tmp_path / "r.html"
+    code, _, err = cli("report", "--store", str(path), "-o", str(out))
+    assert code == 0, err
+    html = out.read_text()
+    table = html[html.index('id="leaderboard-table"'):html.index("</table>")]
+    assert ">threshold</th>" in table and '<td data-sort="0.856">0.856</td>' in table
+    assert '<td data-sort="0.5">0.5</td>' in table and '<td data-sort="1024">1024</td>' in table
+    # 0.80 at 2048 does not pass RULER's threshold, but passes the needle row's 0.5
+    assert table.count('class="pass">0.80<') == 1
+    assert "threshold per task: 0.5/0.856" in html and "threshold 0.856" in html  # header line; plot's line
+    meta = html[html.index('id="report-meta">') + len('id="report-meta">'):]
+    assert '"threshold": null' in meta and '"niah_single_1/transformer": 0.856' in meta
 
 
 # ----------------------------------------------------------------------------------- errors, atomicity

@@ -16,7 +16,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from test_report import make_store
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "/usr/bin/chromium")
@@ -51,7 +50,7 @@ def test_report_in_headless_chromium(cli, tmp_path):
     done = _chromium(browser, tmp_path / "profile", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
                      "--dump-dom", page.as_uri() + "#selftest")
     assert done.returncode == 0, done.stderr[-2000:]
-    m = re.search(r'<pre id="selftest" data-done="1">(.*?)</pre>', done.stdout, re.S)
+    m = re.search(r'<pre id="selftest" data-done="1">(.*?)</pre>', done.stdout, re.DOTALL)
     assert m, "the self-test did not run:\n" + done.stdout[-2000:]
     result = json.loads(_html.unescape(m.group(1)))
     assert result["errors"] == []
