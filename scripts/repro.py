@@ -103,7 +103,7 @@ def train(a) -> None:
             _, rpath = _write_specs(run, out, a.pool)
             logs = out / "logs"
             logs.mkdir(exist_ok=True)
-            log = open(logs / f"{run.name}.txt", "w")
+            log = open(logs / f"{run.name}.txt", "w")  # noqa: SIM115 (open while the run lives; closed when it ends)
             cmd = [sys.executable, "-m", "evalkit.cli", "train", "--recipe", str(rpath), "--pool-dir",
                    str(out / "pools"), "--pool-workers", "1", "--threads", "1"]
             running[run.name] = (subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log,
@@ -135,7 +135,7 @@ def evaluate(a) -> None:
         cmd = [sys.executable, "-m", "evalkit.cli", "run", *tasks, "--models", models, "--output-dir",
                str(out / "stores" / exp), "--no-cost"]
         t0 = time.time()
-        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
         print(f"eval {exp}: {len(runs)} models, exit {p.returncode}, {time.time() - t0:.0f} s", flush=True)
         if p.returncode:
             print(p.stdout[-3000:], p.stderr[-3000:], flush=True)
@@ -305,9 +305,9 @@ def _best(runs: dict, cells: list[dict], match, spec: str, length: int | None = 
         if not match(name, info):
             continue
         for c in cells:
-            if c["model"] == name and c["spec"] == spec and (length is None or c["context_length"] == length):
-                if best[0] is None or key(c)[0] > key(best[0])[0]:
-                    best = (c, info)
+            here = c["model"] == name and c["spec"] == spec and (length is None or c["context_length"] == length)
+            if here and (best[0] is None or key(c)[0] > key(best[0])[0]):
+                best = (c, info)
     return best
 
 
@@ -369,8 +369,8 @@ def _zoology(runs, cells, long_runs=None, long_cells=(), **_):
                              ("mamba2", "(not in Zoology; Mamba-2 paper: above Mamba)")):
             row = [label]
             for d in (64, 128, 256):
-                c, info = _best(runs, cells, lambda n, i, d=d, label=label: i["label"] == label and i["d_model"] == d
-                                and spec in n, spec)
+                c, info = _best(runs, cells, lambda n, i, d=d, label=label, spec=spec: i["label"] == label
+                                and i["d_model"] == d and spec in n, spec)
                 row.append("–" if c is None else f"{_fmt(*_qa(c))} (lr {info['lr']:g}, {info['steps']} st)")
             lines.append("| " + " | ".join(row + [paper]) + " |")
         lines.append("")
@@ -435,8 +435,8 @@ def _frontier(runs, cells, zoo_cells=(), zoo_runs=None, long_runs=None, long_cel
              "| model | state bytes at T=512 (per sequence) | per-query accuracy | lr | steps |", "|---|---|---|---|---|"]
     for label, c, info in pts:
         lines.append(f"| {label} | {_state_bytes(c, length):,} | {_fmt(*_qa(c))} | {info['lr']:g} | {info['steps']} |")
-    lines += ["", "State bytes: the model's own `describe()` (fixed SSM state + KV bytes per token × tokens held; a "
-              "sliding window holds at most `window` tokens), summed over layers, at the stored dtype.", ""]
+    lines += ["", ("State bytes: the model's own `describe()` (fixed SSM state + KV bytes per token × tokens held; a "
+                   "sliding window holds at most `window` tokens), summed over layers, at the stored dtype."), ""]
     spec, length = "mqar_256_t4", 256
     pts = []
     for rr, cc in ((long_runs or {}, long_cells), (r3_runs or {}, r3_cells)):
@@ -480,8 +480,8 @@ def _fraction_table(runs, cells, mqar, title):
             row.append("–" if not mq else _fmt(mq[0]["accuracy"], mq[0]["ci_low"], mq[0]["ci_high"]))
         row.append(f"{_state_bytes(c, 4096):,}")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "multi_query columns are the same model (whole-sample accuracy: both queried values right); 4096 "
-              "is 4× the longest training length."]
+    lines += ["", ("multi_query columns are the same model (whole-sample accuracy: both queried values right); 4096 "
+                   "is 4× the longest training length.")]
     return lines
 
 

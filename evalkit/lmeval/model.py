@@ -28,6 +28,9 @@ from evalkit.lmeval import require_lm_eval
 
 require_lm_eval()
 
+# lm-eval fills its model registry lazily, and only while it is empty: registering ours into an
+# empty registry would hide `hf` and the rest from every later lookup in this process
+import lm_eval.models  # noqa: F401
 import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
