@@ -2,7 +2,9 @@
 
     PYTHONPATH=. python scripts/repro.py train  --only zoology,frontier --out DIR [--parallel 16] [--deadline S]
     PYTHONPATH=. python scripts/repro.py eval   --only zoology,frontier --out DIR
-    PYTHONPATH=. python scripts/repro.py report [--data reports/repro/data]
+    PYTHONPATH=. python scripts/repro.py status --only zoology,frontier --out DIR    # one line per run
+    python scripts/repro.py collect --out DIR                                         # → reports/repro/data/
+    python scripts/repro.py report [--data reports/repro/data]                        # → reports/repro/*.md
 
 The runs are listed in experiments/repro/grid.py. ``train`` writes a model spec and a recipe per
 run under DIR/specs/, builds the fixed training sets once (DIR/pools, shared by all runs), then
@@ -10,8 +12,9 @@ runs ``evalkit train`` for every run as its own process, ``--parallel`` at a tim
 (tiny models leave a GPU idle one at a time). ``--deadline`` (seconds) stops starting new runs
 after that long, so a time-boxed device call still ends with whatever finished. ``eval`` runs
 ``evalkit run`` over each experiment's evaluation specs with the trained checkpoints into
-DIR/stores/<experiment>/evalkit.sqlite. ``report`` reads those stores (copied to
-reports/repro/data/) and the training logs and writes reports/repro/<experiment>.md.
+DIR/stores/<experiment>/evalkit.sqlite. ``collect`` packs those stores (xz, prompts dropped) and a
+summary of every run's training log into reports/repro/data/<experiment>/; ``report`` reads them and
+writes reports/repro/<experiment>.md (plus the hand-written reading in experiments/repro/notes/).
 """
 
 from __future__ import annotations
