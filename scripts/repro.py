@@ -337,12 +337,14 @@ def write_reports(data: Path) -> None:
             continue
         runs = runs_of[exp]
         extra = {"long_cells": cells.get("long", []), "long_runs": runs_of.get("long", {}),
+                 "r4_cells": cells.get("attn_long", []), "r4_runs": runs_of.get("attn_long", {}),
                  "r3_cells": cells.get(exp + "2", []), "r3_runs": runs_of.get(exp + "2", {})}
         if exp == "frontier" and "zoology" in cells:
             extra |= {"zoo_cells": cells["zoology"], "zoo_runs": runs_of["zoology"]}
         body = fn(runs, cells[exp], **extra)
         allruns = [*runs.values(), *extra["r3_runs"].values(),
-                   *(extra["long_runs"].values() if exp in ("zoology", "mamba2", "frontier") else ())]
+                   *(extra["long_runs"].values() if exp in ("zoology", "mamba2", "frontier") else ()),
+                   *(extra["r4_runs"].values() if exp == "zoology" else ())]
         dev = sorted({r["device_name"] for r in allruns if r.get("device_name")})
         steps = [r["steps"] for r in allruns if r.get("steps")]
         text = (f"# Reproduction: {exp}\n\n**Paper.** {PAPER[exp]}\n\n"
@@ -363,7 +365,7 @@ def write_reports(data: Path) -> None:
         print(f"wrote {outdir / f'{exp}.md'}")
 
 
-def _zoology(runs, cells, long_runs=None, long_cells=(), **_):
+def _zoology(runs, cells, long_runs=None, long_cells=(), r4_runs=None, r4_cells=(), **_):
     lines = []
     for spec, title in (("mqar_128_8", "sequence 128, 8 pairs"), ("mqar_512_64", "sequence 512, 64 pairs")):
         lines += [f"## {title} — per-query accuracy (ours) vs paper\n", "| model | d=64 | d=128 | d=256 | paper |",
@@ -379,6 +381,14 @@ def _zoology(runs, cells, long_runs=None, long_cells=(), **_):
         lines.append("")
     lines += _round2(long_runs, long_cells, ("attention", "mamba"), (64, 128, 256), "mqar_128_8",
                      "sequence 128, 8 pairs, 4 minutes per run (10 runs sharing the GPU instead of 16), lr 3e-3")
+    if r4_runs:
+        lines += ["## Round 4: attention only, sequence 128, 8 pairs, 6.7 minutes per run (4 runs sharing the GPU)\n",
+                  "| model | lr | per-query accuracy | steps |", "|---|---|---|---|"]
+        for name, info in r4_runs.items():
+            c = next((x for x in r4_cells if x["model"] == name and x["spec"] == "mqar_128_8"), None)
+            if c is not None:
+                lines.append(f"| attention d={info['d_model']} | {info['lr']:g} | {_fmt(*_qa(c))} | {info['steps']} |")
+        lines.append("")
     return "\n".join(lines)
 
 

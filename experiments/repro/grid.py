@@ -148,8 +148,16 @@ def round3() -> list[Run]:
     return runs
 
 
+def attn_long() -> list[Run]:
+    """Round 4: can the 2-layer attention-only model leave the MQAR plateau with a longer run? Four
+    runs share the GPU (instead of 10-16), for ~6.5 minutes each, on Zoology's (128, 8)."""
+    z = T + "mqar_128_8.yaml"
+    return [Run("attn_long", "attention", base(d, "AA"), (z,), (z,), lr, 400.0)
+            for d, lr in ((64, 1e-3), (128, 1e-3), (256, 1e-3), (128, 3e-3))]
+
+
 EXPERIMENTS = {"zoology": zoology, "mamba2": mamba2, "frontier": frontier, "fraction": fraction,
-               "copying": copying, "long": long,
+               "copying": copying, "long": long, "attn_long": attn_long,
                "frontier2": lambda: [r for r in round3() if r.exp == "frontier2"],
                "fraction2": lambda: [r for r in round3() if r.exp == "fraction2"],
                "copying2": lambda: [r for r in round3() if r.exp == "copying2"]}
