@@ -72,11 +72,12 @@ def file_name(name: str) -> str:
     return re.sub(r"[^\w.=+-]+", "_", name).strip("_") or "model"
 
 
-def variant_dir(spec: ModelSpec, root: Path) -> Path:
-    """Where the trained checkpoint of ``spec`` (a spec with ``train:``) lives under ``root``."""
+def variant_dir(spec: ModelSpec, root: Path, recipe: tuple[tuple[TaskSpec, ...], Any] | None = None) -> Path:
+    """Where the trained checkpoint of ``spec`` (a spec with ``train:``) lives under ``root``;
+    ``recipe``: its already parsed ``_recipe(spec)``, if the caller has it."""
     from evalkit.train import recipe_hash
 
-    tasks, cfg = _recipe(spec)
+    tasks, cfg = recipe or _recipe(spec)
     return root / f"{file_name(spec.name)}-{recipe_hash(spec, tasks, cfg)}"
 
 
@@ -128,7 +129,7 @@ def prepare_models(
             result.models.append(spec)
             continue
         tasks, cfg = _recipe(spec)
-        out = variant_dir(spec, root)
+        out = variant_dir(spec, root, (tasks, cfg))
         result.dirs[spec.name] = out
         if is_finished(out):
             trained = dataclasses.replace(spec, checkpoint=str(out.resolve()))

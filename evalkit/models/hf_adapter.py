@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from evalkit.errors import CheckpointError
 from evalkit.models.base import Adapter, file_sha256, files_identity, register_adapter, stable_hash, tokenizer_files
-from evalkit.models.hf_kernels import FAMILIES as KERNEL_FAMILIES
 from evalkit.models.hf_kernels import MODES as KERNEL_MODES
+from evalkit.models.hf_kernels import require_family as require_kernel_family
 from evalkit.models.hf_kernels import route as route_kernels
 from evalkit.models.hf_layout import describe_config
 
@@ -154,9 +154,8 @@ class HFAdapter(Adapter):
         if not tokenizer_files(d):
             raise CheckpointError(f"{d}: no tokenizer (tokenizer.json, tokenizer.model or vocab.json); the text "
                                   "format needs the model's own tokenizer")
-        if opts.get("kernels") == "evalkit" and mt not in KERNEL_FAMILIES:  # (vllm's subclass has no such option)
-            raise CheckpointError(f"{d}/config.json: option kernels: evalkit, but model_type '{mt}' has no Mamba "
-                                  f"mixer evalkit routes (it routes: {', '.join(KERNEL_FAMILIES)})")
+        if opts.get("kernels") == "evalkit":  # (vllm's subclass has no such option)
+            require_kernel_family(mt, f"{d}/config.json")
         if opts["chat_template"] and not getattr(cls.load_tokenizer(spec), "chat_template", None):
             raise CheckpointError(f"{d}: option chat_template: true, but the tokenizer has no chat template "
                                   "(no chat_template.jinja and none in tokenizer_config.json)")

@@ -208,6 +208,14 @@ def _exit(module: Any, args: Any, output: Any) -> None:
         _ROUTED.reset(module._evalkit_tokens.pop())
 
 
+def require_family(model_type: str, where: str = "") -> None:
+    """CheckpointError unless evalkit routes ``model_type`` (``kernels: evalkit`` asks for it);
+    ``where`` names the file the model type came from."""
+    if model_type not in FAMILIES:
+        raise CheckpointError(f"{where + ': ' if where else ''}option kernels: evalkit, but model_type "
+                              f"'{model_type}' has no Mamba mixer evalkit routes (it routes: {', '.join(FAMILIES)})")
+
+
 def is_routed(model: Any) -> bool:
     return any(getattr(m, "_evalkit_route", None) for m in model.modules())
 
@@ -226,9 +234,8 @@ def route(model: Any, mode: str, device: str) -> str | None:
         raise ValueError(f"kernels mode {mode!r} is not one of {', '.join(MODES)}")
     mt = getattr(model.config, "model_type", "?")
     mixers = _mixers(model)
-    if mode == "evalkit" and mt not in FAMILIES:
-        raise CheckpointError(f"option kernels: evalkit, but model_type '{mt}' is not a family evalkit routes "
-                              f"(it routes: {', '.join(FAMILIES)})")
+    if mode == "evalkit":
+        require_family(mt)
     if mode == "evalkit" and not mixers:
         import transformers
 
