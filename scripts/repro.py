@@ -357,7 +357,8 @@ def write_reports(data: Path) -> None:
                 "Round 1 numbers are the best over the learning-rate sweep (3e-3, 1e-2), chosen on the same "
                 "held-out samples they are reported on, as the papers report the best of their sweep; later rounds "
                 "use one lr each (named). Brackets: 95 % "
-                "Wilson interval over queries (MQAR) or samples. One training seed.\n\n" + body)
+                "intervals — per-query accuracy (MQAR; teacher-forced, a secondary metric): bootstrap over "
+                "samples; whole-sample accuracy: Wilson. One training seed.\n\n" + body)
         notes = ROOT / "experiments" / "repro" / "notes" / f"{exp}.md"
         if notes.is_file():  # the hand-written reading of the numbers above
             text += "\n" + notes.read_text()
