@@ -425,9 +425,14 @@ def report(output_dir: str, store_path: str | None, output: str | None, fmt: str
 @click.option("--arch", "arch", multiple=True, metavar="KEY=VALUE",
               help="Override an architecture field (repeatable), e.g. --arch d_model=2048 --arch n_layers=48; "
                    "overrides run with random weights.")
+@click.option("--dtype", default=None, metavar="DTYPE",
+              help="Model dtype option (native: float32 | bfloat16 | float16; hf: also auto) [default: the spec's].")
+@click.option("--prefill-chunk", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Native models: prefill in pieces of N tokens with state passing (bounds activation memory, "
+                   "e.g. for 1M-token prompts); 0 = one pass [default: the spec's, else 0].")
 @OUTPUT_DIR
 def cost(model: str, lengths: list[int], device: str, repeats: int, batch: int, decode_tokens: int,
-         arch: Sequence[str], output_dir: str) -> None:
+         arch: Sequence[str], dtype: str | None, prefill_chunk: int | None, output_dir: str) -> None:
     """Measure what MODEL (a name, spec path or checkpoint dir) costs per context length: prefill and
     decode latency, peak memory, KV-cache / state bytes, FLOPs/token, and the fitted exponent of
     prefill time vs length. No weights or training needed; rows go to the store."""
@@ -445,6 +450,9 @@ def cost(model: str, lengths: list[int], device: str, repeats: int, batch: int, 
     spec = load_model_spec(model)
     if arch:
         spec = _arch_overrides(spec, arch)
+    options = {k: v for k, v in (("dtype", dtype), ("prefill_chunk", prefill_chunk)) if v is not None}
+    if options:
+        spec = _option_overrides(spec, options)
     adapter_cls = ADAPTERS.get(spec.kind)
     device = resolve_device(device)
     console = _console()
@@ -494,7 +502,8 @@ def cost(model: str, lengths: list[int], device: str, repeats: int, batch: int, 
                 store.finish_run(run_id, status, _cost._now())
         finally:
             store.close()
-    console.print(_cost_table(rows, f"cost of {spec.name} on {dev_name} (batch {batch}, median of {repeats}, path reference)"))
+    paths = "/".join(sorted({r["path"] for r in rows if r["status"] == "ok"})) or "-"
+    console.print(_cost_table(rows, f"cost of {spec.name} on {dev_name} (batch {batch}, median of {repeats}, path {paths})"))
     ok = [r for r in rows if r["status"] == "ok"]
     exp = _cost.fitted_exponent(rows)
     if len(ok) >= 2:
@@ -504,6 +513,22 @@ def cost(model: str, lengths: list[int], device: str, repeats: int, batch: int, 
     else:
         console.print("prefill scaling exponent: needs at least two lengths that ran")
     console.print(f"model_id {rows[0]['model_id'] if rows else '-'}; store: {out / 'evalkit.sqlite'} (run {run_id})")
+
+
+def _option_overrides(spec: Any, options: dict[str, Any]) -> Any:
+    """The spec with adapter options set from the command line, validated by its adapter."""
+    import dataclasses
+
+    from evalkit.errors import SpecError
+    from evalkit.models import ADAPTERS
+
+    merged = {**spec.options_dict(), **options}
+    try:
+        ADAPTERS.get(spec.kind).validate_options(merged)
+    except ValueError as e:
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items())
+        raise SpecError(f"{flags}: {e} (model '{spec.name}', kind {spec.kind})") from None
+    return dataclasses.replace(spec, options=tuple(sorted(merged.items())))
 
 
 def _arch_overrides(spec: Any, pairs: Sequence[str]) -> Any:

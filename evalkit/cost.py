@@ -316,11 +316,13 @@ def probe(
     """Measure ``target`` (a loaded adapter, or a NativeLM) at each length; one row per length,
     in ascending order, with exactly the ``costs`` columns.
 
-    Per length: inputs are seeded random token ids (B = ``batch``, L); one prefill and one decode
-    step are run first as warm-up and not timed; then ``repeats`` timed prefills (peak memory is
-    the largest over them) and ``repeats`` timed runs of ``decode_tokens`` greedy steps, each
-    from the state the last prefill left (so the cache holds L tokens; near ``max_context`` the
-    decode starts from a shorter prefill so that it stays within it). Medians are reported;
+    Per length: inputs are seeded random token ids (B = ``batch``, L); one prefill is run first
+    as warm-up and not timed; then ``repeats`` timed prefills (peak memory is the largest over
+    them) and, continuing from the state the last prefill left, one warm-up and ``repeats``
+    timed runs of ``decode_tokens`` greedy steps, all one sequence (so the cache holds L to
+    L + (repeats + 1)·decode_tokens tokens, and no second copy of a million-token cache is ever
+    held; near ``max_context`` the decode starts from a shorter prefill so that it stays within
+    it). Medians are reported;
     ``decode_s_per_token`` is the latency of one step (which emits ``batch`` tokens).
 
     An adapter whose engine times itself in another process (vLLM) measures with its own
@@ -416,23 +418,23 @@ def _measure(t: _Target, L: int, device: str, repeats: int, batch: int, decode_t
         prefill_s.append(time.perf_counter() - t0)
         peak = max(peak, mem.peak())
 
-    if t.max_context is not None and L + decode_tokens > t.max_context:
-        start = max(1, t.max_context - decode_tokens)
+    steps = decode_tokens * (repeats + 1)  # a warm-up run, then the timed ones, all one sequence
+    if t.max_context is not None and L + steps > t.max_context:
+        start = max(1, t.max_context - steps)
         logits = state = None
         logits, state = t.prefill(ids[:, :start])  # decode must stay within max_context
-    token = logits.argmax(-1)  # (B,)
-    t.step(token, state)  # warm-up step at this cache size (each timed run starts from `state`)
-    sync()
+    tok = logits.argmax(-1)  # (B,)
+    logits = None
     decode_s: list[float] = []
-    for _ in range(repeats):
-        tok, s = token, state
+    for r in range(repeats + 1):  # each run continues the sequence: no second copy of the cache
         sync()
         t0 = time.perf_counter()
         for _ in range(decode_tokens):
-            lg, s = t.step(tok, s)
+            lg, state = t.step(tok, state)
             tok = lg.argmax(-1)
         sync()
-        decode_s.append((time.perf_counter() - t0) / decode_tokens)
+        if r:  # run 0 is the warm-up at this cache size
+            decode_s.append((time.perf_counter() - t0) / decode_tokens)
     med = statistics.median(prefill_s)
     return {"prefill_s": med, "prefill_tokens_per_s": batch * L / med if med > 0 else None,
             "decode_s_per_token": statistics.median(decode_s), "peak_mem_bytes": int(peak)}

@@ -216,6 +216,31 @@ def fmt(x: float | None) -> str:
     return "–" if x is None else (f"{x:.3f}" if x < 10 else f"{x:.1f}")
 
 
+def gpu_profile(fn, steps: int) -> tuple[float, float, int, list[tuple[str, float, float]]]:
+    """Run ``fn`` ``steps`` times under torch.profiler: (wall ms per step, GPU kernel ms per step,
+    kernel launches per step, [(kernel name, ms per step, calls per step)] by time, descending)."""
+    import time
+
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) * 1e3 / steps
+    kernels = []
+    for e in prof.key_averages():
+        if str(getattr(e, "device_type", "")).endswith("CUDA"):
+            t = getattr(e, "self_device_time_total", None)
+            t = e.self_cuda_time_total if t is None else t
+            if t > 0:
+                kernels.append((e.key, t * 1e-3 / steps, e.count / steps))
+    kernels.sort(key=lambda k: -k[1])
+    return wall, sum(k[1] for k in kernels), round(sum(k[2] for k in kernels)), kernels
+
+
 def ss_floor(ceil, L, d=4096, n=16) -> tuple[float, float, float]:
     """selective_scan forward floor in ms: (max, bytes term, exps term)."""
     byts = (4 * d * L + 2 * n * L) * 2  # u, Δ, z read, y written; B, C read (bf16)
@@ -270,14 +295,55 @@ def bench_selective_scan(ceil, lengths, rows) -> dict:
     return best or {}
 
 
-def bench_ssd(ceil, lengths, rows, fla):
+# SSD forward configs tried at L = 64k: (state chunk, state N block, state warps, out P block, out warps);
+# the first is v3's structure (one stored state per chunk of 64)
+SSD_CONFIGS = [(64, 32, 4, 64, 4), (128, 32, 4, 64, 4), (256, 32, 4, 64, 4), (512, 32, 8, 64, 4),
+               (256, 64, 8, 64, 4), (256, 32, 4, 64, 8), (256, 32, 4, 32, 4), (1024, 32, 8, 64, 8),
+               (512, 64, 8, 64, 8)]
+
+
+def bench_ssd_configs(ceil, rows) -> dict:
+    """SSD forward configs at L = 64k (bf16), with the per-kernel split of each (torch.profiler)."""
+    h, p, n, T, L = 16, 64, 128, 64, 65536
+    say("## ssd forward configs, batch 1, 16 heads, headdim 64, state 128, chunk 64, L 65536, bf16")
+    say("| state chunk | state BN | state warps | out BP | out warps | ms | state kernel ms | out kernel ms "
+        "| rel. error vs v3 config |")
+    say("|---|---|---|---|---|---|---|---|---|")
+    t = ssd_inputs(1, L, h, p, n, torch.bfloat16, seed=L)
+    base = None
+    best, best_ms = None, float("inf")
+    for sc, bn, sw, bp, ow in SSD_CONFIGS:
+        kw = dict(state_chunk=sc, state_block_n=bn, state_warps=sw, out_block_p=bp, out_warps=ow)
+        try:
+            y = ssd_triton.ssd_fwd(**t, chunk_size=T, **kw)[0]
+            base = y if base is None else base
+            err = rel(y, base)
+            k = ms(lambda: ssd_triton.ssd_fwd(**t, chunk_size=T, **kw), rep=100)
+            _, _, _, ks = gpu_profile(lambda: ssd_triton.ssd_fwd(**t, chunk_size=T, **kw), 10)
+        except Exception as e:  # noqa: BLE001  (a config that does not compile is reported, not fatal)
+            say(f"| {sc} | {bn} | {sw} | {bp} | {ow} | failed: {type(e).__name__}: {str(e)[:80]} | | | |")
+            continue
+        st = sum(x[1] for x in ks if "state" in x[0])
+        ot = sum(x[1] for x in ks if "out" in x[0])
+        say(f"| {sc} | {bn} | {sw} | {bp} | {ow} | {fmt(k)} | {st:.3f} | {ot:.3f} | {err:.1e} |")
+        rows.append(dict(op="ssd_config", L=L, state_chunk=sc, BN=bn, state_warps=sw, BP=bp, out_warps=ow,
+                         kernel_ms=k, state_ms=st, out_ms=ot, rel=err))
+        if err < 2e-2 and k < best_ms:
+            best, best_ms = kw, k
+    say(f"(best: {best})")
+    say()
+    return best or {}
+
+
+def bench_ssd(ceil, lengths, rows, fla, best: dict | None = None):
     h, p, n, T = 16, 64, 128, 64
-    say("## ssd forward, batch 1, 16 heads, headdim 64, state 128, chunk 64, bf16")
+    best = best or {}
+    say(f"## ssd forward, batch 1, 16 heads, headdim 64, state 128, chunk 64, bf16 (config: {best or 'default'})")
     say("| L | kernel ms | fla chunk_simple_gla ms | reference ms | floor ms (bytes / flops) | kernel ÷ floor |")
     say("|---|---|---|---|---|---|")
     for L in lengths:
         t = ssd_inputs(1, L, h, p, n, torch.bfloat16, seed=L)
-        k = ms(lambda: ssd_triton.ssd_fwd(**t, chunk_size=T))
+        k = ms(lambda: ssd_triton.ssd_fwd(**t, chunk_size=T, **best))
         r = try_ms(lambda: ssd_ref(**t, chunk_size=T), rep=20)
         fl = None
         if fla is not None:
@@ -416,39 +482,45 @@ def bench_crossover(rows, lengths) -> None:
     say()
 
 
-def bench_train(rows, seconds: float = 5.0) -> None:
-    """Training tokens/s of zoo models (models/<name>.yaml, fresh weights): the trainer's own loss
-    and bf16 autocast (evalkit.train._loss / _autocast), AdamW, random tokens, batch 8 x 1024,
-    kernels (EVALKIT_KERNELS=auto) vs references (=ref)."""
-    import time
-
+def _train_step(name: str, mode_: str):
+    """A training step of zoo model ``name`` (models/<name>.yaml, fresh weights) with
+    EVALKIT_KERNELS=``mode_``: the trainer's own loss and bf16 autocast (evalkit.train._loss /
+    _autocast), fused AdamW, random tokens, batch 8 x 1024. Returns (step, tokens per step)."""
     from evalkit.models.native.lm import NativeLM
     from evalkit.models.native_adapter import NativeAdapter
     from evalkit.spec import load_model_spec
     from evalkit.train import _autocast, _loss
 
+    os.environ["EVALKIT_KERNELS"] = mode_
+    spec = load_model_spec(f"models/{name}.yaml")
+    torch.manual_seed(0)
+    model = NativeLM(NativeAdapter.config(spec), seed=0).to(DEV).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    ids = torch.randint(0, model.cfg.vocab_size, (8, 1024), device=DEV)
+    tgt = torch.full_like(ids, -100)
+    tgt[:, -8:] = ids[:, -8:]
+
+    def step():
+        with _autocast("cuda"):
+            loss = _loss(model, ids, tgt, 0.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, ids.numel()
+
+
+def bench_train(rows, seconds: float = 5.0) -> None:
+    """Training tokens/s of zoo models, kernels (EVALKIT_KERNELS=auto) vs references (=ref)."""
+    import time
+
     say("## training tokens/s (fwd + bwd + AdamW), batch 8 x 1024 tokens, bf16 autocast")
     say("| model | kernels tok/s | references tok/s | speed-up |")
     say("|---|---|---|---|")
     for name in ("mamba", "mamba2", "hybrid"):
-        spec = load_model_spec(f"models/{name}.yaml")
         tps = {}
         for mode_ in ("auto", "ref"):
-            os.environ["EVALKIT_KERNELS"] = mode_
-            torch.manual_seed(0)
-            model = NativeLM(NativeAdapter.config(spec), seed=0).to(DEV).train()
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-            ids = torch.randint(0, model.cfg.vocab_size, (8, 1024), device=DEV)
-            tgt = torch.full_like(ids, -100)
-            tgt[:, -8:] = ids[:, -8:]
-
-            def step():
-                with _autocast("cuda"):
-                    loss = _loss(model, ids, tgt, 0.0)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
+            step, ntok = _train_step(name, mode_)
             for _ in range(3):
                 step()
             torch.cuda.synchronize()
@@ -457,11 +529,61 @@ def bench_train(rows, seconds: float = 5.0) -> None:
                 step()
                 n += 1
             torch.cuda.synchronize()
-            tps[mode_] = n * ids.numel() / (time.perf_counter() - t0)
-            del model, opt
+            tps[mode_] = n * ntok / (time.perf_counter() - t0)
+            del step
         os.environ.pop("EVALKIT_KERNELS", None)
         say(f"| {name} | {tps['auto']:.0f} | {tps['ref']:.0f} | {tps['auto'] / tps['ref']:.2f} |")
         rows.append(dict(op="train", model=name, kernel_tps=tps["auto"], ref_tps=tps["ref"]))
+    say()
+
+
+def bench_train_profile(rows, steps: int = 10) -> None:
+    """Where a training step's time goes (torch.profiler): wall time vs the sum of GPU kernel
+    times (a step whose kernels add up to much less than its wall time is bound by the CPU:
+    Python and launches), and the top GPU kernels."""
+    say("## training step profile (torch.profiler), batch 8 x 1024, bf16 autocast")
+    for name, mode_ in (("mamba2", "auto"), ("hybrid", "auto"), ("mamba", "auto"), ("mamba2", "ref")):
+        step, _ = _train_step(name, mode_)
+        for _ in range(3):
+            step()
+        wall, gpu, launches, ks = gpu_profile(step, steps)
+        os.environ.pop("EVALKIT_KERNELS", None)
+        say(f"### {name}, EVALKIT_KERNELS={mode_}: wall {wall:.2f} ms/step (with profiler), GPU kernels "
+            f"{gpu:.2f} ms/step, {launches} launches/step")
+        say("| kernel | ms/step | % of GPU | calls/step |")
+        say("|---|---|---|---|")
+        for k, t, c in ks[:12]:
+            say(f"| {k[:90].replace('|', '/')} | {t:.3f} | {100 * t / gpu:.1f} | {c:.0f} |")
+        rows.append(dict(op="train_profile", model=name, mode=mode_, wall_ms=wall, gpu_ms=gpu, launches=launches,
+                         top=[list(k) for k in ks[:25]]))
+        del step
+        say()
+
+
+def report_asm(out: str) -> None:
+    """Registers and spills of every compiled variant of the kernels (the compiler's resource
+    report), and the TTGIR of the selective-scan forward / backward (where the layouts show)."""
+    from evalkit.kernels.ssd import triton_bwd as ssd_bwd
+
+    say("## compiled kernels: registers / spills per variant (from this run's compile cache)")
+    say("| kernel | variants | regs (min–max) | spills (max) |")
+    say("|---|---|---|---|")
+    fns = {"ss fwd scan": ss_triton._selective_scan_kernel, "ss fwd seq": ss_triton._selective_scan_seq_kernel,
+           "ss bwd": ss_bwd._selective_scan_bwd_kernel, "ssd state": ssd_triton._ssd_state_kernel,
+           "ssd out": ssd_triton._ssd_out_kernel, "ssd bwd dstate": ssd_bwd._ssd_bwd_dstate_kernel,
+           "ssd bwd chunk": ssd_bwd._ssd_bwd_chunk_kernel}
+    for name, fn in fns.items():
+        try:
+            ks = [k for c in fn.device_caches.values() for k in c[0].values()]
+            regs = [k.n_regs for k in ks]
+            spills = [k.n_spills for k in ks]
+            say(f"| {name} | {len(ks)} | {min(regs)}–{max(regs)} | {max(spills)} |" if ks else f"| {name} | 0 | | |")
+            if name in ("ss fwd scan", "ss bwd") and ks:
+                with open(os.path.join(out, name.replace(" ", "_") + ".ttgir"), "w") as fh:
+                    for k in ks:
+                        fh.write(f"// n_regs {k.n_regs} n_spills {k.n_spills}\n{k.asm.get('ttgir', '')[:400000]}\n")
+        except Exception as e:  # noqa: BLE001  (the compile cache layout differs between Triton versions)
+            say(f"| {name} | ? ({type(e).__name__}: {str(e)[:60]}) | | |")
     say()
 
 
@@ -505,6 +627,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="shorter lengths only")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--skip-checks", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated sections to run (default: all), in that order")
     a = ap.parse_args()
     say(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; triton {triton.__version__}")
     try:
@@ -532,14 +655,23 @@ def main() -> int:
         f"{ceil['bf16_flops'] / 1e12:.0f} TFLOP/s, exp2 {ceil['exp2_per_s'] / 1e12:.2f} T/s")
     say()
     lengths = [4096, 16384] if a.quick else [4096, 16384, 65536]
-    sections = [
-        lambda: bench_selective_scan(ceil, lengths, rows),
-        lambda: bench_ssd(ceil, lengths, rows, fla),
-        lambda: bench_backward(ceil, rows),
-        lambda: bench_decode(ceil, rows),
-        lambda: bench_crossover(rows, [512, 1024, 2048, 4096, 8192, 16384, 32768]),
-        lambda: bench_train(rows),
-    ]
+    ssd_best: dict = {}
+    sections = {
+        "profile": lambda: bench_train_profile(rows),
+        "ssd_configs": lambda: ssd_best.update(bench_ssd_configs(ceil, rows)),
+        "ssd": lambda: bench_ssd(ceil, lengths, rows, fla, ssd_best),
+        "selective_scan": lambda: bench_selective_scan(ceil, lengths, rows),
+        "backward": lambda: bench_backward(ceil, rows),
+        "decode": lambda: bench_decode(ceil, rows),
+        "crossover": lambda: bench_crossover(rows, [512, 1024, 2048, 4096, 8192, 16384, 32768]),
+        "train": lambda: bench_train(rows),
+        "asm": lambda: report_asm(a.out),
+    }
+    only = a.only.split(",") if a.only else list(sections)
+    unknown = set(only) - set(sections)
+    if unknown:
+        raise SystemExit(f"--only: unknown sections {sorted(unknown)}; known: {', '.join(sections)}")
+    sections = [sections[k] for k in only]
     for fn in sections:
         try:
             fn()

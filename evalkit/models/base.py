@@ -52,12 +52,31 @@ class Adapter:
     def random_weights(cls, spec: ModelSpec) -> bool:
         return spec.checkpoint is None
 
+    option_table: ClassVar[dict[str, Any]] = {}  # option name → tuple of choices, or the value's type
+
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> None:
         """Raise ValueError naming the option when a spec's ``options:`` are not valid for this
-        adapter (the native adapter takes none)."""
-        if options:
-            raise ValueError(f"adapter '{cls.kind}' takes no options, got '{next(iter(options))}'")
+        adapter: unknown names (with the closest valid one), a value outside its choices, or of
+        the wrong type (``check_option_type``)."""
+        from evalkit.registry import did_you_mean
+
+        for k, v in options.items():
+            if not cls.option_table:
+                raise ValueError(f"adapter '{cls.kind}' takes no options, got '{k}'")
+            if k not in cls.option_table:
+                raise ValueError(f"unknown {cls.kind} option '{k}'{did_you_mean(str(k), tuple(cls.option_table))}")
+            want = cls.option_table[k]
+            if isinstance(want, tuple):
+                if v not in want:
+                    raise ValueError(f"option '{k}' must be one of {', '.join(want)}, got {v!r}")
+            else:
+                cls.check_option_type(k, v, want)
+
+    @classmethod
+    def check_option_type(cls, k: str, v: Any, want: type) -> None:
+        if not isinstance(v, want) or (want is not bool and isinstance(v, bool)):
+            raise ValueError(f"option '{k}' must be a {want.__name__}, got {v!r}")
 
     # --- formats and tokenizers (from the spec alone) -----------------------------------------
     @classmethod

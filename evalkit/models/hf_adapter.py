@@ -83,25 +83,6 @@ class HFAdapter(Adapter):
     option_table: ClassVar[dict[str, Any]] = OPTIONS  # name → tuple of choices, or the value's type
 
     @classmethod
-    def validate_options(cls, options: dict[str, Any]) -> None:
-        from evalkit.registry import did_you_mean
-
-        for k, v in options.items():
-            if k not in cls.option_table:
-                raise ValueError(f"unknown {cls.kind} option '{k}'{did_you_mean(str(k), tuple(cls.option_table))}")
-            want = cls.option_table[k]
-            if isinstance(want, tuple):
-                if v not in want:
-                    raise ValueError(f"option '{k}' must be one of {', '.join(want)}, got {v!r}")
-            else:
-                cls.check_option_type(k, v, want)
-
-    @classmethod
-    def check_option_type(cls, k: str, v: Any, want: type) -> None:
-        if not isinstance(v, want):
-            raise ValueError(f"option '{k}' must be a {want.__name__}, got {v!r}")
-
-    @classmethod
     def options(cls, spec: ModelSpec) -> dict[str, Any]:
         return {"dtype": "auto", "chat_template": False, "trust_remote_code": False, "device": None,
                 "kernels": "auto", **spec.options_dict()}

@@ -1,9 +1,20 @@
-"""The ``native`` adapter: evalkit's own transformer / Mamba / Mamba-2 / hybrid models."""
+"""The ``native`` adapter: evalkit's own transformer / Mamba / Mamba-2 / hybrid models.
+
+Options (spec ``options:``, or ``evalkit cost --dtype / --prefill-chunk``):
+
+- ``dtype``: float32 (default) | bfloat16 | float16 — the weights' and activations' dtype. Part of
+  the identity when not float32 (a bf16 model scores and costs differently), so float32 cells and
+  cost rows keep their keys.
+- ``prefill_chunk``: 0 (default: one pass) or N > 0 — the cost probe's prefill runs the prompt in
+  pieces of N tokens with state passing (``NativeLM.prefill(chunk=N)``): the same result, with
+  activations bounded by N tokens, which is what lets a million-token prompt fit on one GPU.
+  Not part of the identity (it changes how, not what, is computed); ``describe()`` records it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from evalkit.errors import CheckpointError
 from evalkit.models.base import Adapter, file_sha256, register_adapter, stable_hash
@@ -26,11 +37,26 @@ def weights_file(spec: ModelSpec) -> Path | None:
     return f
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+DEFAULTS: dict[str, Any] = {"dtype": "float32", "prefill_chunk": 0}
+
+
 @register_adapter
 class NativeAdapter(Adapter):
     kind = "native"
     formats = ("tokens",)
     list_fields = ("pattern", "attn_layer_idx")
+    option_table: ClassVar[dict[str, Any]] = {"dtype": DTYPES, "prefill_chunk": int}
+
+    @classmethod
+    def check_option_type(cls, k: str, v: Any, want: type) -> None:
+        super().check_option_type(k, v, want)
+        if k == "prefill_chunk" and v < 0:
+            raise ValueError(f"option 'prefill_chunk' must be 0 (one pass) or a positive number of tokens, got {v!r}")
+
+    @classmethod
+    def options(cls, spec: ModelSpec) -> dict[str, Any]:
+        return {**DEFAULTS, **spec.options_dict()}
 
     @classmethod
     def config(cls, spec: ModelSpec) -> NativeConfig:
@@ -48,7 +74,11 @@ class NativeAdapter(Adapter):
     def identity(cls, spec: ModelSpec) -> str:
         f = weights_file(spec)
         weights = f"sha256:{file_sha256(f)}" if f else f"init_seed:{spec.init_seed}"
-        return stable_hash({"adapter": cls.kind, "config": cls.config(spec).to_dict(), "weights": weights})[:16]
+        ident = {"adapter": cls.kind, "config": cls.config(spec).to_dict(), "weights": weights}
+        dtype = cls.options(spec)["dtype"]
+        if dtype != DEFAULTS["dtype"]:  # float32 identities stay as they were before the option
+            ident["dtype"] = dtype
+        return stable_hash(ident)[:16]
 
     @classmethod
     def max_context(cls, spec: ModelSpec) -> int | None:
@@ -128,11 +158,14 @@ class NativeAdapter(Adapter):
             if diff:
                 raise CheckpointError(f"{f.parent}: checkpoint config differs from model spec "
                                       f"'{spec.name}' in field '{diff[0]}' ({got.get(diff[0])!r} vs {want.get(diff[0])!r})")
-        self.model = model.to(device).eval()
+        opts = self.options(spec)
+        self.prefill_chunk = int(opts["prefill_chunk"])
+        self.model = model.to(device=device, dtype=getattr(torch, opts["dtype"])).eval()
         self._torch = torch
 
     def describe(self) -> dict[str, Any]:
-        return {**self.model.describe(), "kind": self.kind, "random_weights": self.random_weights(self.spec)}
+        opts = {k: v for k, v in self.options(self.spec).items() if v != DEFAULTS[k]}  # only what was set
+        return {**self.model.describe(), "kind": self.kind, "random_weights": self.random_weights(self.spec), **opts}
 
     def predict(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         torch = self._torch
@@ -150,7 +183,7 @@ class NativeAdapter(Adapter):
     def prefill(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """Prompt (B, L) → last position's logits (B, V) and the decode state, on the device."""
         with self._torch.inference_mode():
-            return self.model.prefill(input_ids.to(self.device))
+            return self.model.prefill(input_ids.to(self.device), chunk=self.prefill_chunk)
 
     def decode(self, token: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         """One decode step from a state: token (B,) → logits (B, V) and the next state."""

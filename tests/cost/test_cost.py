@@ -126,13 +126,13 @@ def test_simulated_oom_marks_longer_lengths_and_errors_do_not_stop_the_sweep(tin
     real = a.model.prefill
     tried: list[int] = []
 
-    def prefill(ids):
+    def prefill(ids, **kw):
         tried.append(ids.shape[1])
         if ids.shape[1] == 96:
             raise RuntimeError("simulated kernel failure")
         if ids.shape[1] >= 256:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(ids)
+        return real(ids, **kw)
 
     monkeypatch.setattr(a.model, "prefill", prefill)
     rows = cost.probe(a, [64, 96, 128, 256, 512, 8192], "cpu", repeats=1, decode_tokens=2)
@@ -244,3 +244,45 @@ def test_cost_cli_bad_input_exits_2(cli, tiny_models, tmp_path, args, needle):
 def test_cost_cli_unknown_model_exits_2(cli, tmp_path):
     code, _, err = cli("cost", "hybird", "-d", str(tmp_path / "c"))
     assert code == 2 and "did you mean 'hybrid'" in err
+
+
+# --------------------------------------------------------------------------- native options
+def test_native_dtype_and_prefill_chunk_options(tiny_models):
+    """``dtype`` changes the identity (float32 keeps the old one); ``prefill_chunk`` does not, is
+    recorded in describe(), and the probe's prefill then runs in pieces with the same result."""
+    import dataclasses
+
+    spec = load_model_spec(str(tiny_models["t-hybrid"]))
+    native = ADAPTERS.get("native")
+    base = native.identity(spec)
+    assert native.identity(dataclasses.replace(spec, options=(("dtype", "float32"),))) == base
+    assert native.identity(dataclasses.replace(spec, options=(("dtype", "bfloat16"),))) != base
+    chunked = dataclasses.replace(spec, options=(("prefill_chunk", 7),))
+    assert native.identity(chunked) == base
+    a, a_chunked = native(spec, "cpu"), native(chunked, "cpu")
+    assert a_chunked.describe()["prefill_chunk"] == 7 and "prefill_chunk" not in a.describe()
+    ids = torch.randint(0, a.model.cfg.vocab_size, (1, 50), generator=torch.Generator().manual_seed(0))
+    calls = []  # the length of each piece the model embeds
+    real = a_chunked.model.embed.forward
+    a_chunked.model.embed.forward = lambda x: calls.append(x.shape[1]) or real(x)
+    (logits, _), (logits_c, _) = a.prefill(ids), a_chunked.prefill(ids)
+    assert calls == [7] * 7 + [1]
+    torch.testing.assert_close(logits_c, logits, rtol=1e-4, atol=1e-5)
+    bf16 = native(dataclasses.replace(spec, options=(("dtype", "bfloat16"),)), "cpu")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16 and bf16.describe()["dtype"] == "bfloat16"
+    for bad, msg in (({"prefill_chunk": -1}, "positive"), ({"prefill_chunk": True}, "must be a int"),
+                     ({"dtype": "float64"}, "one of"), ({"prefil_chunk": 4}, "did you mean")):
+        with pytest.raises(ValueError, match=msg):
+            native.validate_options(bad)
+
+
+def test_cost_cli_options_reach_the_model_and_bad_ones_exit_2(cli, tiny_models, tmp_path):
+    out = tmp_path / "c"
+    code, stdout, err = cli("cost", str(tiny_models["t-attn"]), "--lengths", "64", "--repeats", "1",
+                            "--decode-tokens", "2", "--prefill-chunk", "16", "-d", str(out))
+    assert code == 0, err
+    (row,) = _rows(out)
+    assert row["status"] == "ok" and '"prefill_chunk": 16' in row["model_info"]
+    code, _, err = cli("cost", str(tiny_models["t-attn"]), "--lengths", "64", "--dtype", "float64", "-d", str(out))
+    assert code == 2 and "--dtype float64" in err and "one of" in err
+    assert len(_rows(out)) == 1  # nothing written by the refused command

@@ -80,6 +80,23 @@ def test_no_D_and_nonstandard_chunk():
     assert _rel(y, y_ref) < 1e-5 and _rel(hT, hT_ref) < 1e-5
 
 
+@pytest.mark.parametrize("state_chunk", [32, 64, 256])
+def test_state_chunk_changes_rounding_only(state_chunk):
+    """The state kernel's chunk (K output chunks, re-derived in the output kernel) gives the same
+    y, final state and per-chunk entering states (the backward's input) as one state per chunk;
+    150 steps leave a partial output chunk and a partial state chunk."""
+    t = _inputs(2, 150, 2, 16, 16, 1, torch.float32, seed=6)
+    h0 = torch.randn(2, 2, 16, 16, device=DEV)
+    y, hT, st = ssd_triton.ssd_fwd(**t, chunk_size=16, initial_state=h0, state_chunk=state_chunk,
+                                   return_states=True)
+    _, _, st1 = ssd_triton.ssd_fwd(**t, chunk_size=16, initial_state=h0, state_chunk=16, return_states=True)
+    y_ref, hT_ref = _ref(t, 16, initial_state=h0)
+    assert st.shape == st1.shape == (2, 10, 2, 16, 16)
+    assert _rel(y, y_ref) < 1e-5 and _rel(hT, hT_ref) < 1e-5 and _rel(st, st1) < 1e-5
+    with pytest.raises(ValueError, match="state_chunk"):
+        ssd_triton.ssd_fwd(**t, chunk_size=16, state_chunk=48)
+
+
 # Backward (Triton kernels, triton_bwd.py): (batch, L, heads, headdim, state, groups, chunk, D?)
 # Under the interpreter the long cases run in float32 only (a few seconds each); on a GPU, all.
 # N = 40 walks two state blocks of the backward; chunk 128 is clamped to 64 when grads are needed.

@@ -3,14 +3,18 @@
 Same semantics and shapes as :func:`evalkit.kernels.ssd.ref.ssd_ref` (x: (B, L, H, P); dt: (B, L, H),
 already softplus-ed; A: (H,); B, C: (B, L, G, N); D: (H,); initial_state: (B, H, P, N)).
 
-1. ``_ssd_state_kernel`` — one program per (batch, head, P-block, N-block) walks the chunks in
-   order with its state block in registers: it stores the state *entering* each chunk (fp32) and
-   updates it with the chunk's decayed inputs, ``S ← exp(ΣΔA) S + (x·w)ᵀ B`` (one tensor-core dot
-   per chunk, w = Δ · exp(decay to the chunk end)), then stores the final state. This fuses
-   mamba_ssm's "chunk state" and "state passing" steps: the states are written once, not three
-   times.
-2. ``_ssd_out_kernel`` — one program per (batch, head, chunk, P-block), all independent:
-   ``y = ((C Bᵀ) ∘ exp(segsum ΔA) · Δ) x + exp(cumsum ΔA) · (C Sᵀ) + D x``.
+1. ``_ssd_state_kernel`` — one program per (batch, head, P-block, N-block) walks the *state
+   chunks* (``STATE_CHUNK`` = 256 steps, several output chunks) in order with its state block in
+   registers: it stores the state entering each state chunk (fp32) and updates it with the
+   chunk's decayed inputs, ``S ← exp(ΣΔA) S + (x·w)ᵀ B`` (one tensor-core dot per state chunk,
+   w = Δ · exp(decay to the chunk end)), then stores the final state. This fuses mamba_ssm's
+   "chunk state" and "state passing" steps, and the long state chunk makes the serial walk (the
+   latency-bound part) and the stored states K times shorter than with one state per chunk.
+2. ``_ssd_out_kernel`` — one program per (batch, head, state chunk, P-block), independent of each
+   other: from the stored state it walks the K output chunks of T steps in order, per chunk
+   ``y = ((C Bᵀ) ∘ exp(segsum ΔA) · Δ) x + exp(cumsum ΔA) · (C Sᵀ) + D x``, then the same state
+   update as the state kernel, in registers (optionally storing each chunk's entering state,
+   which the backward reuses).
 
 The chunk-local decays are recomputed in both kernels from dt (a cumsum of T numbers is cheaper
 than storing it). Backward: ``triton_bwd.py`` (Triton), wired in by :class:`_SSDFn`.
@@ -60,9 +64,10 @@ def _ssd_state_kernel(
         mt = t < L
         dt = tl.load(dt_base + t * sdl, mask=mt, other=0.0).to(tl.float32)  # (T,)
         a = dt * A
-        cs = tl.cumsum(a, 0)
         total = tl.sum(a, 0)
-        w = tl.exp(total - cs) * dt  # (T,) weight of each step in the chunk-end state
+        # (T,) weight of each step in the chunk-end state: the decay after step t is a reverse
+        # cumsum (total − cumsum would cancel over a long state chunk: 1e-5 relative error)
+        w = tl.exp(tl.cumsum(a, 0, reverse=True) - a) * dt
         x = tl.load(x_base + t[:, None] * sxl + offs_p[None, :] * sxp,
                     mask=mt[:, None] & mp[None, :], other=0.0)  # (T, BP)
         bm = tl.load(b_base + t[:, None] * sbl + offs_n[None, :] * sbn,
@@ -74,74 +79,106 @@ def _ssd_state_kernel(
 
 @triton.jit
 def _ssd_out_kernel(
-    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, st_ptr, y_ptr,
-    L, H, P, N, heads_per_group, n_chunks,
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, st_ptr, y_ptr, sub_ptr,
+    L, H, P, N, heads_per_group, n_chunks, n_state_chunks,
     sxb, sxl, sxh, sxp, sdb, sdl, sdh, sbb, sbl, sbg, sbn, scb, scl, scg, scn,
     syb, syl, syh, syp,
-    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-    HAS_D: tl.constexpr, PREC: tl.constexpr,
+    T: tl.constexpr, K: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+    HAS_D: tl.constexpr, STORE_SUB: tl.constexpr, PREC: tl.constexpr,
 ):
+    # One program per (batch·head, state chunk of K·T steps, P-block): it loads the state
+    # entering its state chunk and walks the K chunks of T steps in order, keeping the state
+    # (transposed, (BN, BP) fp32) in registers: per chunk the output, then (K > 1) the update
+    # S ← e^{ΣΔA} S + Bᵀ (x·w). With STORE_SUB it stores the state entering every chunk.
     pid_bh = tl.program_id(0)
-    c = tl.program_id(1)
+    cc = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     g = h // heads_per_group
     offs_p = tl.program_id(2) * BP + tl.arange(0, BP)
     offs_n = tl.arange(0, BN)
     offs_t = tl.arange(0, T)
-    t = c * T + offs_t
-    mt, mp, mn = t < L, offs_p < P, offs_n < N
+    mp, mn = offs_p < P, offs_n < N
+    mnp = mn[:, None] & mp[None, :]
     A = tl.load(A_ptr + h).to(tl.float32)
-    dt = tl.load(dt_ptr + b * sdb + h * sdh + t * sdl, mask=mt, other=0.0).to(tl.float32)
-    cs = tl.cumsum(dt * A, 0)  # (T,) chunk-local cumulative log decay
-
-    cm = tl.load(C_ptr + b * scb + g * scg + t[:, None] * scl + offs_n[None, :] * scn,
-                 mask=mt[:, None] & mn[None, :], other=0.0)  # (T, BN)
-    bm = tl.load(B_ptr + b * sbb + g * sbg + t[:, None] * sbl + offs_n[None, :] * sbn,
-                 mask=mt[:, None] & mn[None, :], other=0.0)  # (T, BN)
-    cb = tl.dot(cm, tl.trans(bm), input_precision=PREC)  # (T, T)
+    s = tl.load(st_ptr + ((b * n_state_chunks + cc) * H + h) * P * N + offs_p[None, :] * N + offs_n[:, None],
+                mask=mnp, other=0.0)  # (BN, BP): the entering state, transposed
     causal = offs_t[:, None] >= offs_t[None, :]
-    seg = tl.where(causal, cs[:, None] - cs[None, :], float("-inf"))
-    m = cb * tl.exp(seg) * dt[None, :]  # (T, T): decay-masked "attention" times Δ of the source
-
-    x = tl.load(x_ptr + b * sxb + h * sxh + t[:, None] * sxl + offs_p[None, :] * sxp,
-                mask=mt[:, None] & mp[None, :], other=0.0)  # (T, BP)
-    y = tl.dot(m.to(x.dtype), x, input_precision=PREC)  # (T, BP)
-
-    s = tl.load(st_ptr + ((b * n_chunks + c) * H + h) * P * N + offs_p[None, :] * N + offs_n[:, None],
-                mask=mp[None, :] & mn[:, None], other=0.0)  # (BN, BP): entering state, transposed
-    y += tl.dot(cm, s.to(cm.dtype), input_precision=PREC) * tl.exp(cs)[:, None]
-    if HAS_D:
-        y += x.to(tl.float32) * tl.load(D_ptr + h).to(tl.float32)
-    tl.store(y_ptr + b * syb + h * syh + t[:, None] * syl + offs_p[None, :] * syp,
-             y.to(y_ptr.dtype.element_ty), mask=mt[:, None] & mp[None, :])
+    for j in range(K):
+        c = cc * K + j
+        if STORE_SUB:
+            live = (offs_n * 0 + c) < n_chunks  # a vector mask: the interpreter rejects scalar ones
+            tl.store(sub_ptr + ((b * n_chunks + c) * H + h) * P * N + offs_p[None, :] * N + offs_n[:, None],
+                     s, mask=mnp & live[:, None])
+        t = c * T + offs_t
+        mt = t < L
+        dt = tl.load(dt_ptr + b * sdb + h * sdh + t * sdl, mask=mt, other=0.0).to(tl.float32)
+        cs = tl.cumsum(dt * A, 0)  # (T,) chunk-local cumulative log decay
+        cm = tl.load(C_ptr + b * scb + g * scg + t[:, None] * scl + offs_n[None, :] * scn,
+                     mask=mt[:, None] & mn[None, :], other=0.0)  # (T, BN)
+        bm = tl.load(B_ptr + b * sbb + g * sbg + t[:, None] * sbl + offs_n[None, :] * sbn,
+                     mask=mt[:, None] & mn[None, :], other=0.0)  # (T, BN)
+        cb = tl.dot(cm, tl.trans(bm), input_precision=PREC)  # (T, T)
+        seg = tl.where(causal, cs[:, None] - cs[None, :], float("-inf"))
+        m = cb * tl.exp(seg) * dt[None, :]  # (T, T): decay-masked "attention" times Δ of the source
+        x = tl.load(x_ptr + b * sxb + h * sxh + t[:, None] * sxl + offs_p[None, :] * sxp,
+                    mask=mt[:, None] & mp[None, :], other=0.0)  # (T, BP)
+        y = tl.dot(m.to(x.dtype), x, input_precision=PREC)  # (T, BP)
+        y += tl.dot(cm, s.to(cm.dtype), input_precision=PREC) * tl.exp(cs)[:, None]
+        if HAS_D:
+            y += x.to(tl.float32) * tl.load(D_ptr + h).to(tl.float32)
+        tl.store(y_ptr + b * syb + h * syh + t[:, None] * syl + offs_p[None, :] * syp,
+                 y.to(y_ptr.dtype.element_ty), mask=mt[:, None] & mp[None, :])
+        if K > 1:
+            a = dt * A
+            total = tl.sum(a, 0)
+            xw = (x.to(tl.float32) * (tl.exp(tl.cumsum(a, 0, reverse=True) - a) * dt)[:, None]).to(x.dtype)
+            s = s * tl.exp(total) + tl.dot(tl.trans(bm), xw, input_precision=PREC)  # (BN, BP)
 
 
 def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(n))
 
 
+# The state kernel walks chunks of STATE_CHUNK steps (K = STATE_CHUNK / chunk output chunks each):
+# a K-times shorter serial walk and K-times fewer stored states; the output kernel re-derives
+# the states inside each state chunk on the fly (kernels/NOTES.md, v4).
+STATE_CHUNK = 256
+
+
 def ssd_fwd(
     x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     chunk_size: int, D: torch.Tensor | None = None, initial_state: torch.Tensor | None = None,
     state_block_n: int | None = None, num_stages: int | None = None, return_states: bool = False,
+    state_chunk: int | None = None, out_block_p: int | None = None, out_warps: int | None = None,
+    state_warps: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Forward only (no autograd). Returns y (B, L, H, P) in x's dtype and the final state
     (B, H, P, N) in float32. ``chunk_size`` must be a power of two in [16, 256] (it changes
-    rounding only, not the result). ``state_block_n`` / ``num_stages``: tuning knobs for
-    kernels/bench.py. ``return_states`` adds the states entering each chunk, (B, chunks, H, P, N)
-    fp32, which the backward reuses."""
+    rounding only, not the result). ``return_states`` adds the states entering each chunk,
+    (B, chunks, H, P, N) fp32, which the backward reuses.
+
+    Tuning knobs (kernels/bench.py sweeps them; None = the default): ``state_chunk``, the steps
+    per serial step of the state kernel (a power-of-two multiple of ``chunk_size``; default
+    ``STATE_CHUNK``, at least ``chunk_size``); ``state_block_n`` / ``state_warps``, its N block and
+    warps; ``out_block_p`` / ``out_warps``, the output kernel's P block and warps; ``num_stages``."""
     batch, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     T = chunk_size
+    TS = max(T, state_chunk or STATE_CHUNK)
+    if TS % T or TS & (TS - 1):
+        raise ValueError(f"state_chunk {TS} must be a power-of-two multiple of chunk_size {T}")
     n_chunks = max(1, triton.cdiv(L, T))
+    n_sc = max(1, triton.cdiv(L, TS))
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
     if B.dtype != x.dtype:
         B = B.to(x.dtype)
     if C.dtype != x.dtype:
         C = C.to(x.dtype)
     dev = x.device
-    states = torch.empty(batch, n_chunks, H, P, N, device=dev, dtype=torch.float32)
+    states = torch.empty(batch, n_sc, H, P, N, device=dev, dtype=torch.float32)
+    sub = (torch.empty(batch, n_chunks, H, P, N, device=dev, dtype=torch.float32)
+           if return_states and TS > T else states)
     final = torch.empty(batch, H, P, N, device=dev, dtype=torch.float32)
     y = torch.empty(batch, L, H, P, device=dev, dtype=x.dtype)
     h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
@@ -153,20 +190,20 @@ def ssd_fwd(
     stages = 1 if _INTERPRET else (num_stages or 2)
     grid = (batch * H, triton.cdiv(P, BP_s), triton.cdiv(N, BN_s))
     _ssd_state_kernel[grid](
-        x, dt, A, B, h0, states, final, L, H, P, N, H // G, n_chunks,
+        x, dt, A, B, h0, states, final, L, H, P, N, H // G, n_sc,
         *x.stride(), *dt.stride(), *B.stride(),
-        T=T, BP=BP_s, BN=BN_s, HAS_H0=initial_state is not None, PREC=prec,
-        num_warps=4, num_stages=stages,
+        T=TS, BP=BP_s, BN=BN_s, HAS_H0=initial_state is not None, PREC=prec,
+        num_warps=state_warps or (4 if TS * max(BP_s, BN_s) <= 8192 else 8), num_stages=stages,
     )
-    BP_o = min(_pow2(P, 32), 64)
-    grid = (batch * H, n_chunks, triton.cdiv(P, BP_o))
+    BP_o = max(32, min(_pow2(P, 32), out_block_p or 64))
+    grid = (batch * H, n_sc, triton.cdiv(P, BP_o))
     _ssd_out_kernel[grid](
-        x, dt, A, B, C, D if D is not None else A, states, y, L, H, P, N, H // G, n_chunks,
+        x, dt, A, B, C, D if D is not None else A, states, y, sub, L, H, P, N, H // G, n_chunks, n_sc,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *y.stride(),
-        T=T, BP=BP_o, BN=BN_full, HAS_D=D is not None, PREC=prec,
-        num_warps=4 if T * BN_full <= 8192 else 8, num_stages=stages,
+        T=T, K=TS // T, BP=BP_o, BN=BN_full, HAS_D=D is not None, STORE_SUB=sub is not states, PREC=prec,
+        num_warps=out_warps or (4 if T * BN_full <= 8192 else 8), num_stages=stages,
     )
-    return (y, final, states) if return_states else (y, final)
+    return (y, final, sub) if return_states else (y, final)
 
 
 class _SSDFn(torch.autograd.Function):

@@ -5,12 +5,56 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 from evalkit.models.native.config import NativeConfig
 from evalkit.models.native.mixer import Mixer, init_normal_, out_proj_std, register_mixer
 
-# Decode state: (k cache (B, H, T, hd), v cache (B, H, T, hd), position of the next token).
-KVState = tuple[torch.Tensor, torch.Tensor, int]
+# Decode state of full attention: (k, v, pos, cache): k, v (B, H, pos, hd) are views of the first
+# pos positions of the cache's buffers. (Sliding-window attention keeps (k tail, v tail, pos).)
+KVState = tuple
+
+
+class KVCache:
+    """Keys and values of one sequence for decoding, in (B, H, capacity, hd) buffers whose first
+    ``filled`` positions are written.
+
+    Steps and continued prefills write their positions in place, so a decode step costs reading
+    the cache, not copying it (``torch.cat`` per token would copy all of it and briefly hold it
+    twice, which does not fit at a million tokens). Full buffers grow with a small headroom
+    (``max(256, n / 64)`` positions). States stay values: extending a state whose next positions
+    another state already wrote (a branch, e.g. two continuations of one prompt) copies its prefix
+    into a new cache first.
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, capacity: int) -> None:
+        B, H, T, hd = k.shape
+        self.k = k.new_empty(B, H, capacity, hd)
+        self.v = v.new_empty(B, H, capacity, hd)
+        self.k[:, :, :T] = k
+        self.v[:, :, :T] = v
+        self.filled = T
+
+    @staticmethod
+    def headroom(n: int) -> int:
+        return n + max(256, n // 64)
+
+    @classmethod
+    def start(cls, k: torch.Tensor, v: torch.Tensor) -> KVState:
+        """The state after a first prefill with keys / values k, v: (B, H, T, hd)."""
+        T = k.shape[2]
+        cache = cls(k, v, cls.headroom(T))
+        return cache.k[:, :, :T], cache.v[:, :, :T], T, cache
+
+    def extend(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> KVState:
+        """The state after writing k, v (B, H, n, hd) at positions pos .. pos + n - 1."""
+        n, cache = k.shape[2], self
+        if pos != self.filled or pos + n > self.k.shape[2]:  # a branch, or full: a new buffer
+            cache = KVCache(self.k[:, :, :pos], self.v[:, :, :pos], self.headroom(pos + n))
+        cache.k[:, :, pos:pos + n] = k
+        cache.v[:, :, pos:pos + n] = v
+        cache.filled = pos + n
+        return cache.k[:, :, :pos + n], cache.v[:, :, :pos + n], pos + n, cache
 
 
 def rope(x: torch.Tensor, start: int, theta: float) -> torch.Tensor:
@@ -51,22 +95,29 @@ class Attention(Mixer):
         q, k, v = self._qkv(x, 0)
         return self._out(F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, KVState]:
-        q, k, v = self._qkv(x, 0)
-        y = self._out(F.scaled_dot_product_attention(q, k, v, is_causal=True))
-        return y, (k, v, x.shape[1])
+    def prefill(self, x: torch.Tensor, state: KVState | None = None) -> tuple[torch.Tensor, KVState]:
+        if state is None:
+            q, k, v = self._qkv(x, 0)
+            y = self._out(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+            return y, KVCache.start(k, v)
+        # continued (chunked) prefill: the new queries see the whole cache and, causally, each other
+        *_, pos, cache = state
+        q, k, v = self._qkv(x, pos)  # (B, H, L, hd)
+        state = cache.extend(pos, k, v)  # k_all, v_all: (B, H, pos + L, hd)
+        k_all, v_all = state[0], state[1]
+        y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=causal_lower_right(q.shape[2], k_all.shape[2]))
+        return self._out(y), state
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> KVState:
         empty = torch.zeros(batch, self.n_heads, 0, self.head_dim, device=device, dtype=dtype)
-        return empty, empty.clone(), 0
+        return KVCache.start(empty, empty)
 
     def step(self, x_t: torch.Tensor, state: KVState) -> tuple[torch.Tensor, KVState]:
-        k_cache, v_cache, pos = state
+        *_, pos, cache = state
         q, k, v = self._qkv(x_t[:, None], pos)  # (B, H, 1, hd)
-        k_cache = torch.cat([k_cache, k.to(k_cache.dtype)], dim=2)  # (B, H, pos+1, hd)
-        v_cache = torch.cat([v_cache, v.to(v_cache.dtype)], dim=2)
-        y = F.scaled_dot_product_attention(q, k_cache, v_cache)  # the last token sees all
-        return self._out(y)[:, 0], (k_cache, v_cache, pos + 1)
+        state = cache.extend(pos, k, v)  # k, v of positions 0 .. pos: (B, H, pos + 1, hd)
+        y = F.scaled_dot_product_attention(q, state[0], state[1])  # the last token sees all
+        return self._out(y)[:, 0], state
 
     def reset_parameters(self, gen: torch.Generator) -> None:
         init_normal_(self.qkv.weight, 0.02, gen)

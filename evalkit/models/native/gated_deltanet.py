@@ -20,7 +20,7 @@ from torch import nn
 
 from evalkit.kernels.gated_delta import gated_delta_rule, gated_delta_step
 from evalkit.models.native.config import NativeConfig
-from evalkit.models.native.mamba import causal_conv_step, conv_tail
+from evalkit.models.native.mamba import causal_conv, causal_conv_step
 from evalkit.models.native.mixer import (
     Mixer,
     init_dt_bias_,
@@ -102,20 +102,22 @@ class GatedDeltaNet(Mixer):
         y = self.norm(o) * F.silu(z.to(o.dtype)).unflatten(-1, (self.nheads, self.P))
         return self.out_proj(y.flatten(-2).to(dtype))
 
-    def _forward(self, u: torch.Tensor, return_state: bool):
-        L = u.shape[1]
+    def _forward(self, u: torch.Tensor, return_state: bool, state: GDNState | None = None):
         ct = torch.float64 if u.dtype == torch.float64 else torch.float32
         qkv, z, a, b = self._split(self.in_proj(u))  # (B, L, ·)
-        qkv_t = qkv.transpose(1, 2)  # (B, conv_dim, L)
-        qkv = self.conv1d(qkv_t)[..., :L].transpose(1, 2)
-        q, k, v, g, beta = self._rule_inputs(qkv, a, b, ct)
+        qkv, conv_state = causal_conv(qkv.transpose(1, 2), self.conv1d, None if state is None else state[0])
+        q, k, v, g, beta = self._rule_inputs(qkv.transpose(1, 2), a, b, ct)
         out = gated_delta_rule(q, k, v, g, beta, min(self.cfg.chunk_size, MAX_CHUNK),
+                               initial_state=None if state is None else state[1].to(ct),
                                return_final_state=return_state)
         o, S = out if return_state else (out, None)
         y = self._gate_out(o, z, u.dtype)  # (B, L, D)
         if not return_state:
             return y
-        return y, (conv_tail(qkv_t, self.cfg.d_conv), S)
+        return y, (conv_state, S)
+
+    def _continue(self, x: torch.Tensor, state: GDNState) -> tuple[torch.Tensor, GDNState]:
+        return self._forward(x, True, state)
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> GDNState:
         state_dtype = torch.float64 if dtype == torch.float64 else torch.float32

@@ -49,8 +49,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._mlp(x + self.mixer(self.norm(x)))  # (B, L, D)
 
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        y, state = self.mixer.prefill(self.norm(x))
+    def prefill(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        y, state = self.mixer.prefill(self.norm(x), state)
         return self._mlp(x + y), state
 
     def step(self, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
@@ -113,16 +113,29 @@ class NativeLM(nn.Module):
         return self.head(self.hidden(input_ids))
 
     # ---- recurrent path -------------------------------------------------------------------
-    def prefill(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, LMState]:
+    def prefill(self, input_ids: torch.Tensor, state: LMState | None = None,
+                chunk: int = 0) -> tuple[torch.Tensor, LMState]:
         """Run a prompt (B, L) in parallel; return the last position's logits (B, V) and the
-        decode state to continue from."""
-        self._check_length(input_ids.shape[1])
-        x = self.embed(input_ids)  # (B, L, D)
-        states = []
-        for block in self.layers:
-            x, state = block.prefill(x)
-            states.append(state)
-        return self.head(self.norm_f(x[:, -1])), LMState(states, input_ids.shape[1])
+        decode state to continue from.
+
+        ``state``: continue after an earlier prefill (or steps) instead of starting empty.
+        ``chunk`` > 0: run the prompt in pieces of ``chunk`` tokens, each continuing from the
+        state the previous one left (chunked prefill). The result is the same as one pass (up to
+        rounding), but activations are only ever ``chunk`` tokens long, so a prompt of a million
+        tokens fits where one pass would not; attention's KV cache still grows with the prompt.
+        """
+        start = 0 if state is None else state.pos
+        L = input_ids.shape[1]
+        if L == 0:
+            raise ValueError("prefill needs at least one token")
+        self._check_length(start + L)
+        layers = [None] * len(self.layers) if state is None else list(state.layers)
+        step = chunk if chunk > 0 else max(L, 1)
+        for s in range(0, L, step):
+            x = self.embed(input_ids[:, s:s + step])  # (B, ≤ chunk, D)
+            for i, block in enumerate(self.layers):
+                x, layers[i] = block.prefill(x, layers[i])
+        return self.head(self.norm_f(x[:, -1])), LMState(layers, start + L)
 
     def step(self, token: torch.Tensor, state: LMState) -> tuple[torch.Tensor, LMState]:
         """Feed one token per sequence, token: (B,) long → logits (B, V) and the next state."""

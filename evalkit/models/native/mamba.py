@@ -32,6 +32,19 @@ def causal_conv_step(conv_state: torch.Tensor, x_t: torch.Tensor, conv: nn.Conv1
     return y, window[:, :, 1:]
 
 
+def causal_conv(x: torch.Tensor, conv: nn.Conv1d, conv_state: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal depthwise conv over a sequence (before the activation), continuing from
+    ``conv_state`` (B, C, K-1), the inputs that came before (zeros when None).
+
+    x: (B, C, L) → (y (B, C, L), the conv state after x (B, C, K-1))."""
+    L, k = x.shape[-1], conv.kernel_size[0]
+    if conv_state is None:
+        return conv(x)[..., :L], conv_tail(x, k)
+    xp = torch.cat([conv_state.to(x.dtype), x], dim=2)  # (B, C, K-1+L): the real left context
+    return F.conv1d(xp, conv.weight, conv.bias, groups=conv.groups), conv_tail(xp, k)
+
+
 def conv_tail(x: torch.Tensor, k: int) -> torch.Tensor:
     """The conv state after a prefix: last k-1 inputs of x: (B, C, L), zero-padded on the left."""
     x = F.pad(x, (k - 1, 0))  # (B, C, L + k - 1)
@@ -78,22 +91,26 @@ class Mamba(Mixer):
         dt, B, C = self.x_proj(x).split([self.dt_rank, N, N], dim=-1)
         return dt @ self.dt_proj.weight.t(), B, C
 
-    def _forward(self, u: torch.Tensor, return_state: bool):
-        L = u.shape[1]
+    def _forward(self, u: torch.Tensor, return_state: bool, state: SSMState | None = None):
         xz = self.in_proj(u)  # (B, L, 2*d_inner)
         x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
-        xc = F.silu(self.conv1d(x)[..., :L])  # (B, d_inner, L)
+        xc, conv_state = causal_conv(x, self.conv1d, None if state is None else state[0])
+        xc = F.silu(xc)  # (B, d_inner, L)
         dt, B, C = self._scan_inputs(xc.transpose(1, 2))  # (B, L, d_inner), (B, L, N) x2
         out = selective_scan(
             xc, dt.transpose(1, 2), -torch.exp(self.A_log), B.transpose(1, 2),
             C.transpose(1, 2), D=self.D, z=z, delta_bias=self.dt_proj.bias,
-            delta_softplus=True, return_final_state=return_state, chunk_size=self.cfg.chunk_size,
+            delta_softplus=True, initial_state=None if state is None else state[1],
+            return_final_state=return_state, chunk_size=self.cfg.chunk_size,
         )
         y, ssm_state = out if return_state else (out, None)
         y = self.out_proj(y.transpose(1, 2))  # (B, L, D)
         if not return_state:
             return y
-        return y, (conv_tail(x, self.cfg.d_conv), ssm_state)
+        return y, (conv_state, ssm_state)
+
+    def _continue(self, x: torch.Tensor, state: SSMState) -> tuple[torch.Tensor, SSMState]:
+        return self._forward(x, True, state)
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
         state_dtype = torch.float64 if dtype == torch.float64 else torch.float32

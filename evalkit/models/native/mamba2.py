@@ -13,7 +13,7 @@ from torch import nn
 
 from evalkit.kernels.ssd import ssd, ssd_step
 from evalkit.models.native.config import NativeConfig
-from evalkit.models.native.mamba import causal_conv_step, conv_tail
+from evalkit.models.native.mamba import causal_conv, causal_conv_step
 from evalkit.models.native.mixer import (Mixer, init_dt_bias_, init_normal_, init_uniform_,
                                          out_proj_std, register_mixer)
 from evalkit.models.native.mlp import RMSNorm
@@ -65,23 +65,26 @@ class Mamba2(Mixer):
         """Gated RMSNorm then out_proj: out_proj(norm(y * silu(z))). y, z: (..., d_inner)."""
         return self.out_proj(self.norm(y * F.silu(z)))
 
-    def _forward(self, u: torch.Tensor, return_state: bool):
+    def _forward(self, u: torch.Tensor, return_state: bool, state: SSMState | None = None):
         Bsz, L, _ = u.shape
         z, xBC, dt = self._split(self.in_proj(u))  # (B, L, ·)
-        xBC_t = xBC.transpose(1, 2)  # (B, conv_dim, L)
-        xBC = F.silu(self.conv1d(xBC_t)[..., :L]).transpose(1, 2)  # (B, L, conv_dim)
+        xBC, conv_state = causal_conv(xBC.transpose(1, 2), self.conv1d, None if state is None else state[0])
+        xBC = F.silu(xBC).transpose(1, 2)  # (B, L, conv_dim)
         x, B, C = xBC.split([self.d_inner, self.N, self.N], dim=-1)
         dt = F.softplus(dt + self.dt_bias)  # (B, L, H)
         out = ssd(
             x.reshape(Bsz, L, self.nheads, self.headdim), dt, -torch.exp(self.A_log),
             B[:, :, None], C[:, :, None], self.cfg.chunk_size, D=self.D,
-            return_final_state=return_state,
+            initial_state=None if state is None else state[1], return_final_state=return_state,
         )
         y, ssm_state = out if return_state else (out, None)
         y = self._gate_out(y.reshape(Bsz, L, self.d_inner), z)  # (B, L, D)
         if not return_state:
             return y
-        return y, (conv_tail(xBC_t, self.cfg.d_conv), ssm_state)
+        return y, (conv_state, ssm_state)
+
+    def _continue(self, x: torch.Tensor, state: SSMState) -> tuple[torch.Tensor, SSMState]:
+        return self._forward(x, True, state)
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
         state_dtype = torch.float64 if dtype == torch.float64 else torch.float32

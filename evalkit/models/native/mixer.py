@@ -43,13 +43,29 @@ class Mixer(nn.Module):
         """Parallel path. x: (B, L, D) → (B, L, D); differentiable."""
         return self._forward(x, return_state=False)
 
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Parallel path that also returns the recurrent state after the last token."""
-        return self._forward(x, return_state=True)
+    def prefill(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        """Parallel path that also returns the recurrent state after the last token.
+
+        With ``state`` (what an earlier ``prefill`` or ``step`` returned) it continues from there:
+        prefilling a prompt in pieces, each from the state the previous one left, gives the same
+        outputs and final state as one prefill of the whole prompt (chunked prefill, which bounds
+        the activation memory of very long prompts)."""
+        if state is None:
+            return self._forward(x, return_state=True)
+        return self._continue(x, state)
 
     def _forward(self, x: torch.Tensor, return_state: bool) -> Any:
         """The parallel path both of the above share: y, or (y, state) with ``return_state``."""
         raise NotImplementedError
+
+    def _continue(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """``prefill`` from a state. This default runs ``step`` token by token: exact for any mixer
+        but slow; the built-in mixers override it with their parallel path."""
+        ys = []
+        for t in range(x.shape[1]):
+            y, state = self.step(x[:, t], state)
+            ys.append(y)
+        return torch.stack(ys, dim=1), state
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> Any:
         """The state before any token (what ``step`` starts from)."""

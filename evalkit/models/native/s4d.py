@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evalkit.models.native.config import NativeConfig
-from evalkit.models.native.mamba import causal_conv_step, conv_tail
+from evalkit.models.native.mamba import causal_conv, causal_conv_step
 from evalkit.models.native.mixer import (
     Mixer,
     init_normal_,
@@ -89,31 +89,43 @@ class S4D(Mixer):
         C = torch.view_as_complex(self.C.to(ct).contiguous())  # (E, N/2)
         return dtA, C * torch.expm1(dtA) / A
 
-    def _ssm(self, x: torch.Tensor, return_state: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, E, L) real in compute dtype → y: (B, E, L) (without D x), final h (B, E, N/2, 2)."""
+    def _ssm(self, x: torch.Tensor, return_state: bool, h0: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, E, L) real in compute dtype → y: (B, E, L) (without D x), final h (B, E, N/2, 2).
+
+        ``h0`` (B, E, N/2, 2): the state before x (a continued prefill). It adds Ā^(t+1) h0 to
+        every h_t, i.e. 2·Re(Σ_n C̃_n Ā_n^(t+1) h0_n) to y_t, and Ā^L h0 to the final state."""
         L = x.shape[-1]
         dtA, C = self._discrete(x.dtype)
         powers = torch.exp(dtA[:, :, None] * torch.arange(L, device=x.device, dtype=x.dtype))  # (E, N/2, L)
         K = 2 * torch.einsum("en,enl->el", C, powers).real  # (E, L) the convolution kernel
         n = 2 * L  # zero-padded: a linear, not circular, convolution
         y = torch.fft.irfft(torch.fft.rfft(x, n=n) * torch.fft.rfft(K, n=n), n=n)[..., :L]
+        if h0 is not None:
+            h0c = torch.view_as_complex(h0.to(x.dtype).contiguous()) * torch.exp(dtA)  # Ā h0: (B, E, N/2)
+            y = y + 2 * torch.einsum("ben,en,enl->bel", h0c, C, powers).real
         if not return_state:
             return y, None
         # h_L = Σ_l Ā^(L-1-l) x_l: the same powers against the reversed input
         h = torch.einsum("bel,enl->ben", x.flip(-1).to(powers.dtype), powers)  # (B, E, N/2)
+        if h0 is not None:
+            h = h + h0c * powers[:, :, -1]  # + Ā^L h0
         return y, torch.view_as_real(h)
 
-    def _forward(self, u: torch.Tensor, return_state: bool):
-        L = u.shape[1]
+    def _forward(self, u: torch.Tensor, return_state: bool, state: SSMState | None = None):
         ct = torch.float64 if u.dtype == torch.float64 else torch.float32  # FFTs need fp32+
         x, z = self.in_proj(u).transpose(1, 2).chunk(2, dim=1)  # (B, E, L) each
-        xc = F.silu(self.conv1d(x)[..., :L]).to(ct)  # (B, E, L)
-        y, h = self._ssm(xc, return_state)
+        xc, conv_state = causal_conv(x, self.conv1d, None if state is None else state[0])
+        xc = F.silu(xc).to(ct)  # (B, E, L)
+        y, h = self._ssm(xc, return_state, None if state is None else state[1])
         y = (y + self.D.to(ct)[:, None] * xc) * F.silu(z.to(ct))
         y = self.out_proj(y.transpose(1, 2).to(u.dtype))  # (B, L, D)
         if not return_state:
             return y
-        return y, (conv_tail(x, self.cfg.d_conv), h)
+        return y, (conv_state, h)
+
+    def _continue(self, x: torch.Tensor, state: SSMState) -> tuple[torch.Tensor, SSMState]:
+        return self._forward(x, True, state)
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> SSMState:
         state_dtype = torch.float64 if dtype == torch.float64 else torch.float32

@@ -77,10 +77,25 @@ class SlidingWindowAttention(Attention):
         q, k, v = self._qkv(x, 0)
         return self._out(sliding_window_attention(q, k, v, self.window))
 
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, KVState]:
-        q, k, v = self._qkv(x, 0)
-        y = self._out(sliding_window_attention(q, k, v, self.window))
-        return y, (self._tail(k), self._tail(v), x.shape[1])
+    def prefill(self, x: torch.Tensor, state: KVState | None = None) -> tuple[torch.Tensor, KVState]:
+        if state is None:
+            q, k, v = self._qkv(x, 0)
+            y = self._out(sliding_window_attention(q, k, v, self.window))
+            return y, (self._tail(k), self._tail(v), x.shape[1])
+        # continued prefill: the cached window - 1 keys go in front of the new ones; their query
+        # rows (zeros) are computed and dropped, so the window logic stays sliding_window_attention's
+        k_cache, v_cache, pos = state
+        q, k, v = self._qkv(x, pos)  # (B, H, L, hd)
+        k_all = torch.cat([k_cache, k.to(k_cache.dtype)], dim=2)  # (B, H, T + L, hd)
+        v_all = torch.cat([v_cache, v.to(v_cache.dtype)], dim=2)
+        T = k_cache.shape[2]
+        q_all = torch.cat([q.new_zeros(*q.shape[:2], T, q.shape[3]), q], dim=2)
+        y = sliding_window_attention(q_all, k_all, v_all, self.window)[:, :, T:]
+        return self._out(y), (self._tail(k_all), self._tail(v_all), pos + x.shape[1])
+
+    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> KVState:
+        empty = torch.zeros(batch, self.n_heads, 0, self.head_dim, device=device, dtype=dtype)
+        return empty, empty.clone(), 0
 
     def step(self, x_t: torch.Tensor, state: KVState) -> tuple[torch.Tensor, KVState]:
         k_cache, v_cache, pos = state
