@@ -241,6 +241,18 @@ def gpu_profile(fn, steps: int) -> tuple[float, float, int, list[tuple[str, floa
     return wall, sum(k[1] for k in kernels), round(sum(k[2] for k in kernels)), kernels
 
 
+def cpu_top(fn, steps: int, top: int = 12) -> list[tuple[str, float, float]]:
+    """[(op, self CPU ms per step, calls per step)] of ``fn`` under torch.profiler (CPU only)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    ops = [(e.key, e.self_cpu_time_total * 1e-3 / steps, e.count / steps) for e in prof.key_averages()]
+    return sorted(ops, key=lambda o: -o[1])[:top]
+
+
 def ss_floor(ceil, L, d=4096, n=16) -> tuple[float, float, float]:
     """selective_scan forward floor in ms: (max, bytes term, exps term)."""
     byts = (4 * d * L + 2 * n * L) * 2  # u, Δ, z read, y written; B, C read (bf16)
@@ -296,54 +308,49 @@ def bench_selective_scan(ceil, lengths, rows) -> dict:
 
 
 # SSD forward configs tried at L = 64k: (state chunk, state N block, state warps, out P block, out warps);
-# the first is v3's structure (one stored state per chunk of 64)
-SSD_CONFIGS = [(64, 32, 4, 64, 4), (128, 32, 4, 64, 4), (256, 32, 4, 64, 4), (512, 32, 8, 64, 4),
-               (256, 64, 8, 64, 4), (256, 32, 4, 64, 8), (256, 32, 4, 32, 4), (1024, 32, 8, 64, 8),
-               (512, 64, 8, 64, 8)]
+# None: the default (evalkit/kernels/ssd/triton.py); (64, ...) is v3's structure (one stored state per
+# chunk of 64). Run 7's sweep (kernels/NOTES.md, v4) had more; these are its best and neighbours.
+SSD_CONFIGS = [None, (64, 32, 4, 64, 4), (256, 32, 4, 64, 4), (512, 32, 8, 64, 4), (512, 32, 4, 64, 4),
+               (512, 64, 8, 64, 4)]
 
 
-def bench_ssd_configs(ceil, rows) -> dict:
-    """SSD forward configs at L = 64k (bf16), with the per-kernel split of each (torch.profiler)."""
+def bench_ssd_configs(ceil, rows) -> None:
+    """SSD forward configs at L = 64k (bf16); the per-kernel split is in the profile section."""
     h, p, n, T, L = 16, 64, 128, 64, 65536
     say("## ssd forward configs, batch 1, 16 heads, headdim 64, state 128, chunk 64, L 65536, bf16")
-    say("| state chunk | state BN | state warps | out BP | out warps | ms | state kernel ms | out kernel ms "
-        "| rel. error vs v3 config |")
-    say("|---|---|---|---|---|---|---|---|---|")
+    say("| state chunk | state BN | state warps | out BP | out warps | ms | rel. error |")
+    say("|---|---|---|---|---|---|---|")
     t = ssd_inputs(1, L, h, p, n, torch.bfloat16, seed=L)
     base = None
     best, best_ms = None, float("inf")
-    for sc, bn, sw, bp, ow in SSD_CONFIGS:
-        kw = dict(state_chunk=sc, state_block_n=bn, state_warps=sw, out_block_p=bp, out_warps=ow)
+    for cfg in SSD_CONFIGS:
+        sc, bn, sw, bp, ow = cfg or ("default",) * 5
+        kw = dict(state_chunk=sc, state_block_n=bn, state_warps=sw, out_block_p=bp, out_warps=ow) if cfg else {}
         try:
             y = ssd_triton.ssd_fwd(**t, chunk_size=T, **kw)[0]
             base = y if base is None else base
             err = rel(y, base)
             k = ms(lambda: ssd_triton.ssd_fwd(**t, chunk_size=T, **kw), rep=100)
-            _, _, _, ks = gpu_profile(lambda: ssd_triton.ssd_fwd(**t, chunk_size=T, **kw), 10)
         except Exception as e:  # noqa: BLE001  (a config that does not compile is reported, not fatal)
-            say(f"| {sc} | {bn} | {sw} | {bp} | {ow} | failed: {type(e).__name__}: {str(e)[:80]} | | | |")
+            say(f"| {sc} | {bn} | {sw} | {bp} | {ow} | failed: {type(e).__name__}: {str(e)[:80]} | |")
             continue
-        st = sum(x[1] for x in ks if "state" in x[0])
-        ot = sum(x[1] for x in ks if "out" in x[0])
-        say(f"| {sc} | {bn} | {sw} | {bp} | {ow} | {fmt(k)} | {st:.3f} | {ot:.3f} | {err:.1e} |")
+        say(f"| {sc} | {bn} | {sw} | {bp} | {ow} | {fmt(k)} | {err:.1e} |")
         rows.append(dict(op="ssd_config", L=L, state_chunk=sc, BN=bn, state_warps=sw, BP=bp, out_warps=ow,
-                         kernel_ms=k, state_ms=st, out_ms=ot, rel=err))
+                         kernel_ms=k, rel=err))
         if err < 2e-2 and k < best_ms:
-            best, best_ms = kw, k
-    say(f"(best: {best})")
+            best, best_ms = cfg, k
+    say(f"(best: {best or 'default'}; rel. error vs the first row)")
     say()
-    return best or {}
 
 
-def bench_ssd(ceil, lengths, rows, fla, best: dict | None = None):
+def bench_ssd(ceil, lengths, rows, fla):
     h, p, n, T = 16, 64, 128, 64
-    best = best or {}
-    say(f"## ssd forward, batch 1, 16 heads, headdim 64, state 128, chunk 64, bf16 (config: {best or 'default'})")
+    say("## ssd forward, batch 1, 16 heads, headdim 64, state 128, chunk 64, bf16 (default config)")
     say("| L | kernel ms | fla chunk_simple_gla ms | reference ms | floor ms (bytes / flops) | kernel ÷ floor |")
     say("|---|---|---|---|---|---|")
     for L in lengths:
         t = ssd_inputs(1, L, h, p, n, torch.bfloat16, seed=L)
-        k = ms(lambda: ssd_triton.ssd_fwd(**t, chunk_size=T, **best))
+        k = ms(lambda: ssd_triton.ssd_fwd(**t, chunk_size=T))
         r = try_ms(lambda: ssd_ref(**t, chunk_size=T), rep=20)
         fl = None
         if fla is not None:
@@ -537,16 +544,103 @@ def bench_train(rows, seconds: float = 5.0) -> None:
     say()
 
 
-def bench_train_profile(rows, steps: int = 10) -> None:
+def bench_train_graph(rows, reps: int = 30) -> None:
+    """What launch overhead costs: one training step captured as a CUDA graph (the same model,
+    bf16 autocast without its weight cache, fused capturable AdamW, CE on the last 8 positions,
+    i.e. the trainer's loss with a fixed answer mask, which needs no host sync) vs the same step
+    run eagerly; kernels and references. Not what evalkit's trainer does: a measurement of
+    what it could gain."""
+    import time
+
+    import torch.nn.functional as F
+
+    from evalkit.models.native.lm import NativeLM
+    from evalkit.models.native_adapter import NativeAdapter
+    from evalkit.spec import load_model_spec
+
+    say("## training step eager vs CUDA graph (tokens/s), batch 8 x 1024, bf16 autocast")
+    say("| model | kernels eager | kernels graph | references eager | references graph | graph+kernels ÷ ref eager |")
+    say("|---|---|---|---|---|---|")
+    for name in ("mamba2", "hybrid", "mamba"):
+        res = {}
+        for mode_ in ("auto", "ref"):
+            os.environ["EVALKIT_KERNELS"] = mode_
+            torch.manual_seed(0)
+            model = NativeLM(NativeAdapter.config(load_model_spec(f"models/{name}.yaml")), seed=0).to(DEV).train()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True, capturable=True)
+            ids = torch.randint(0, model.cfg.vocab_size, (8, 1024), device=DEV)
+
+            def fwd_bwd():
+                with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+                    h = model.hidden(ids)[:, -8:].reshape(-1, model.cfg.d_model)
+                    loss = F.cross_entropy(model.head(h).float(), ids[:, -8:].reshape(-1))
+                loss.backward()
+                opt.step()
+
+            def eager():
+                opt.zero_grad(set_to_none=True)
+                fwd_bwd()
+
+            def timed(fn):
+                for _ in range(3):
+                    fn()
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    fn()
+                torch.cuda.synchronize()
+                return reps * ids.numel() / (time.perf_counter() - t0)
+
+            res[mode_ + " eager"] = timed(eager)
+            try:
+                s = torch.cuda.Stream()
+                s.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s):
+                    for _ in range(3):
+                        eager()
+                torch.cuda.current_stream().wait_stream(s)
+                opt.zero_grad(set_to_none=True)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    fwd_bwd()
+                res[mode_ + " graph"] = timed(g.replay)
+                del g
+            except Exception as e:  # noqa: BLE001  (a step that cannot be captured is reported, not fatal)
+                say(f"(capture failed for {name} {mode_}: {type(e).__name__}: {str(e)[:100]})")
+                res[mode_ + " graph"] = None
+            del model, opt
+        os.environ.pop("EVALKIT_KERNELS", None)
+        kg, rg, re_ = res["auto graph"], res["ref graph"], res["ref eager"]
+        say(f"| {name} | {res['auto eager']:.0f} | {'–' if kg is None else f'{kg:.0f}'} | {re_:.0f} "
+            f"| {'–' if rg is None else f'{rg:.0f}'} | {'–' if kg is None else f'{kg / re_:.2f}'} |")
+        rows.append(dict(op="train_graph", model=name, **{k.replace(" ", "_") + "_tps": v for k, v in res.items()}))
+    say()
+
+
+def bench_train_profile(rows, steps: int = 5) -> None:
     """Where a training step's time goes (torch.profiler): wall time vs the sum of GPU kernel
     times (a step whose kernels add up to much less than its wall time is bound by the CPU:
     Python and launches), and the top GPU kernels."""
+    say("## ssd forward at L 65536 (bf16, 16 heads x 64, N 128): time per kernel (torch.profiler)")
+    say("| config | state kernel ms | out kernel ms |")
+    say("|---|---|---|")
+    t = ssd_inputs(1, 65536, 16, 64, 128, torch.bfloat16, seed=7)
+    for label, kw in (("default", {}), ("v3 (state chunk 64)", dict(state_chunk=64, state_warps=4))):
+        ssd_triton.ssd_fwd(**t, chunk_size=64, **kw)
+        _, _, _, ks = gpu_profile(lambda kw=kw: ssd_triton.ssd_fwd(**t, chunk_size=64, **kw), 10)
+        st = sum(x[1] for x in ks if "state" in x[0])
+        ot = sum(x[1] for x in ks if "out" in x[0])
+        say(f"| {label} | {st:.3f} | {ot:.3f} |")
+        rows.append(dict(op="ssd_split", config=label, state_ms=st, out_ms=ot))
+    del t
+    say()
     say("## training step profile (torch.profiler), batch 8 x 1024, bf16 autocast")
-    for name, mode_ in (("mamba2", "auto"), ("hybrid", "auto"), ("mamba", "auto"), ("mamba2", "ref")):
+    for name, mode_ in (("mamba2", "auto"), ("mamba2", "ref"), ("hybrid", "auto")):
         step, _ = _train_step(name, mode_)
         for _ in range(3):
             step()
         wall, gpu, launches, ks = gpu_profile(step, steps)
+        cpu = cpu_top(step, steps)
         os.environ.pop("EVALKIT_KERNELS", None)
         say(f"### {name}, EVALKIT_KERNELS={mode_}: wall {wall:.2f} ms/step (with profiler), GPU kernels "
             f"{gpu:.2f} ms/step, {launches} launches/step")
@@ -554,8 +648,12 @@ def bench_train_profile(rows, steps: int = 10) -> None:
         say("|---|---|---|---|")
         for k, t, c in ks[:12]:
             say(f"| {k[:90].replace('|', '/')} | {t:.3f} | {100 * t / gpu:.1f} | {c:.0f} |")
+        say("| CPU op (self time) | ms/step | calls/step |")
+        say("|---|---|---|")
+        for k, t, c in cpu:
+            say(f"| {k[:90].replace('|', '/')} | {t:.3f} | {c:.0f} |")
         rows.append(dict(op="train_profile", model=name, mode=mode_, wall_ms=wall, gpu_ms=gpu, launches=launches,
-                         top=[list(k) for k in ks[:25]]))
+                         top=[list(k) for k in ks[:25]], cpu_top=[list(k) for k in cpu]))
         del step
         say()
 
@@ -655,16 +753,18 @@ def main() -> int:
         f"{ceil['bf16_flops'] / 1e12:.0f} TFLOP/s, exp2 {ceil['exp2_per_s'] / 1e12:.2f} T/s")
     say()
     lengths = [4096, 16384] if a.quick else [4096, 16384, 65536]
-    ssd_best: dict = {}
     sections = {
-        "profile": lambda: bench_train_profile(rows),
-        "ssd_configs": lambda: ssd_best.update(bench_ssd_configs(ceil, rows)),
-        "ssd": lambda: bench_ssd(ceil, lengths, rows, fla, ssd_best),
+        "ssd_configs": lambda: bench_ssd_configs(ceil, rows),
+        "ssd": lambda: bench_ssd(ceil, lengths, rows, fla),
         "selective_scan": lambda: bench_selective_scan(ceil, lengths, rows),
         "backward": lambda: bench_backward(ceil, rows),
         "decode": lambda: bench_decode(ceil, rows),
         "crossover": lambda: bench_crossover(rows, [512, 1024, 2048, 4096, 8192, 16384, 32768]),
         "train": lambda: bench_train(rows),
+        "train_graph": lambda: bench_train_graph(rows),
+        # last: after torch.profiler has run, CPU-bound timings in the same process came out ~2x
+        # slower (run 7: reference fwd+bwd 1622 vs 896 ms) — so the profile goes after the timings
+        "profile": lambda: bench_train_profile(rows),
         "asm": lambda: report_asm(a.out),
     }
     only = a.only.split(",") if a.only else list(sections)
@@ -672,7 +772,10 @@ def main() -> int:
     if unknown:
         raise SystemExit(f"--only: unknown sections {sorted(unknown)}; known: {', '.join(sections)}")
     sections = [sections[k] for k in only]
-    for fn in sections:
+    import time
+
+    for name, fn in zip(only, sections):
+        print(f"[{time.strftime('%H:%M:%S')}] section {name}", file=sys.stderr, flush=True)
         try:
             fn()
         except Exception as e:  # noqa: BLE001  (one failing section must not lose the others)

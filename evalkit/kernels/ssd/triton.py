@@ -4,7 +4,7 @@ Same semantics and shapes as :func:`evalkit.kernels.ssd.ref.ssd_ref` (x: (B, L, 
 already softplus-ed; A: (H,); B, C: (B, L, G, N); D: (H,); initial_state: (B, H, P, N)).
 
 1. ``_ssd_state_kernel`` — one program per (batch, head, P-block, N-block) walks the *state
-   chunks* (``STATE_CHUNK`` = 256 steps, several output chunks) in order with its state block in
+   chunks* (up to ``STATE_CHUNK`` = 512 steps, several output chunks) in order with its state block in
    registers: it stores the state entering each state chunk (fp32) and updates it with the
    chunk's decayed inputs, ``S ← exp(ΣΔA) S + (x·w)ᵀ B`` (one tensor-core dot per state chunk,
    w = Δ · exp(decay to the chunk end)), then stores the final state. This fuses mamba_ssm's
@@ -140,10 +140,22 @@ def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(n))
 
 
-# The state kernel walks chunks of STATE_CHUNK steps (K = STATE_CHUNK / chunk output chunks each):
-# a K-times shorter serial walk and K-times fewer stored states; the output kernel re-derives
-# the states inside each state chunk on the fly (kernels/NOTES.md, v4).
-STATE_CHUNK = 256
+# The state kernel walks chunks of up to STATE_CHUNK steps (K = state chunk / chunk output chunks
+# each): a K-times shorter serial walk and K-times fewer stored states; the output kernel re-derives
+# the states inside each state chunk on the fly. 512 was the fastest on the H100 at 64k (1024 does
+# not fit in shared memory); shorter sequences halve it until the output kernel has at least
+# MIN_OUT_PROGRAMS programs (kernels/NOTES.md, v4).
+STATE_CHUNK = 512
+MIN_OUT_PROGRAMS = 512
+
+
+def default_state_chunk(batch: int, heads: int, L: int, chunk: int, p_blocks: int = 1) -> int:
+    """The state kernel's chunk: STATE_CHUNK, halved (down to ``chunk``) while the output kernel
+    would get fewer than MIN_OUT_PROGRAMS programs (a short sequence needs its parallelism)."""
+    ts = max(chunk, STATE_CHUNK)
+    while ts > chunk and batch * heads * p_blocks * triton.cdiv(L, ts) < MIN_OUT_PROGRAMS:
+        ts //= 2
+    return ts
 
 
 def ssd_fwd(
@@ -160,12 +172,13 @@ def ssd_fwd(
 
     Tuning knobs (kernels/bench.py sweeps them; None = the default): ``state_chunk``, the steps
     per serial step of the state kernel (a power-of-two multiple of ``chunk_size``; default
-    ``STATE_CHUNK``, at least ``chunk_size``); ``state_block_n`` / ``state_warps``, its N block and
+    ``default_state_chunk``); ``state_block_n`` / ``state_warps``, its N block and
     warps; ``out_block_p`` / ``out_warps``, the output kernel's P block and warps; ``num_stages``."""
     batch, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     T = chunk_size
-    TS = max(T, state_chunk or STATE_CHUNK)
+    BP_o = max(32, min(_pow2(P, 32), out_block_p or 64))
+    TS = max(T, state_chunk or default_state_chunk(batch, H, L, T, triton.cdiv(P, BP_o)))
     if TS % T or TS & (TS - 1):
         raise ValueError(f"state_chunk {TS} must be a power-of-two multiple of chunk_size {T}")
     n_chunks = max(1, triton.cdiv(L, T))
@@ -193,9 +206,8 @@ def ssd_fwd(
         x, dt, A, B, h0, states, final, L, H, P, N, H // G, n_sc,
         *x.stride(), *dt.stride(), *B.stride(),
         T=TS, BP=BP_s, BN=BN_s, HAS_H0=initial_state is not None, PREC=prec,
-        num_warps=state_warps or (4 if TS * max(BP_s, BN_s) <= 8192 else 8), num_stages=stages,
+        num_warps=state_warps or (4 if TS * max(BP_s, BN_s) <= 16384 else 8), num_stages=stages,
     )
-    BP_o = max(32, min(_pow2(P, 32), out_block_p or 64))
     grid = (batch * H, n_sc, triton.cdiv(P, BP_o))
     _ssd_out_kernel[grid](
         x, dt, A, B, C, D if D is not None else A, states, y, sub, L, H, P, N, H // G, n_chunks, n_sc,
