@@ -255,6 +255,8 @@ def gdn_bwd(
         gq, gk, gv, gg, gb, L, H, N, P, n_chunks,
         *qk_.stride(), *kk_.stride(), *v.stride(), *g.stride(), *beta.stride(), *go.stride(),
         *gq.stride(), *gv.stride(), *gg.stride(),
-        C=C, BN=BN, BP=BP_full, PREC=prec, PREC_T=prec_t, num_warps=warps, num_stages=stages,
+        # one stage and 32-wide P blocks at N = 128: two stages of (P-block, N) fp32 tiles
+        # overflowed the H100's 227 KB of shared memory (fp32, N = 128, first GPU run)
+        C=C, BN=BN, BP=BP_full if BN < 128 else 32, PREC=prec, PREC_T=prec_t, num_warps=warps, num_stages=1,
     )
     return gq, gk, gv, gg, gb, (gh0.to(initial_state.dtype) if initial_state is not None else None)
