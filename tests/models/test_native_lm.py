@@ -197,3 +197,17 @@ def test_kv_cache_grows_in_place_and_branches_copy():
     fresh = [m.step(ids[:, t], m.prefill(ids)[1])[0] for t in (0, 1)]
     torch.testing.assert_close(a, fresh[0], rtol=0, atol=0)
     torch.testing.assert_close(b, fresh[1], rtol=0, atol=0)
+
+
+def test_chunked_prefill_allocates_the_kv_cache_once(monkeypatch):
+    """The first piece sizes each attention layer's cache for the whole prompt: no reallocation
+    per piece (which fragments the GPU allocator at a million tokens)."""
+    from evalkit.models.native.attention import KVCache
+
+    made = []
+    init = KVCache.__init__
+    monkeypatch.setattr(KVCache, "__init__", lambda self, k, v, cap: made.append(cap) or init(self, k, v, cap))
+    m = _model("transformer").double()
+    _, s = m.prefill(_ids(L=21), chunk=5)
+    assert len(made) == m.cfg.n_layers and min(made) >= 21
+    assert all(layer[3].filled == 21 for layer in s.layers)

@@ -28,7 +28,8 @@ class KVCache:
     Steps and continued prefills write their positions in place, so a decode step costs reading
     the cache, not copying it (``torch.cat`` per token would copy all of it and briefly hold it
     twice, which does not fit at a million tokens). Full buffers grow with a small headroom
-    (``max(256, n / 64)`` positions). States stay values: extending a state whose next positions
+    (``max(256, n / 64)`` positions; a chunked prefill sizes them for the whole prompt at its first
+    piece, as reallocating 4 GiB buffers piece by piece fragments the GPU allocator). States stay values: extending a state whose next positions
     another state already wrote (a branch, e.g. two continuations of one prompt) copies its prefix
     into a new cache first.
     """
@@ -46,17 +47,19 @@ class KVCache:
         return n + max(256, n // 64)
 
     @classmethod
-    def start(cls, k: torch.Tensor, v: torch.Tensor) -> KVState:
-        """The state after a first prefill with keys / values k, v: (B, H, T, hd)."""
+    def start(cls, k: torch.Tensor, v: torch.Tensor, total: int = 0) -> KVState:
+        """The state after a first prefill with keys / values k, v: (B, H, T, hd); ``total``: the
+        length the sequence will reach (chunked prefill), so the buffers are allocated once."""
         T = k.shape[2]
-        cache = cls(k, v, cls.headroom(T))
+        cache = cls(k, v, cls.headroom(max(T, total)))
         return cache.k[:, :, :T], cache.v[:, :, :T], T, cache
 
-    def extend(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> KVState:
-        """The state after writing k, v (B, H, n, hd) at positions pos .. pos + n - 1."""
+    def extend(self, pos: int, k: torch.Tensor, v: torch.Tensor, total: int = 0) -> KVState:
+        """The state after writing k, v (B, H, n, hd) at positions pos .. pos + n - 1 (``total``:
+        the length the sequence will reach, when known)."""
         n, cache = k.shape[2], self
         if pos != self.filled or pos + n > self.k.shape[2]:  # a branch, or full: a new buffer
-            cache = KVCache(self.k[:, :, :pos], self.v[:, :, :pos], self.headroom(pos + n))
+            cache = KVCache(self.k[:, :, :pos], self.v[:, :, :pos], self.headroom(max(pos + n, total)))
         cache.k[:, :, pos:pos + n] = k
         cache.v[:, :, pos:pos + n] = v
         cache.filled = pos + n
@@ -101,15 +104,15 @@ class Attention(Mixer):
         q, k, v = self._qkv(x, 0)
         return self._out(F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
-    def prefill(self, x: torch.Tensor, state: KVState | None = None) -> tuple[torch.Tensor, KVState]:
+    def prefill(self, x: torch.Tensor, state: KVState | None = None, total: int = 0) -> tuple[torch.Tensor, KVState]:
         if state is None:
             q, k, v = self._qkv(x, 0)
             y = self._out(F.scaled_dot_product_attention(q, k, v, is_causal=True))
-            return y, KVCache.start(k, v)
+            return y, KVCache.start(k, v, total)
         # continued (chunked) prefill: the new queries see the whole cache and, causally, each other
         *_, pos, cache = state
         q, k, v = self._qkv(x, pos)  # (B, H, L, hd)
-        state = cache.extend(pos, k, v)  # k_all, v_all: (B, H, pos + L, hd)
+        state = cache.extend(pos, k, v, total)  # k_all, v_all: (B, H, pos + L, hd)
         k_all, v_all = state[0], state[1]
         y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=causal_lower_right(q.shape[2], k_all.shape[2]))
         return self._out(y), state

@@ -49,8 +49,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._mlp(x + self.mixer(self.norm(x)))  # (B, L, D)
 
-    def prefill(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
-        y, state = self.mixer.prefill(self.norm(x), state)
+    def prefill(self, x: torch.Tensor, state: Any = None, total: int = 0) -> tuple[torch.Tensor, Any]:
+        y, state = self.mixer.prefill(self.norm(x), state, total)
         return self._mlp(x + y), state
 
     def step(self, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
@@ -134,7 +134,7 @@ class NativeLM(nn.Module):
         for s in range(0, L, step):
             x = self.embed(input_ids[:, s:s + step])  # (B, ≤ chunk, D)
             for i, block in enumerate(self.layers):
-                x, layers[i] = block.prefill(x, layers[i])
+                x, layers[i] = block.prefill(x, layers[i], start + L)
         return self.head(self.norm_f(x[:, -1])), LMState(layers, start + L)
 
     def step(self, token: torch.Tensor, state: LMState) -> tuple[torch.Tensor, LMState]:

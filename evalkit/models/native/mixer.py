@@ -43,13 +43,14 @@ class Mixer(nn.Module):
         """Parallel path. x: (B, L, D) → (B, L, D); differentiable."""
         return self._forward(x, return_state=False)
 
-    def prefill(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+    def prefill(self, x: torch.Tensor, state: Any = None, total: int = 0) -> tuple[torch.Tensor, Any]:
         """Parallel path that also returns the recurrent state after the last token.
 
         With ``state`` (what an earlier ``prefill`` or ``step`` returned) it continues from there:
         prefilling a prompt in pieces, each from the state the previous one left, gives the same
         outputs and final state as one prefill of the whole prompt (chunked prefill, which bounds
-        the activation memory of very long prompts)."""
+        the activation memory of very long prompts). ``total``: the length the sequence will
+        reach, a hint for caches that preallocate (attention's KV cache); 0 = unknown."""
         if state is None:
             return self._forward(x, return_state=True)
         return self._continue(x, state)

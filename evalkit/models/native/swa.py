@@ -77,7 +77,7 @@ class SlidingWindowAttention(Attention):
         q, k, v = self._qkv(x, 0)
         return self._out(sliding_window_attention(q, k, v, self.window))
 
-    def prefill(self, x: torch.Tensor, state: KVState | None = None) -> tuple[torch.Tensor, KVState]:
+    def prefill(self, x: torch.Tensor, state: KVState | None = None, total: int = 0) -> tuple[torch.Tensor, KVState]:
         if state is None:
             q, k, v = self._qkv(x, 0)
             y = self._out(sliding_window_attention(q, k, v, self.window))
