@@ -17,6 +17,8 @@ LAYOUTS = {
     "gated_deltanet": {"ssm": "gated_deltanet"},
     "swa": {"attention": "swa", "window": 6, "attention_fraction": 1.0},
     "pattern": {"pattern": "GWSA mM", "window": 5, "d_ff": 24},  # every mixer in one stack
+    "learned-pos": {"pattern": "AMA", "pos_emb": "learned", "qkv_bias": True},  # Zoology's attention
+    "no-pos": {"attention_fraction": 1.0, "pos_emb": "none"},
 }
 
 
@@ -211,3 +213,31 @@ def test_chunked_prefill_allocates_the_kv_cache_once(monkeypatch):
     _, s = m.prefill(_ids(L=21), chunk=5)
     assert len(made) == m.cfg.n_layers and min(made) >= 21
     assert all(layer[3].filled == 21 for layer in s.layers)
+
+
+def test_position_options_keep_old_identities_and_weights():
+    """pos_emb / qkv_bias at their defaults leave to_dict (the identity) and the initial weights
+    exactly as before; other values appear in to_dict, add their parameters and are validated."""
+    base = NativeConfig.from_dict({"flavor": "debug", "attention_fraction": 1.0})
+    assert "pos_emb" not in base.to_dict() and "qkv_bias" not in base.to_dict()
+    learned = NativeConfig.from_dict({"flavor": "debug", "attention_fraction": 1.0, "pos_emb": "learned",
+                                      "qkv_bias": True})
+    assert learned.to_dict()["pos_emb"] == "learned" and learned.to_dict()["qkv_bias"] is True
+    m0, m1 = NativeLM(base, seed=3), NativeLM(learned, seed=3)
+    sd0, sd1 = m0.state_dict(), m1.state_dict()
+    assert set(sd1) - set(sd0) == {"pos_embed.weight", "layers.0.mixer.qkv.bias", "layers.1.mixer.qkv.bias"}
+    for name, t in sd0.items():  # the extra parameters are drawn last: the shared ones are equal
+        torch.testing.assert_close(sd1[name], t, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="pos_emb must be one of.*did you mean 'learned'"):
+        NativeConfig.from_dict({"flavor": "debug", "pos_emb": "learnd"})
+
+
+def test_learned_positions_matter_and_rope_is_off():
+    m = _model("no-pos", n_layers=1).double()
+    ids = _ids()
+    perm = ids.clone()
+    perm[:, [3, 7]] = perm[:, [7, 3]]
+    # one attention layer without positions is permutation-invariant over the past
+    torch.testing.assert_close(m(perm)[:, -1], m(ids)[:, -1], rtol=1e-9, atol=1e-9)
+    m2 = _model("no-pos", n_layers=1, pos_emb="learned").double()
+    assert (m2(perm)[:, -1] - m2(ids)[:, -1]).abs().max() > 1e-6

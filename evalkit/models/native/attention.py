@@ -87,13 +87,15 @@ class Attention(Mixer):
         super().__init__(cfg, layer_idx)
         self.n_heads = cfg.n_heads
         self.head_dim = cfg.d_model // cfg.n_heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.qkv_bias)
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def _qkv(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         # q, k, v: (B, H, L, hd)
+        if self.cfg.pos_emb != "rope":  # learned absolute positions (added to the embedding) or none
+            return q, k, v
         return rope(q, start, self.cfg.rope_theta), rope(k, start, self.cfg.rope_theta), v
 
     def _out(self, y: torch.Tensor) -> torch.Tensor:
@@ -132,6 +134,9 @@ class Attention(Mixer):
     def reset_parameters(self, gen: torch.Generator) -> None:
         init_normal_(self.qkv.weight, 0.02, gen)
         init_normal_(self.out_proj.weight, out_proj_std(self.cfg), gen)
+        if self.qkv.bias is not None:
+            with torch.no_grad():
+                self.qkv.bias.zero_()
 
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
         return 2 * self.cfg.d_model * dtype_bytes  # one K and one V vector per token

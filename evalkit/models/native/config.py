@@ -31,7 +31,8 @@ PATTERN_LETTERS: dict[str, str] = {
 
 # Fields added after the first zoo was trained. ``to_dict`` leaves them out while they hold
 # their default, so every older config (and with it every stored cell key) keeps its identity.
-_LATER_FIELDS = ("attention", "window", "pattern")
+_LATER_FIELDS = ("attention", "window", "pattern", "pos_emb", "qkv_bias")
+POS_EMBS = ("rope", "learned", "none")
 
 # Named sizes (torchtitan-style flavors); a dict may say `flavor: small` and override fields.
 FLAVORS: dict[str, dict[str, Any]] = {
@@ -62,6 +63,8 @@ class NativeConfig:
     window: int = 0  # swa: each query sees the last `window` tokens, itself included (0 = unset)
     n_heads: int = 4  # attention heads (head dim = d_model // n_heads, must be even for RoPE)
     rope_theta: float = 10000.0  # RoPE base
+    pos_emb: str = "rope"  # positions: rope (rotary, in attention) | learned (absolute, added to the embedding) | none
+    qkv_bias: bool = False  # attention's q/k/v projection has a bias (as in Zoology's attention baseline)
     d_state: int = 16  # SSM state size N (s4d: N/2 complex modes; gated_deltanet: key dim per head)
     d_conv: int = 4  # causal depthwise conv width of the SSM mixers
     expand: int = 2  # SSM inner width d_inner = expand * d_model
@@ -155,6 +158,8 @@ class NativeConfig:
             raise ValueError("rope_theta and norm_eps must be > 0")
         if not 0.0 <= self.attention_fraction <= 1.0:
             raise ValueError(f"attention_fraction must be in [0, 1], got {self.attention_fraction}")
+        if self.pos_emb not in POS_EMBS:
+            raise ValueError(f"pos_emb must be one of {POS_EMBS}, got '{self.pos_emb}'{did_you_mean(self.pos_emb, POS_EMBS)}")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, got '{self.placement}'"
                              f"{did_you_mean(self.placement, PLACEMENTS)}")

@@ -65,6 +65,8 @@ class NativeLM(nn.Module):
         super().__init__()
         self.cfg = cfg.resolved()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        # learned absolute positions (cfg.pos_emb == "learned"); RoPE lives in the attention layers
+        self.pos_embed = nn.Embedding(cfg.max_context, cfg.d_model) if cfg.pos_emb == "learned" else None
         self.layers = nn.ModuleList(
             Block(self.cfg, i, kind) for i, kind in enumerate(self.cfg.layer_types()))
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -88,6 +90,15 @@ class NativeLM(nn.Module):
         self.norm_f.weight.fill_(1.0)
         if not self.cfg.tie_embeddings:
             init_normal_(self.lm_head.weight, 0.02, gen)
+        if self.pos_embed is not None:  # drawn last: configs without it keep their weights
+            init_normal_(self.pos_embed.weight, 0.02, gen)
+
+    def _embed(self, input_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Token embeddings (+ learned positions start .. start + L - 1): (B, L) → (B, L, D)."""
+        x = self.embed(input_ids)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(torch.arange(start, start + input_ids.shape[1], device=input_ids.device))
+        return x
 
     # ---- parallel path --------------------------------------------------------------------
     def _check_length(self, length: int) -> None:
@@ -99,7 +110,7 @@ class NativeLM(nn.Module):
         """Final-normed hidden states, input_ids: (B, L) long → (B, L, D); pair with ``head`` to
         compute logits only where they are needed."""
         self._check_length(input_ids.shape[1])
-        x = self.embed(input_ids)  # (B, L, D)
+        x = self._embed(input_ids)  # (B, L, D)
         for block in self.layers:
             x = block(x)
         return self.norm_f(x)
@@ -132,7 +143,7 @@ class NativeLM(nn.Module):
         layers = [None] * len(self.layers) if state is None else list(state.layers)
         step = chunk if chunk > 0 else max(L, 1)
         for s in range(0, L, step):
-            x = self.embed(input_ids[:, s:s + step])  # (B, ≤ chunk, D)
+            x = self._embed(input_ids[:, s:s + step], start + s)  # (B, ≤ chunk, D)
             for i, block in enumerate(self.layers):
                 x, layers[i] = block.prefill(x, layers[i], start + L)
         return self.head(self.norm_f(x[:, -1])), LMState(layers, start + L)
@@ -140,7 +151,7 @@ class NativeLM(nn.Module):
     def step(self, token: torch.Tensor, state: LMState) -> tuple[torch.Tensor, LMState]:
         """Feed one token per sequence, token: (B,) long → logits (B, V) and the next state."""
         self._check_length(state.pos + 1)
-        x = self.embed(token)  # (B, D)
+        x = self._embed(token[:, None], state.pos)[:, 0]  # (B, D)
         states = []
         for block, s in zip(self.layers, state.layers):
             x, s = block.step(x, s)
