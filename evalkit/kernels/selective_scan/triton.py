@@ -49,11 +49,17 @@ def _selective_scan_kernel(
     Dm, L, N, n_chunks,
     sub, sud, sul, sdb, sdd, sdl, sad, san, sbb, sbn, sbl, scb, scn, scl, szb, szd, szl,
     syb, syd, syl,
+    n_segs, c_per_seg,
     T: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_STATES: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_STATES: tl.constexpr, SUMMARY: tl.constexpr,
 ):
+    # Segments (program_id 2) split the chunks into n_segs runs of c_per_seg (one segment = the
+    # whole sequence, the plain walk). SUMMARY (pass 1 of the segmented forward): from a zero
+    # state, no y; store the segment's final state in hT and its total decay exp(A·ΣΔ) in st.
+    # Otherwise each segment starts from its own h0 (pass 2, or the plain walk's initial state).
     b = tl.program_id(0)
+    seg = tl.program_id(2)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     offs_n = tl.arange(0, BN)
     offs_t = tl.arange(0, T)
@@ -67,12 +73,15 @@ def _selective_scan_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
     hn = offs_d[:, None] * N + offs_n[None, :]  # offsets into a (D, N) state
+    so = (b * n_segs + seg) * Dm * N  # this segment's (D, N) state in (B, n_segs, D, N) buffers
     if HAS_H0:
-        h = tl.load(h0_ptr + b * Dm * N + hn, mask=mdn, other=0.0).to(tl.float32)
+        h = tl.load(h0_ptr + so + hn, mask=mdn, other=0.0).to(tl.float32)
     else:
         h = tl.zeros((BD, BN), dtype=tl.float32)
+    if SUMMARY:
+        dsum = tl.zeros((BD,), dtype=tl.float32)
     last = (offs_t == T - 1)[:, None, None]  # (T, 1, 1)
-    for c in range(n_chunks):
+    for c in range(seg * c_per_seg, tl.minimum(seg * c_per_seg + c_per_seg, n_chunks)):
         if STORE_STATES:  # the state entering each chunk, for the backward's recompute
             tl.store(st_ptr + (b * n_chunks + c) * Dm * N + hn, h, mask=mdn)
         t = c * T + offs_t
@@ -95,17 +104,22 @@ def _selective_scan_kernel(
         dBu = (dl * u)[:, :, None] * Bt[:, None, :]  # (T, BD, BN)
         aa, bb = tl.associative_scan((dA, dBu), 0, _combine)
         hs = aa * h[None, :, :] + bb  # (T, BD, BN): the state after each step
-        y = tl.sum(hs * Ct[:, None, :], axis=2)  # (T, BD)
         h = tl.sum(tl.where(last, hs, 0.0), axis=0)  # (BD, BN): the state after the chunk
-        if HAS_D:
-            y += u * Dv[None, :]
-        if HAS_Z:
-            zz = tl.load(z_ptr + b * szb + t[:, None] * szl + offs_d[None, :] * szd, mask=mtd, other=0.0)
-            zz = zz.to(tl.float32)
-            y *= zz / (1.0 + tl.exp(-zz))
-        tl.store(y_ptr + b * syb + t[:, None] * syl + offs_d[None, :] * syd,
-                 y.to(y_ptr.dtype.element_ty), mask=mtd)
-    tl.store(hT_ptr + b * Dm * N + hn, h, mask=mdn)
+        if SUMMARY:
+            dsum += tl.sum(dl, axis=0)
+        else:
+            y = tl.sum(hs * Ct[:, None, :], axis=2)  # (T, BD)
+            if HAS_D:
+                y += u * Dv[None, :]
+            if HAS_Z:
+                zz = tl.load(z_ptr + b * szb + t[:, None] * szl + offs_d[None, :] * szd, mask=mtd, other=0.0)
+                zz = zz.to(tl.float32)
+                y *= zz / (1.0 + tl.exp(-zz))
+            tl.store(y_ptr + b * syb + t[:, None] * syl + offs_d[None, :] * syd,
+                     y.to(y_ptr.dtype.element_ty), mask=mtd)
+    tl.store(hT_ptr + so + hn, h, mask=mdn)
+    if SUMMARY:  # the segment's decay: the product of its exp(Δ A) = exp(A ΣΔ)
+        tl.store(st_ptr + so + hn, tl.exp2(dsum[:, None] * A2), mask=mdn)
 
 
 @triton.jit
@@ -171,7 +185,7 @@ def selective_scan_fwd(
     D: torch.Tensor | None = None, z: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None, delta_softplus: bool = True,
     initial_state: torch.Tensor | None = None, chunk: int = 32, block_d: int = 8,
-    num_warps: int = 4, store_states: bool = False, variant: str = "scan",
+    num_warps: int = 4, store_states: bool = False, variant: str = "scan", segments: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Forward only (no autograd): y (B, D, L) in u's dtype, the final state (B, D, N) fp32 and,
     with ``store_states``, the state entering each chunk of ``chunk`` steps, (B, chunks, D, N)
@@ -180,7 +194,14 @@ def selective_scan_fwd(
     ``variant``: "scan" (``_selective_scan_kernel``, chunked associative scan) or "seq"
     (``_selective_scan_seq_kernel``, step by step). Defaults (scan, T = 32 steps, 8 channels,
     4 warps) were the fastest of a sweep on the H100 at d_inner 4096, N 16, L 16k
-    (kernels/NOTES.md)."""
+    (kernels/NOTES.md).
+
+    ``segments`` (scan variant, without ``store_states``): cut the sequence into that many runs
+    of chunks and scan them in parallel, in two passes (each segment's state from zero and its
+    total decay; a short sequential combine of the segment states; then each segment again from
+    its true entering state, writing y). Twice the exponentials, ``segments`` times the parallel
+    recurrences: a plain walk has only batch × d_inner × N of them (65,536 for one 1.3B-class
+    layer), too few to hide the scan's latency. None = :func:`auto_segments`."""
     batch, Dm, L = u.shape
     N = A.shape[1]
     BN = triton.next_power_of_2(N)
@@ -192,20 +213,51 @@ def selective_scan_fwd(
               if store_states else None)
     h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
     zt = z if z is not None else u
-    grid = (batch, triton.cdiv(Dm, BD))
-    kernel = {"scan": _selective_scan_kernel, "seq": _selective_scan_seq_kernel}[variant]
-    kernel[grid](
-        u, delta, A, B, C, D if D is not None else u, zt,
-        delta_bias if delta_bias is not None else u, h0, y, final,
-        states if states is not None else final,
-        Dm, L, N, n_chunks,
-        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zt.stride(),
-        *y.stride(),
-        T=chunk, BD=BD, BN=BN, HAS_D=D is not None, HAS_Z=z is not None,
-        HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_H0=initial_state is not None,
-        STORE_STATES=store_states, num_warps=num_warps,
-    )
+    args = (u, delta, A, B, C, D if D is not None else u, zt, delta_bias if delta_bias is not None else u)
+    strides = (*u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zt.stride(), *y.stride())
+    flags = dict(T=chunk, BD=BD, BN=BN, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                 SOFTPLUS=delta_softplus, num_warps=num_warps)
+    S = 1 if store_states or variant != "scan" else (auto_segments(batch, Dm, n_chunks, BD)
+                                                       if segments is None else max(1, min(segments, n_chunks)))
+    if S == 1:
+        grid = (batch, triton.cdiv(Dm, BD))
+        if variant == "seq":
+            _selective_scan_seq_kernel[grid](*args, h0, y, final, states if states is not None else final,
+                                             Dm, L, N, n_chunks, *strides, HAS_H0=initial_state is not None,
+                                             STORE_STATES=store_states, **flags)
+        else:
+            _selective_scan_kernel[(*grid, 1)](*args, h0, y, final, states if states is not None else final,
+                                               Dm, L, N, n_chunks, *strides, 1, n_chunks,
+                                               HAS_H0=initial_state is not None, STORE_STATES=store_states,
+                                               SUMMARY=False, **flags)
+        return y, final, states
+    per = triton.cdiv(n_chunks, S)
+    S = triton.cdiv(n_chunks, per)  # no empty segment
+    grid = (batch, triton.cdiv(Dm, BD), S)
+    local = torch.empty(batch, S, Dm, N, device=u.device, dtype=torch.float32)
+    decay = torch.empty_like(local)
+    _selective_scan_kernel[grid](*args, local, y, local, decay, Dm, L, N, n_chunks, *strides, S, per,
+                                 HAS_H0=False, STORE_STATES=False, SUMMARY=True, **flags)
+    entering = torch.empty_like(local)  # the true state entering each segment
+    h = initial_state.to(torch.float32) if initial_state is not None else torch.zeros_like(final)
+    for s in range(S):
+        entering[:, s] = h
+        h = decay[:, s] * h + local[:, s]
+    _selective_scan_kernel[grid](*args, entering, y, local, decay, Dm, L, N, n_chunks, *strides, S, per,
+                                 HAS_H0=True, STORE_STATES=False, SUMMARY=False, **flags)
+    final.copy_(local[:, S - 1])  # the last segment's final state (pass 2 wrote each segment's)
     return y, final, states
+
+
+def auto_segments(batch: int, d: int, n_chunks: int, block_d: int = 8, programs: int = 2048) -> int:
+    """Segments for the two-pass forward: enough that batch × channel blocks × segments reaches
+    ``programs`` (about 16 per SM of an H100), at least 4 chunks per segment; 1 (the plain walk,
+    half the exponentials) when the plain walk already has that many programs or the sequence is
+    short."""
+    blocks = batch * triton.cdiv(d, block_d)
+    if blocks >= programs or n_chunks < 8:
+        return 1
+    return max(1, min(triton.cdiv(programs, blocks), n_chunks // 4))
 
 
 class _SelectiveScanFn(torch.autograd.Function):
