@@ -185,7 +185,7 @@ def selective_scan_fwd(
     D: torch.Tensor | None = None, z: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None, delta_softplus: bool = True,
     initial_state: torch.Tensor | None = None, chunk: int = 32, block_d: int = 8,
-    num_warps: int = 4, store_states: bool = False, variant: str = "scan", segments: int | None = None,
+    num_warps: int = 4, store_states: bool = False, variant: str = "scan", segments: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Forward only (no autograd): y (B, D, L) in u's dtype, the final state (B, D, N) fp32 and,
     with ``store_states``, the state entering each chunk of ``chunk`` steps, (B, chunks, D, N)
@@ -200,8 +200,9 @@ def selective_scan_fwd(
     of chunks and scan them in parallel, in two passes (each segment's state from zero and its
     total decay; a short sequential combine of the segment states; then each segment again from
     its true entering state, writing y). Twice the exponentials, ``segments`` times the parallel
-    recurrences: a plain walk has only batch × d_inner × N of them (65,536 for one 1.3B-class
-    layer), too few to hide the scan's latency. None = :func:`auto_segments`."""
+    recurrences. Measured on the H100 (kernels/NOTES.md, v5): 1.6-1.8x *slower* than the plain
+    walk at d_inner 4096 for every segment count, i.e. the walk is bound by its per-element work,
+    not by too few parallel recurrences; kept as an option (default 1 = the plain walk)."""
     batch, Dm, L = u.shape
     N = A.shape[1]
     BN = triton.next_power_of_2(N)
@@ -217,8 +218,7 @@ def selective_scan_fwd(
     strides = (*u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zt.stride(), *y.stride())
     flags = dict(T=chunk, BD=BD, BN=BN, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=delta_softplus, num_warps=num_warps)
-    S = 1 if store_states or variant != "scan" else (auto_segments(batch, Dm, n_chunks, BD)
-                                                       if segments is None else max(1, min(segments, n_chunks)))
+    S = 1 if store_states or variant != "scan" else max(1, min(segments, n_chunks))
     if S == 1:
         grid = (batch, triton.cdiv(Dm, BD))
         if variant == "seq":
@@ -247,17 +247,6 @@ def selective_scan_fwd(
                                  HAS_H0=True, STORE_STATES=False, SUMMARY=False, **flags)
     final.copy_(local[:, S - 1])  # the last segment's final state (pass 2 wrote each segment's)
     return y, final, states
-
-
-def auto_segments(batch: int, d: int, n_chunks: int, block_d: int = 8, programs: int = 2048) -> int:
-    """Segments for the two-pass forward: enough that batch × channel blocks × segments reaches
-    ``programs`` (about 16 per SM of an H100), at least 4 chunks per segment; 1 (the plain walk,
-    half the exponentials) when the plain walk already has that many programs or the sequence is
-    short."""
-    blocks = batch * triton.cdiv(d, block_d)
-    if blocks >= programs or n_chunks < 8:
-        return 1
-    return max(1, min(triton.cdiv(programs, blocks), n_chunks // 4))
 
 
 class _SelectiveScanFn(torch.autograd.Function):
