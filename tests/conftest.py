@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(1)
+
+# Without a GPU, Triton kernels run under its interpreter. Set this before anything can import
+# triton: triton decides interpreted vs compiled when a kernel is decorated, and some torch
+# modules import triton themselves (torch.nn.attention.bias does), so a test module that only
+# sets it before its own imports is at the mercy of collection order.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 from testutil import write  # noqa: E402,F401  (re-exported for fixtures below)

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.bias import causal_lower_right
 
 from evalkit.models.native.config import NativeConfig
 from evalkit.models.native.mixer import Mixer, init_normal_, out_proj_std, register_mixer
@@ -112,6 +111,8 @@ class Attention(Mixer):
             y = self._out(F.scaled_dot_product_attention(q, k, v, is_causal=True))
             return y, KVCache.start(k, v, total)
         # continued (chunked) prefill: the new queries see the whole cache and, causally, each other
+        from torch.nn.attention.bias import causal_lower_right  # lazy: it imports triton (see tests/conftest.py)
+
         *_, pos, cache = state
         q, k, v = self._qkv(x, pos)  # (B, H, L, hd)
         state = cache.extend(pos, k, v, total)  # k_all, v_all: (B, H, pos + L, hd)
