@@ -68,3 +68,35 @@ def load(output_dir: str | Path = "runs") -> pd.DataFrame:
         return records_frame(store)
     finally:
         store.close()
+
+
+def query_accuracy(records: pd.DataFrame, by: tuple[str, ...] = ("spec", "model", "context_length")) -> pd.DataFrame:
+    """Teacher-forced accuracy by query index, per group of ``records`` (a ``records_frame``).
+
+    Columns ``q1 … qN`` (queries in order of appearance), ``mean``, ``n`` (samples) and
+    ``repeats``: the share of queries after the first whose prediction is an earlier query's
+    gold answer. On an all-pairs MQAR with the answers shown, a model that answers "a value not
+    answered yet" scores 1/P, 1/(P-1), …, 1 by index with no repeats (docs/training.md); one that
+    copies any value scores ≈ 1/P everywhere and repeats freely; key matching is flat and high.
+    Answers and predictions are the records' `` | ``-joined per-query strings (tokens format).
+    """
+    import pandas as pd
+
+    rows = []
+    for key, group in records.groupby(list(by), sort=True):
+        hits: dict[int, list[bool]] = {}
+        repeats, later = 0, 0
+        for answer, prediction in zip(group["answer"], group["prediction"]):
+            gold, pred = str(answer).split(" | "), str(prediction).split(" | ")
+            for i, (g, p) in enumerate(zip(gold, pred)):
+                hits.setdefault(i, []).append(g == p)
+                if i:
+                    later += 1
+                    repeats += p in gold[:i]
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        row.update({f"q{i + 1}": sum(h) / len(h) for i, h in sorted(hits.items())})
+        row["mean"] = sum(sum(h) for h in hits.values()) / sum(len(h) for h in hits.values())
+        row["repeats"] = repeats / later if later else float("nan")
+        row["n"] = len(group)
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -12,6 +12,7 @@ The cell key is defined here, once, for every later capability:
     sample_key = H(generator version, task name + version, resolved params, format, render options,
                    tokenizer identity, context length, seed)
                  (tokens: render options = {filler}, tokenizer = None — unchanged since schema 1;
+                  plus answers / queries where a spec sets them off their defaults;
                   text: render options = resolved text options + filler + the model's render
                   options such as the chat template, tokenizer = hash of the tokenizer files)
     cell_key   = H(sample_key, model identity (config + weights hash), samples, scoring mode)
@@ -99,10 +100,11 @@ def _sample_key(spec: TaskSpec, params: dict[str, Any], fmt: str, length: int, s
 
 
 def _render_options(spec: TaskSpec, fmt: str, adapter: type[Adapter], model: ModelSpec) -> dict[str, Any]:
-    """What, besides the sample, decides the rendering: the tokens format's filler; the text
+    """What, besides the sample, decides the rendering: the tokens format's filler (and its
+    ``answers`` / ``queries`` options when not at their defaults, so older cell keys stand); the text
     format's resolved options, over-length policy and the model's options (chat template)."""
     if fmt != "text":
-        return {"filler": spec.filler}
+        return {"filler": spec.filler, **spec.token_options()}
     from evalkit.tasks.text import resolve_text_options
 
     return {"filler": spec.filler, **resolve_text_options(dict(spec.text), spec.filler),
@@ -130,6 +132,12 @@ def plan(
             if fmt not in accepted:
                 raise SpecError(f"{spec.path}: format '{fmt}' is not accepted by model '{model.name}' "
                                 f"(adapter '{model.kind}' takes: {', '.join(accepted)})")
+            if spec.token_options() and fmt != "tokens":
+                opts = ", ".join(f"{k}: {v}" for k, v in spec.token_options().items())
+                raise SpecError(f"{spec.path}: {opts} needs the tokens format, and model '{model.name}' reads '{fmt}'")
+            if spec.answers == "hidden" and scoring != "teacher_forced":
+                raise SpecError(f"{spec.path}: answers: hidden cannot be scored by {scoring} generation: no answer "
+                                "is ever model input, so there is nothing to generate from (use teacher_forced)")
             tokenizer = adapter.tokenizer_identity(model) if fmt == "text" else None
             if fmt == "text" and tokenizer is None:
                 raise SpecError(f"{spec.path}: format 'text' needs a tokenizer, and model '{model.name}' has none")
@@ -141,10 +149,8 @@ def plan(
                 s = spec.seed if seed is None else seed
                 n = spec.samples if samples is None else samples
                 for point in spec.points():
-                    if fmt == "text":
-                        skey = _sample_key(spec, point, fmt, length, s, render_opts, tokenizer)
-                    else:
-                        skey = _sample_key(spec, point, fmt, length, s)
+                    # tokens at the defaults: render options {filler}, as since schema 1
+                    skey = _sample_key(spec, point, fmt, length, s, render_opts, tokenizer)
                     ckey = stable_hash({"sample_key": skey, "model": model_id, "samples": n, "scoring": scoring})[:24]
                     axes = tuple((a, point[a]) for a, _ in spec.sweep)
                     cells.append(Cell(spec, model, model_id, tuple(sorted(point.items())), axes, length,
@@ -499,10 +505,10 @@ def evaluate_cell(adapter: Adapter, info: dict[str, Any], c: Cell, device: str, 
         for (i, r), p in zip(batch, preds):
             correct, scores = score(r, p, task_cls.secondary)
             records.append(Record(
-                idx=i, prompt_hash=_h(r.input_ids[: r.prompt_len]), target_hash=_h(sum(_expected(r), ())),
+                idx=i, prompt_hash=_h(r.input_ids[: r.prompt_len]), target_hash=_h(sum(r.gold, ())),
                 prompt=r.summary or text(r.input_ids[: r.prompt_len]),
                 prediction=" | ".join(p.texts if p.texts is not None else (text(a) for a in p.answers)),
-                answer=" | ".join(text(a) for a in _expected(r)), correct=correct, scores=scores,
+                answer=" | ".join(text(a) for a in r.gold), correct=correct, scores=scores,
                 length=r.context_length if c.format != "tokens" else None,
             ))
         start += len(batch)
@@ -548,10 +554,6 @@ def predict_with_backoff(predict: Callable[[Adapter, Sequence[Rendered]], list[P
     sizing["bs"] = min(sizing["bs"], half)
     return (predict_with_backoff(predict, adapter, batch[:half], sizing)
             + predict_with_backoff(predict, adapter, batch[half:], sizing))
-
-
-def _expected(r: Rendered) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(r.input_ids[s:e]) for s, e in r.answer_spans)
 
 
 def _h(ids: Sequence[int]) -> str:

@@ -96,7 +96,7 @@ def _greedy_same_spans(adapter: Adapter, batch: Sequence[Rendered], spans: tuple
 
 
 def expected(r: Rendered) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(r.input_ids[s:e]) for s, e in r.answer_spans)
+    return r.gold
 
 
 def score(r: Rendered, pred: Prediction, secondary: dict[str, str]) -> tuple[bool, dict[str, float]]:

@@ -6,6 +6,9 @@ Task spec (``tasks/needle.yaml``)::
     name: needle            # optional; defaults to the file's stem
     format: tokens          # optional; default: the adapter's default format
     filler: random          # haystack kind of the tokens format: random | repeat | constant
+    answers: shown          # tokens format: shown (<q> key <a> value) | hidden (<q> key <a> <pad>;
+                            # the value is only a target, as in Zoology's MQAR)
+    queries: tagged         # tokens format: tagged (<q> key <a> value) | bare (key value, Zoology)
     text:                   # options of the text format (docs/text-format.md); all optional
       haystack: auto        # auto (from filler) | noise | words | constant
       values: numbers       # numbers | uuids | words
@@ -201,6 +204,15 @@ class TaskSpec:
     params: tuple[tuple[str, Any], ...]  # fixed (non-swept) params, sorted
     sweep: tuple[tuple[str, tuple[Any, ...]], ...]  # axis → values, in Params order
     text: tuple[tuple[str, Any], ...] = ()  # text-format options as given (evalkit.tasks.text)
+    answers: str = "shown"  # tokens format: are the answers model input? (evalkit.tasks.tokens)
+    queries: str = "tagged"  # tokens format: <q> key <a> answer, or bare key answer
+
+    def token_options(self) -> dict[str, Any]:
+        """The tokens format's query options that differ from their defaults (``answers``,
+        ``queries``): what the runner, the trainer and the pool cache add to the filler, so that
+        specs without them keep their keys and hashes."""
+        return {k: v for k, v in (("answers", self.answers), ("queries", self.queries))
+                if v != _TOKEN_DEFAULTS[k]}
 
     def points(self) -> list[dict[str, Any]]:
         """Every combination of swept axis values, merged with the fixed params."""
@@ -215,15 +227,22 @@ class TaskSpec:
         d["params"] = dict(self.params)
         d["sweep"] = {k: list(v) for k, v in self.sweep}
         d["text"] = dict(self.text)
+        for k, v in _TOKEN_DEFAULTS.items():  # defaults stay out: older specs keep their hashes
+            if d[k] == v:
+                del d[k]
         return d
 
 
-_TASK_FIELDS = ("task", "name", "format", "filler", "text", "lengths", "samples", "seed", "params", "description")
+_TOKEN_DEFAULTS = {"answers": "shown", "queries": "tagged"}
+
+
+_TASK_FIELDS = ("task", "name", "format", "filler", "answers", "queries", "text", "lengths", "samples", "seed", "params", "description")
 
 
 def load_task_spec(ref: str | Path) -> TaskSpec:
     """Load and validate a task spec from a path or a built-in name (``needle``)."""
     from evalkit.tasks import FORMATS, TASKS
+    from evalkit.tasks.tokens import ANSWER_MODES, QUERY_STYLES
 
     path = _resolve_path(str(ref), "tasks")
     doc = _read(path)
@@ -241,6 +260,15 @@ def load_task_spec(ref: str | Path) -> TaskSpec:
     filler = d.get("filler", "random")
     if filler not in FILLERS:
         raise doc.error(("filler",), f"unknown filler '{filler}'{did_you_mean(str(filler), FILLERS)}")
+    token_opts = {}
+    for key, allowed, what in (("answers", ANSWER_MODES, "answers mode"), ("queries", QUERY_STYLES, "query style")):
+        value = d.get(key, _TOKEN_DEFAULTS[key])
+        if value not in allowed:
+            raise doc.error((key,), f"unknown {what} '{value}'{did_you_mean(str(value), allowed)}"
+                            f" (expected one of: {', '.join(allowed)})")
+        if value != _TOKEN_DEFAULTS[key] and fmt not in (None, "tokens"):
+            raise doc.error((key,), f"{key}: {value} needs the tokens format, not '{fmt}'")
+        token_opts[key] = value
     lengths = d.get("lengths", [256, 1024])
     if not isinstance(lengths, list) or not lengths:
         raise doc.error(("lengths",), f"expected a non-empty list of positive integers, got {lengths!r}")
@@ -256,6 +284,14 @@ def load_task_spec(ref: str | Path) -> TaskSpec:
     if not isinstance(params, dict):
         raise doc.error(("params",), f"expected a mapping of {task_name} parameters, got {params!r}")
     fixed, sweep = _task_params(doc, cls, params)
+    if token_opts["queries"] == "bare":  # key-less queries (copy_number) have no bare form
+        import numpy as np
+
+        point = {**dict(fixed), **{k: v[0] for k, v in sweep}}
+        probe = cls(cls.Params(**point)).sample(max(lengths), np.random.default_rng(0), 0)
+        if any(not q.key for q in probe.queries):
+            raise doc.error(("queries",), f"queries: bare needs keyed queries, and task '{task_name}' asks "
+                            "key-less ones (<copy> <a> answer); use queries: tagged")
     text = d.get("text") or {}
     if not isinstance(text, dict):
         raise doc.error(("text",), f"expected a mapping of text-format options, got {text!r}")
@@ -269,7 +305,7 @@ def load_task_spec(ref: str | Path) -> TaskSpec:
     return TaskSpec(
         name=str(d.get("name", path.stem)), task=task_name, path=str(path), format=fmt, filler=filler,
         lengths=tuple(sorted(set(lengths))), samples=samples, seed=seed, params=fixed, sweep=sweep,
-        text=tuple(sorted(text.items())),
+        text=tuple(sorted(text.items())), **token_opts,
     )
 
 

@@ -160,20 +160,21 @@ def train_batch(spec: TaskSpec, seed: int, step: int, length: int, n: int) -> li
         rng = np.random.default_rng(_seed_int("train", seed, base, step, i))
         point = points[int(rng.integers(len(points)))]
         sample = cls(cls.Params(**point)).sample(length, rng, i)
-        out.append(FORMATS.get("tokens")(sample, length, filler=spec.filler))
+        out.append(FORMATS.get("tokens")(sample, length, filler=spec.filler, **spec.token_options()))
     return out
 
 
 def _targets(batch: Sequence[Any]) -> tuple[Any, Any]:
-    """input ids (B, L) and answer targets (B, L): targets[b, p - 1] = token p for every answer
-    position p, -100 elsewhere (the token at p is predicted from position p - 1)."""
+    """input ids (B, L) and answer targets (B, L): targets[b, p - 1] = the gold answer token at
+    p for every answer position p, -100 elsewhere (the token at p is predicted from position
+    p - 1; with hidden answers the input at p is a placeholder, the target still the answer)."""
     import torch
 
     ids = torch.tensor([r.input_ids for r in batch], dtype=torch.long)  # (B, L)
     tgt = torch.full_like(ids, -100)
     for b, r in enumerate(batch):
-        for s, e in r.answer_spans:
-            tgt[b, s - 1 : e - 1] = ids[b, s:e]
+        for (s, e), gold in zip(r.answer_spans, r.gold):
+            tgt[b, s - 1 : e - 1] = torch.tensor(gold, dtype=torch.long)
     return ids, tgt
 
 
@@ -259,7 +260,7 @@ def spec_lengths(spec: TaskSpec, lengths: Sequence[int]) -> list[int]:
         try:
             for point in spec.points():
                 sample = cls(cls.Params(**point)).sample(n, np.random.default_rng(0), 0)
-                FORMATS.get("tokens")(sample, n, filler=spec.filler)
+                FORMATS.get("tokens")(sample, n, filler=spec.filler, **spec.token_options())
         except ValueError:
             continue
         fits.append(n)
@@ -487,6 +488,7 @@ def train(
 
 def _loss(model: Any, ids: Any, tgt: Any, all_token_weight: float) -> Any:
     """CE on answer positions (+ all_token_weight × CE on every next token)."""
+    import torch
     import torch.nn.functional as F
 
     h = model.hidden(ids)  # (B, L, D)
@@ -494,7 +496,9 @@ def _loss(model: Any, ids: Any, tgt: Any, all_token_weight: float) -> Any:
     hv = h.reshape(-1, h.shape[-1])
     loss = F.cross_entropy(model.head(hv[mask]).float(), tgt.reshape(-1)[mask])
     if all_token_weight > 0:
-        nxt = ids[:, 1:].reshape(-1)
+        # the next token, except at answers, whose target is the answer (a hidden answer's input
+        # is a placeholder; a shown answer's is the answer itself, so this changes nothing there)
+        nxt = torch.where(tgt[:, :-1] != -100, tgt[:, :-1], ids[:, 1:]).reshape(-1)
         lm = F.cross_entropy(model.head(h[:, :-1]).reshape(-1, model.cfg.vocab_size).float(), nxt)
         loss = loss + all_token_weight * lm
     return loss

@@ -31,7 +31,8 @@ CHUNK = 256  # samples per worker task
 
 
 def pool_key(spec: TaskSpec, seed: int, length: int, n: int) -> str:
-    """Identity of a pool: the generator, the task and its sweep points, filler, seed, length, size."""
+    """Identity of a pool: the generator, the task and its sweep points, filler (and the tokens
+    format's query options off their defaults), seed, length, size."""
     from evalkit.runner import GENERATOR_VERSION
     from evalkit.tasks import TASKS
 
@@ -39,6 +40,7 @@ def pool_key(spec: TaskSpec, seed: int, length: int, n: int) -> str:
         "pool": POOL_VERSION, "generator": GENERATOR_VERSION, "task": spec.task,
         "task_version": TASKS.get(spec.task).version, "points": spec.points(), "filler": spec.filler,
         "spec_seed": spec.seed, "seed": seed, "length": length, "n": n,
+        **spec.token_options(),
     })[:24]
 
 

@@ -89,6 +89,11 @@ class Rendered:
     ``answer_spans[i] = (start, end)``: positions of query i's answer tokens; the model predicts
     token ``p`` from the logits at ``p - 1``. ``prompt_len`` is the start of the first answer.
 
+    ``targets``, when not empty, holds each query's gold answer tokens and ``input_ids`` holds
+    placeholders at the answer spans instead: the answers are *hidden* (Zoology's MQAR, where a
+    query is ``key 0`` and the value is only a label), so no answer is ever model input. ``gold``
+    gives the answer tokens either way.
+
     Text renderings also carry ``answers_text`` (each query's gold answer string, for RULER-style
     substring scoring of generations), ``prompt_text`` (the exact text of everything before the
     first answer, for harnesses that tokenise it themselves) and ``summary`` (that prompt with the
@@ -101,6 +106,20 @@ class Rendered:
     answers_text: tuple[str, ...] = ()
     prompt_text: str = ""
     summary: str = ""
+    targets: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def gold(self) -> tuple[tuple[int, ...], ...]:
+        """Each query's gold answer tokens: ``targets`` if the answers are hidden, else the
+        tokens at the answer spans."""
+        if self.targets:
+            return self.targets
+        return tuple(tuple(self.input_ids[s:e]) for s, e in self.answer_spans)
+
+    @property
+    def hidden(self) -> bool:
+        """Whether the answers are hidden (placeholders in ``input_ids``, gold in ``targets``)."""
+        return bool(self.targets)
 
     @property
     def context_length(self) -> int:

@@ -5,6 +5,13 @@ a few special tokens mark where numbers and queries start. No tokenizer is invol
 renders to exactly the requested number of ids. This is the format native models train and are
 evaluated on.
 
+Two options change how queries are written (a task spec's ``answers`` and ``queries``; both part
+of the cell key only when set off their defaults): ``answers="hidden"`` puts ``<pad>`` where the
+answer tokens were and carries the answers as ``Rendered.targets``, so no answer is ever model
+input (the earlier answers of an all-pairs MQAR otherwise let a model answer by elimination);
+``queries="bare"`` drops the ``<q>``/``<a>`` tags, so the answer is predicted at the key itself.
+Both together are Zoology's MQAR query, ``key 0``.
+
 Layout (``TokenVocab``)::
 
     0 <pad>  1 <bos>  2 <eos>  3 <sep>  4 <q>  5 <a>  6 <num>  7 <copy>
@@ -37,6 +44,13 @@ from evalkit.tasks.formats import FORMATS, split_budget
 
 MIN_FILLER_TOKENS = 16  # a haystack drawn from fewer distinct tokens would be too easy to skip
 REPEAT_PERIOD = 16  # length of the pattern the ``repeat`` haystack repeats
+# How queries show their answers: ``shown`` (``<q> key <a> value``, the value is the next input, as
+# under generation) or ``hidden`` (``<q> key <a> <pad>``: Zoology's ``key 0``; the value is only a
+# target, so no earlier answer can be read off the input).
+ANSWER_MODES = ("shown", "hidden")
+# How a keyed query is written: ``tagged`` (``<q> key <a> answer``: the answer is predicted one token
+# after the key) or ``bare`` (``key answer``, Zoology's MQAR: the answer is predicted at the key).
+QUERY_STYLES = ("tagged", "bare")
 
 
 @dataclass(frozen=True)
@@ -85,15 +99,21 @@ class TokenVocab:
         to_token = self.digit if space == "digit" else self.value
         return [to_token(x) for x in ids]
 
-    def encode(self, part: Needle | Query) -> list[int]:
+    def encode(self, part: Needle | Query, tagged: bool = True) -> list[int]:
         """The fixed (non-filler) tokens of a needle or a query, answer included.
 
         ``Needle``: key tokens then value tokens; a key-less needle is ``<num>`` then its value.
         ``Query``: ``<q>`` key ``<a>`` answer; a key-less query (copy) is ``<copy> <a>`` answer.
+        With ``tagged=False`` a keyed query is bare: key then answer, like a needle (Zoology).
         """
         head = [self.key(k) for k in part.key] if part.key else []
         if isinstance(part, Needle):
             return (head or [self.NUMBER]) + self.symbols(part.value, part.space)
+        if not tagged:
+            if not part.key:
+                raise ValueError("queries: bare needs keyed queries; this sample has a key-less one "
+                                 "(<copy> <a> answer), which only the tagged style can write")
+            return [*head, *self.symbols(part.answer, part.space)]
         prefix = [self.QUERY, *head] if part.key else [self.COPY]
         return [*prefix, self.ANSWER, *self.symbols(part.answer, part.space)]
 
@@ -157,9 +177,9 @@ FILLERS: dict[str, Callable[[np.random.Generator, int, TokenVocab], np.ndarray]]
 }
 
 
-def fixed_length(sample: Sample, vocab: TokenVocab = DEFAULT_VOCAB) -> int:
+def fixed_length(sample: Sample, vocab: TokenVocab = DEFAULT_VOCAB, tagged: bool = True) -> int:
     """Tokens the sample needs besides filler (``<bos>``, needles, queries): its minimum length."""
-    return 1 + sum(len(vocab.encode(p)) for p in sample.parts if not isinstance(p, Filler))
+    return 1 + sum(len(vocab.encode(p, tagged)) for p in sample.parts if not isinstance(p, Filler))
 
 
 @FORMATS.register("tokens")
@@ -168,17 +188,28 @@ def render_tokens(
     context_length: int,
     vocab: TokenVocab = DEFAULT_VOCAB,
     filler: str = "random",
+    answers: str = "shown",
+    queries: str = "tagged",
 ) -> Rendered:
     """Render ``sample`` as exactly ``context_length`` token ids: ``<bos>`` then its parts.
 
     The filler budget (``context_length`` minus every fixed token) is split among the Filler
     parts by share (``split_budget``); the filler ids come from ``default_rng(sample.seed)``
     with the ``filler`` haystack (``random``, ``repeat`` or ``constant``), so rendering is
-    deterministic. ``answer_spans`` locate each query's answer tokens.
+    deterministic. ``answer_spans`` locate each query's answer tokens. With ``answers="hidden"``
+    those positions hold ``<pad>`` placeholders and the answers go to ``Rendered.targets``
+    (same length, same positions, same filler: only the answer tokens differ). With
+    ``queries="bare"`` keyed queries are written ``key answer`` (Zoology's MQAR, where a hidden
+    answer makes the query ``key 0``).
     """
     if filler not in FILLERS:
         raise ValueError(f"unknown filler '{filler}'{did_you_mean(filler, tuple(FILLERS))}")
-    fixed = fixed_length(sample, vocab)
+    if answers not in ANSWER_MODES:
+        raise ValueError(f"unknown answers mode '{answers}'{did_you_mean(answers, ANSWER_MODES)}")
+    if queries not in QUERY_STYLES:
+        raise ValueError(f"unknown query style '{queries}'{did_you_mean(queries, QUERY_STYLES)}")
+    tagged = queries == "tagged"
+    fixed = fixed_length(sample, vocab, tagged)
     budget = context_length - fixed
     if budget < 0:
         raise ValueError(
@@ -206,10 +237,15 @@ def render_tokens(
             ids.extend(stream[used : used + n])
             used += n
             continue
-        ids.extend(vocab.encode(part))
+        ids.extend(vocab.encode(part, tagged))
         if isinstance(part, Query):
             spans.append((len(ids) - len(part.answer), len(ids)))
-    return Rendered(input_ids=tuple(ids), answer_spans=tuple(spans), format="tokens")
+    targets: tuple[tuple[int, ...], ...] = ()
+    if answers == "hidden":
+        targets = tuple(tuple(ids[s:e]) for s, e in spans)
+        for s, e in spans:
+            ids[s:e] = [vocab.PAD] * (e - s)
+    return Rendered(input_ids=tuple(ids), answer_spans=tuple(spans), format="tokens", targets=targets)
 
 
 def decode_tokens(ids: Sequence[int], vocab: TokenVocab = DEFAULT_VOCAB) -> str:
@@ -237,8 +273,10 @@ def decode_tokens(ids: Sequence[int], vocab: TokenVocab = DEFAULT_VOCAB) -> str:
 
 
 __all__ = [
+    "ANSWER_MODES",
     "DEFAULT_VOCAB",
     "FILLERS",
+    "QUERY_STYLES",
     "TokenVocab",
     "decode_tokens",
     "fixed_length",
