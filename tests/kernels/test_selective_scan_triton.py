@@ -86,15 +86,43 @@ def test_segmented_forward_matches_reference(segments):
     assert _rel(y, y_ref) < TOL[torch.float32] and _rel(hT, hT_ref) < 1e-5
 
 
+# The time-parallel forward (variant "time"): (batch, channels, L, state, steps per block, channels per
+# program, fold); lengths that end mid-block, one block, several blocks, channels not a multiple of BD.
+TIME_CASES = [(1, 8, 63, 16, 32, 4, False), (2, 5, 300, 8, 64, 4, True), (2, 3, 37, 4, 16, 2, False),
+              (1, 6, 130, 16, 32, 8, True), (1, 4, 64, 3, 64, 4, False)]
+
+
+@pytest.mark.parametrize("b,d,L,n,TB,BD,fold", TIME_CASES,
+                         ids=[f"B{c[0]}-D{c[1]}-L{c[2]}-N{c[3]}-TB{c[4]}-BD{c[5]}{'-fold' if c[6] else ''}"
+                              for c in TIME_CASES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=[str(dt)[6:] for dt in DTYPES])
+def test_time_parallel_forward_matches_reference(b, d, L, n, TB, BD, fold, dtype):
+    t = _inputs(b, d, L, n, dtype, seed=L * 5 + d + TB, full=L % 2 == 1 or fold)
+    h0 = torch.randn(b, d, n, device=DEV) if fold or L < 100 else None
+    y, hT, _ = ss_triton.selective_scan_fwd(**t, initial_state=h0, variant="time", chunk=TB, block_d=BD,
+                                            fold=fold)
+    y_ref, hT_ref = _ref(t, initial_state=h0)
+    assert y.dtype == dtype and y.shape == (b, d, L)
+    assert _rel(y, y_ref) < TOL[dtype]
+    assert _rel(hT, hT_ref) < 1e-5
+
+
+def test_time_parallel_needs_no_states():
+    t = _inputs(1, 4, 20, 4, torch.float32, seed=1)
+    with pytest.raises(ValueError, match="store_states"):
+        ss_triton.selective_scan_fwd(**t, variant="time", store_states=True)
+
+
 def test_no_softplus_and_strided_inputs():
     """delta_softplus=False; u, delta, z as transposed views (the Mamba mixer passes such)."""
     b, d, L, n = 2, 6, 50, 16
     t = _inputs(b, d, L, n, torch.float32, seed=9)
     t["delta"] = torch.rand(b, L, d, device=DEV).transpose(1, 2)  # Δ > 0 already, strided
     t["z"] = t["z"].transpose(1, 2).contiguous().transpose(1, 2)
-    y, hT = ss_triton.selective_scan(**t, delta_softplus=False, return_final_state=True)
     y_ref, hT_ref = _ref(t, delta_softplus=False)
-    assert _rel(y, y_ref) < 1e-5 and _rel(hT, hT_ref) < 1e-5
+    for variant in ("scan", "time"):
+        y, hT, _ = ss_triton.selective_scan_fwd(**t, delta_softplus=False, variant=variant)
+        assert _rel(y, y_ref) < 1e-5 and _rel(hT, hT_ref) < 1e-5, variant
 
 
 # Backward (Triton kernel, triton_bwd.py) cases: (batch, channels, L, state, with D/z/bias/h0).

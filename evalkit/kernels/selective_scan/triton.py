@@ -180,12 +180,93 @@ def _selective_scan_seq_kernel(
     tl.store(hT_ptr + b * Dm * N + hn, h, mask=mdn)
 
 
+@triton.jit
+def _selective_scan_tkernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
+    Dm, L, N, n_chunks,
+    sub, sud, sul, sdb, sdd, sdl, sad, san, sbb, sbn, sbl, scb, scn, scl, szb, szd, szl,
+    syb, syd, syl,
+    TB: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, FOLD: tl.constexpr = False,
+):
+    """The same op as ``_selective_scan_kernel`` with time across the threads (mamba-ssm's CUDA
+    layout): a program owns ``BD`` channels and walks the sequence in blocks of ``TB`` steps; the
+    (BD, TB) tile puts TB along the lanes (a few consecutive steps per thread). For each state
+    index n in turn it scans the (BD, TB) pairs (exp(Δ A_n), Δ B_n u) along time (in-thread
+    sequential, then across lanes), applies the carried state h[:, n] and accumulates C_n h into
+    y; so C's contraction over N is an in-thread multiply-add, not a cross-lane reduction, and
+    Δ, u (and softplus) are loaded and computed once per block for all N state indices. B_n and
+    C_n (TB,) are read once per block for all BD channels."""
+    b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, BN)
+    offs_t = tl.arange(0, TB)
+    md, mn = offs_d < Dm, offs_n < N
+    mdn = md[:, None] & mn[None, :]
+    A2 = tl.load(A_ptr + offs_d[:, None] * sad + offs_n[None, :] * san, mask=mdn, other=0.0)
+    A2 = A2.to(tl.float32) * 1.4426950408889634  # (BD, BN), log2 units: exp(Δ A) = exp2(Δ A2)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    hn_offs = offs_d[:, None] * N + offs_n[None, :]
+    if HAS_H0:
+        h = tl.load(h0_ptr + b * Dm * N + hn_offs, mask=mdn, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BD, BN), dtype=tl.float32)
+    last = (offs_t == TB - 1)[None, :]  # (1, TB)
+    first = (offs_t == 0)[None, :]
+    for c in range(n_chunks):
+        t = c * TB + offs_t
+        mt = t < L
+        mdt = md[:, None] & mt[None, :]
+        u = tl.load(u_ptr + b * sub + offs_d[:, None] * sud + t[None, :] * sul, mask=mdt, other=0.0)
+        u = u.to(tl.float32)  # (BD, TB)
+        dl = tl.load(dl_ptr + b * sdb + offs_d[:, None] * sdd + t[None, :] * sdl, mask=mdt, other=0.0)
+        dl = dl.to(tl.float32)
+        if HAS_BIAS:
+            dl += bias[:, None]
+        if SOFTPLUS:
+            dl = _softplus(dl)
+        dl = tl.where(mdt, dl, 0.0)  # padded steps: decay 1, input 0, the state passes unchanged
+        dlu = dl * u
+        y = tl.zeros((BD, TB), dtype=tl.float32)
+        for n in range(N):
+            sel = (offs_n == n)[None, :]
+            a2 = tl.sum(tl.where(sel, A2, 0.0), axis=1)  # (BD,)
+            h_n = tl.sum(tl.where(sel, h, 0.0), axis=1)  # (BD,): the state entering this block
+            Bn = tl.load(B_ptr + b * sbb + n * sbn + t * sbl, mask=mt, other=0.0).to(tl.float32)
+            Cn = tl.load(C_ptr + b * scb + n * scn + t * scl, mask=mt, other=0.0).to(tl.float32)
+            dA = tl.exp2(dl * a2[:, None])  # (BD, TB)
+            dBu = dlu * Bn[None, :]
+            if FOLD:  # the entering state folded into the first step: only b's prefix is used
+                dBu = tl.where(first, dA * h_n[:, None] + dBu, dBu)
+                _, hs = tl.associative_scan((dA, dBu), 1, _combine)
+            else:
+                aa, bb = tl.associative_scan((dA, dBu), 1, _combine)
+                hs = aa * h_n[:, None] + bb  # (BD, TB): h[:, n] after each step
+            y += hs * Cn[None, :]
+            h_end = tl.sum(tl.where(last, hs, 0.0), axis=1)  # (BD,): after the block
+            h = tl.where(sel, h_end[:, None], h)
+        if HAS_D:
+            y += u * Dv[:, None]
+        if HAS_Z:
+            zz = tl.load(z_ptr + b * szb + offs_d[:, None] * szd + t[None, :] * szl, mask=mdt, other=0.0)
+            zz = zz.to(tl.float32)
+            y *= zz / (1.0 + tl.exp(-zz))
+        tl.store(y_ptr + b * syb + offs_d[:, None] * syd + t[None, :] * syl,
+                 y.to(y_ptr.dtype.element_ty), mask=mdt)
+    tl.store(hT_ptr + b * Dm * N + hn_offs, h, mask=mdn)
+
+
 def selective_scan_fwd(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None = None, z: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None, delta_softplus: bool = True,
-    initial_state: torch.Tensor | None = None, chunk: int = 32, block_d: int = 8,
-    num_warps: int = 4, store_states: bool = False, variant: str = "scan", segments: int = 1,
+    initial_state: torch.Tensor | None = None, chunk: int | None = None, block_d: int | None = None,
+    num_warps: int | None = None, store_states: bool = False, variant: str | None = None, segments: int = 1,
+    fold: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Forward only (no autograd): y (B, D, L) in u's dtype, the final state (B, D, N) fp32 and,
     with ``store_states``, the state entering each chunk of ``chunk`` steps, (B, chunks, D, N)
@@ -203,6 +284,14 @@ def selective_scan_fwd(
     recurrences. Measured on the H100 (kernels/NOTES.md, v5): 1.6-1.8x *slower* than the plain
     walk at d_inner 4096 for every segment count, i.e. the walk is bound by its per-element work,
     not by too few parallel recurrences; kept as an option (default 1 = the plain walk)."""
+    if variant is None:  # the time-parallel kernel cannot store the backward's chunk states
+        variant = "scan" if store_states else DEFAULT_VARIANT
+    if store_states and variant != "scan":
+        raise ValueError("store_states needs variant='scan'")
+    cfg = dict(zip(("chunk", "block_d", "num_warps"), VARIANT_CONFIG[variant]))
+    chunk = chunk or cfg["chunk"]
+    block_d = block_d or cfg["block_d"]
+    num_warps = num_warps or cfg["num_warps"]
     batch, Dm, L = u.shape
     N = A.shape[1]
     BN = triton.next_power_of_2(N)
@@ -221,7 +310,12 @@ def selective_scan_fwd(
     S = 1 if store_states or variant != "scan" else max(1, min(segments, n_chunks))
     if S == 1:
         grid = (batch, triton.cdiv(Dm, BD))
-        if variant == "seq":
+        if variant == "time":
+            _selective_scan_tkernel[grid](*args, h0, y, final, Dm, L, N, n_chunks, *strides,
+                                          TB=chunk, BD=BD, BN=BN, HAS_D=D is not None, HAS_Z=z is not None,
+                                          HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+                                          HAS_H0=initial_state is not None, FOLD=fold, num_warps=num_warps)
+        elif variant == "seq":
             _selective_scan_seq_kernel[grid](*args, h0, y, final, states if states is not None else final,
                                              Dm, L, N, n_chunks, *strides, HAS_H0=initial_state is not None,
                                              STORE_STATES=store_states, **flags)
@@ -273,6 +367,12 @@ class _SelectiveScanFn(torch.autograd.Function):
                                    delta_softplus=ctx.delta_softplus, chunk=BWD_CHUNK)
         return (*grads, None)
 
+
+# Per variant: (steps per chunk, channels per program, warps). "scan" and "seq": the fastest of
+# the H100 sweeps (kernels/NOTES.md, v2-v3); "time": see kernels/NOTES.md, v6.
+VARIANT_CONFIG = {"scan": (32, 8, 4), "seq": (16, 8, 4), "time": (256, 8, 4)}
+# The forward without stored states (inference, prefill); with states it is always "scan".
+DEFAULT_VARIANT = "scan"
 
 # The chunk of the forward when it stores states for the backward: the backward walks the same
 # chunks (its tile of T x channels x N is the size limit: see kernels/NOTES.md).
