@@ -52,7 +52,7 @@ def _selective_scan_kernel(
     n_segs, c_per_seg,
     T: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_STATES: tl.constexpr, SUMMARY: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_STATES: tl.constexpr, SUMMARY: tl.constexpr, BIG: tl.constexpr = False,
 ):
     # Segments (program_id 2) split the chunks into n_segs runs of c_per_seg (one segment = the
     # whole sequence, the plain walk). SUMMARY (pass 1 of the segmented forward): from a zero
@@ -63,6 +63,10 @@ def _selective_scan_kernel(
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     offs_n = tl.arange(0, BN)
     offs_t = tl.arange(0, T)
+    if BIG:  # an offset passes 2**31 elements (e.g. d_inner 4096 x 1M steps): 64-bit indices
+        b = b.to(tl.int64)
+        offs_d = offs_d.to(tl.int64)
+        offs_t = offs_t.to(tl.int64)
     md, mn = offs_d < Dm, offs_n < N
     mdn = md[:, None] & mn[None, :]
     # A in log2 units, so that exp(Δ A) = exp2(Δ A log2 e)
@@ -130,7 +134,7 @@ def _selective_scan_seq_kernel(
     syb, syd, syl,
     T: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_STATES: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_STATES: tl.constexpr, BIG: tl.constexpr = False,
 ):
     """The same op as ``_selective_scan_kernel``, walking time step by step: each (d, n)
     recurrence is one register updated T times per chunk (the chunk loop is unrolled so the
@@ -140,6 +144,9 @@ def _selective_scan_seq_kernel(
     b = tl.program_id(0)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     offs_n = tl.arange(0, BN)
+    if BIG:  # an offset passes 2**31 elements (e.g. d_inner 4096 x 1M steps): 64-bit indices
+        b = b.to(tl.int64)
+        offs_d = offs_d.to(tl.int64)
     md, mn = offs_d < Dm, offs_n < N
     mdn = md[:, None] & mn[None, :]
     A2 = tl.load(A_ptr + offs_d[:, None] * sad + offs_n[None, :] * san, mask=mdn, other=0.0)
@@ -158,6 +165,8 @@ def _selective_scan_seq_kernel(
             tl.store(st_ptr + (b * n_chunks + c) * Dm * N + hn, h, mask=mdn)
         for s in tl.static_range(T):
             t = c * T + s
+            if BIG:
+                t = t.to(tl.int64)
             mdt = md & (offs_d * 0 + t < L)  # vector masks (the interpreter rejects scalar ones)
             mnt = mn & (offs_n * 0 + t < L)
             u = tl.load(u_ptr + b * sub + offs_d * sud + t * sul, mask=mdt, other=0.0).to(tl.float32)
@@ -188,7 +197,7 @@ def _selective_scan_tkernel(
     syb, syd, syl,
     TB: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, FOLD: tl.constexpr = False,
+    HAS_H0: tl.constexpr, FOLD: tl.constexpr = False, BIG: tl.constexpr = False,
 ):
     """The same op as ``_selective_scan_kernel`` with time across the threads (mamba-ssm's CUDA
     layout): a program owns ``BD`` channels and walks the sequence in blocks of ``TB`` steps; the
@@ -202,6 +211,10 @@ def _selective_scan_tkernel(
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     offs_n = tl.arange(0, BN)
     offs_t = tl.arange(0, TB)
+    if BIG:  # an offset passes 2**31 elements (e.g. d_inner 4096 x 1M steps): 64-bit indices
+        b = b.to(tl.int64)
+        offs_d = offs_d.to(tl.int64)
+        offs_t = offs_t.to(tl.int64)
     md, mn = offs_d < Dm, offs_n < N
     mdn = md[:, None] & mn[None, :]
     A2 = tl.load(A_ptr + offs_d[:, None] * sad + offs_n[None, :] * san, mask=mdn, other=0.0)
@@ -260,6 +273,13 @@ def _selective_scan_tkernel(
     tl.store(hT_ptr + b * Dm * N + hn_offs, h, mask=mdn)
 
 
+def needs_int64(*tensors: torch.Tensor | None) -> bool:
+    """Whether an element offset into any of ``tensors`` can reach 2**31 (then the kernels index
+    in 64 bits; below that, 32-bit index arithmetic is cheaper)."""
+    return any(t is not None and sum((n - 1) * st for n, st in zip(t.shape, t.stride())) >= 2**31 - 1
+               for t in tensors)
+
+
 def selective_scan_fwd(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None = None, z: torch.Tensor | None = None,
@@ -305,8 +325,9 @@ def selective_scan_fwd(
     zt = z if z is not None else u
     args = (u, delta, A, B, C, D if D is not None else u, zt, delta_bias if delta_bias is not None else u)
     strides = (*u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zt.stride(), *y.stride())
+    big = needs_int64(u, delta, B, C, zt, y, states)
     flags = dict(T=chunk, BD=BD, BN=BN, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                 SOFTPLUS=delta_softplus, num_warps=num_warps)
+                 SOFTPLUS=delta_softplus, BIG=big, num_warps=num_warps)
     S = 1 if store_states or variant != "scan" else max(1, min(segments, n_chunks))
     if S == 1:
         grid = (batch, triton.cdiv(Dm, BD))
@@ -314,7 +335,7 @@ def selective_scan_fwd(
             _selective_scan_tkernel[grid](*args, h0, y, final, Dm, L, N, n_chunks, *strides,
                                           TB=chunk, BD=BD, BN=BN, HAS_D=D is not None, HAS_Z=z is not None,
                                           HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-                                          HAS_H0=initial_state is not None, FOLD=fold, num_warps=num_warps)
+                                          HAS_H0=initial_state is not None, FOLD=fold, BIG=big, num_warps=num_warps)
         elif variant == "seq":
             _selective_scan_seq_kernel[grid](*args, h0, y, final, states if states is not None else final,
                                              Dm, L, N, n_chunks, *strides, HAS_H0=initial_state is not None,

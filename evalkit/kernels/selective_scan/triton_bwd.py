@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from evalkit.kernels.selective_scan.triton import _combine, _softplus
+from evalkit.kernels.selective_scan.triton import _combine, _softplus, needs_int64
 
 _LOG2E = 1.4426950408889634
 
@@ -57,12 +57,16 @@ def _selective_scan_bwd_kernel(
     sgb, sgd, sgl, sgub, sgud, sgul, sgdb, sgdd, sgdl, sgzb, sgzd, sgzl,
     T: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_GT: tl.constexpr,
+    HAS_GT: tl.constexpr, BIG: tl.constexpr = False,
 ):
     b = tl.program_id(0)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     offs_n = tl.arange(0, BN)
     offs_t = tl.arange(0, T)
+    if BIG:  # an offset passes 2**31 elements: 64-bit indices (see triton.needs_int64)
+        b = b.to(tl.int64)
+        offs_d = offs_d.to(tl.int64)
+        offs_t = offs_t.to(tl.int64)
     md, mn = offs_d < Dm, offs_n < N
     mdn = md[:, None] & mn[None, :]
     A = tl.load(A_ptr + offs_d[:, None] * sad + offs_n[None, :] * san, mask=mdn, other=0.0).to(tl.float32)
@@ -203,6 +207,7 @@ def selective_scan_bwd(
         T=chunk, BD=block_d, BN=triton.next_power_of_2(N),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=delta_softplus, HAS_GT=gT is not None, num_warps=num_warps,
+        BIG=needs_int64(u, delta, B, C, zt, gy, gu, gdl, gzt, states),
     )
     return (
         gu, gdl, gA.sum(0).to(A.dtype), gB.to(B.dtype), gC.to(C.dtype),
