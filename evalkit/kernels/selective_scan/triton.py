@@ -273,6 +273,79 @@ def _selective_scan_tkernel(
     tl.store(hT_ptr + b * Dm * N + hn_offs, h, mask=mdn)
 
 
+@triton.jit
+def _selective_scan_tkernel2(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
+    Dm, L, n_chunks,
+    sub, sud, sul, sdb, sdd, sdl, sad, san, sbb, sbn, sbl, scb, scn, scl, szb, szd, szl,
+    syb, syd, syl,
+    N: tl.constexpr, TB: tl.constexpr, BD: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, BIG: tl.constexpr = False,
+):
+    """``_selective_scan_tkernel`` with every per-state quantity kept in the (BD, TB) tile's own
+    layout: A (in log2 units) and the carried state sit in columns 0..N-1 of (BD, TB) tiles, the
+    state loop is unrolled (N is a compile-time constant, N <= TB), so A's columns are loop
+    invariants and the carry moves by in-row reductions, never by a layout conversion through
+    shared memory (the suspected cost of the first version, kernels/NOTES.md v6)."""
+    b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    offs_t = tl.arange(0, TB)
+    if BIG:
+        b = b.to(tl.int64)
+        offs_d = offs_d.to(tl.int64)
+        offs_t = offs_t.to(tl.int64)
+    md = offs_d < Dm
+    mdn = md[:, None] & (offs_t < N)[None, :]
+    A2 = tl.load(A_ptr + offs_d[:, None] * sad + offs_t[None, :] * san, mask=mdn, other=0.0)
+    A2 = A2.to(tl.float32) * 1.4426950408889634  # (BD, TB): A[:, n] in column n
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    hn_offs = offs_d[:, None] * N + offs_t[None, :]
+    if HAS_H0:
+        H = tl.load(h0_ptr + b * Dm * N + hn_offs, mask=mdn, other=0.0).to(tl.float32)
+    else:
+        H = tl.zeros((BD, TB), dtype=tl.float32)  # h[:, n] in column n
+    last = (offs_t == TB - 1)[None, :]
+    for c in range(n_chunks):
+        t = c * TB + offs_t
+        mt = t < L
+        mdt = md[:, None] & mt[None, :]
+        u = tl.load(u_ptr + b * sub + offs_d[:, None] * sud + t[None, :] * sul, mask=mdt, other=0.0)
+        u = u.to(tl.float32)  # (BD, TB)
+        dl = tl.load(dl_ptr + b * sdb + offs_d[:, None] * sdd + t[None, :] * sdl, mask=mdt, other=0.0)
+        dl = dl.to(tl.float32)
+        if HAS_BIAS:
+            dl += bias[:, None]
+        if SOFTPLUS:
+            dl = _softplus(dl)
+        dl = tl.where(mdt, dl, 0.0)
+        dlu = dl * u
+        y = tl.zeros((BD, TB), dtype=tl.float32)
+        for n in tl.static_range(N):
+            sel = (offs_t == n)[None, :]
+            a2 = tl.sum(tl.where(sel, A2, 0.0), axis=1)  # (BD,), loop-invariant
+            h_n = tl.sum(tl.where(sel, H, 0.0), axis=1)
+            Bn = tl.load(B_ptr + b * sbb + n * sbn + t * sbl, mask=mt, other=0.0).to(tl.float32)
+            Cn = tl.load(C_ptr + b * scb + n * scn + t * scl, mask=mt, other=0.0).to(tl.float32)
+            dA = tl.exp2(dl * a2[:, None])
+            aa, bb = tl.associative_scan((dA, dlu * Bn[None, :]), 1, _combine)
+            hs = aa * h_n[:, None] + bb
+            y += hs * Cn[None, :]
+            H = tl.where(sel, tl.sum(tl.where(last, hs, 0.0), axis=1)[:, None], H)
+        if HAS_D:
+            y += u * Dv[:, None]
+        if HAS_Z:
+            zz = tl.load(z_ptr + b * szb + offs_d[:, None] * szd + t[None, :] * szl, mask=mdt, other=0.0)
+            zz = zz.to(tl.float32)
+            y *= zz / (1.0 + tl.exp(-zz))
+        tl.store(y_ptr + b * syb + offs_d[:, None] * syd + t[None, :] * syl,
+                 y.to(y_ptr.dtype.element_ty), mask=mdt)
+    tl.store(hT_ptr + b * Dm * N + hn_offs, H, mask=mdn)
+
+
 def needs_int64(*tensors: torch.Tensor | None) -> bool:
     """Whether an element offset into any of ``tensors`` can reach 2**31 (then the kernels index
     in 64 bits; below that, 32-bit index arithmetic is cheaper)."""
@@ -312,6 +385,8 @@ def selective_scan_fwd(
     chunk = chunk or cfg["chunk"]
     block_d = block_d or cfg["block_d"]
     num_warps = num_warps or cfg["num_warps"]
+    if variant == "time2":  # A and the state live in the first N columns of a (channels, chunk) tile
+        chunk = max(chunk, triton.next_power_of_2(A.shape[1]))
     batch, Dm, L = u.shape
     N = A.shape[1]
     BN = triton.next_power_of_2(N)
@@ -336,6 +411,11 @@ def selective_scan_fwd(
                                           TB=chunk, BD=BD, BN=BN, HAS_D=D is not None, HAS_Z=z is not None,
                                           HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
                                           HAS_H0=initial_state is not None, FOLD=fold, BIG=big, num_warps=num_warps)
+        elif variant == "time2":
+            _selective_scan_tkernel2[grid](*args, h0, y, final, Dm, L, n_chunks, *strides,
+                                           N=N, TB=chunk, BD=BD, HAS_D=D is not None, HAS_Z=z is not None,
+                                           HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+                                           HAS_H0=initial_state is not None, BIG=big, num_warps=num_warps)
         elif variant == "seq":
             _selective_scan_seq_kernel[grid](*args, h0, y, final, states if states is not None else final,
                                              Dm, L, N, n_chunks, *strides, HAS_H0=initial_state is not None,
@@ -391,7 +471,7 @@ class _SelectiveScanFn(torch.autograd.Function):
 
 # Per variant: (steps per chunk, channels per program, warps). "scan" and "seq": the fastest of
 # the H100 sweeps (kernels/NOTES.md, v2-v3); "time": see kernels/NOTES.md, v6.
-VARIANT_CONFIG = {"scan": (32, 8, 4), "seq": (16, 8, 4), "time": (256, 8, 4)}
+VARIANT_CONFIG = {"scan": (32, 8, 4), "seq": (16, 8, 4), "time": (128, 32, 8), "time2": (128, 32, 8)}
 # The forward without stored states (inference, prefill); with states it is always "scan".
 DEFAULT_VARIANT = "scan"
 
