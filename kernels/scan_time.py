@@ -21,7 +21,10 @@ from kernels.bench import ceilings, fmt, ms, rel, ss_floor, ss_inputs
 CONFIGS = [("time", 128, 32, 8, False), ("time", 256, 8, 4, True), ("time", 128, 64, 8, False),
            ("time2", 128, 32, 8, False), ("time2", 128, 16, 4, False), ("time2", 256, 16, 8, False),
            ("time2", 64, 32, 4, False), ("time2", 128, 64, 8, False), ("time2", 256, 32, 8, False),
-           ("time2", 64, 64, 8, False), ("time2", 32, 64, 4, False), ("time2", 256, 8, 4, False)]
+           ("time2", 64, 64, 8, False), ("time2", 32, 64, 4, False), ("time2", 256, 8, 4, False),
+           ("time3", 128, 32, 8, False), ("time3", 128, 16, 4, False), ("time3", 256, 16, 8, False),
+           ("time3", 64, 32, 4, False), ("time3", 128, 8, 4, False), ("time3", 256, 8, 8, False),
+           ("time3", 64, 16, 2, False), ("time3", 128, 32, 4, False)]
 
 
 def checks() -> bool:
@@ -34,7 +37,7 @@ def checks() -> bool:
             h0 = torch.randn(b, d, n, device="cuda")
             f = {k: v.float() for k, v in t.items()}
             y_ref, h_ref = selective_scan_ref(**f, initial_state=h0, return_final_state=True)
-            for cfg in CONFIGS[:4] + CONFIGS[9:10]:
+            for cfg in CONFIGS[:4] + CONFIGS[9:10] + CONFIGS[12:14]:
                 var, TB, BD, nw, fold = cfg
                 y, hT, _ = ss_triton.selective_scan_fwd(**t, initial_state=h0, variant=var, chunk=TB,
                                                         block_d=BD, num_warps=nw, fold=fold)
@@ -51,7 +54,7 @@ def checks() -> bool:
     for k in ("B", "C"):
         t[k] = t[k].transpose(1, 2).contiguous().transpose(1, 2)
     y_ref, h_ref = selective_scan_ref(**{k: v.float() for k, v in t.items()}, return_final_state=True)
-    for var in ("time", "time2"):
+    for var in ("time", "time2", "time3"):
         y, hT, _ = ss_triton.selective_scan_fwd(**t, variant=var)
         ey, eh = rel(y, y_ref), rel(hT, h_ref)
         good = ey < 1e-2 and eh < 1e-4

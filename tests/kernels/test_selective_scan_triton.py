@@ -100,7 +100,7 @@ def test_time_parallel_forward_matches_reference(b, d, L, n, TB, BD, fold, dtype
     t = _inputs(b, d, L, n, dtype, seed=L * 5 + d + TB, full=L % 2 == 1 or fold)
     h0 = torch.randn(b, d, n, device=DEV) if fold or L < 100 else None
     y_ref, hT_ref = _ref(t, initial_state=h0)
-    for variant in ("time", "time2"):  # time2 widens a block below N steps to N
+    for variant in ("time", "time2", "time3"):  # time2 widens a block below N steps to N
         y, hT, _ = ss_triton.selective_scan_fwd(**t, initial_state=h0, variant=variant, chunk=TB, block_d=BD,
                                                 fold=fold)
         assert y.dtype == dtype and y.shape == (b, d, L)
@@ -126,7 +126,7 @@ def test_int64_indexing_path(monkeypatch):
     monkeypatch.setattr(triton_bwd, "needs_int64", lambda *t: True)
     t = _inputs(2, 3, 45, 4, torch.float32, seed=11, requires_grad=True)
     y_ref, hT_ref = _ref({k: v.detach() for k, v in t.items()})
-    for variant in ("scan", "seq", "time", "time2"):
+    for variant in ("scan", "seq", "time", "time2", "time3"):
         y, hT, _ = ss_triton.selective_scan_fwd(**{k: v.detach() for k, v in t.items()}, variant=variant, chunk=16)
         assert _rel(y, y_ref) < 1e-5 and _rel(hT, hT_ref) < 1e-5, variant
     y = ss_triton.selective_scan(**t)
@@ -143,7 +143,7 @@ def test_no_softplus_and_strided_inputs():
     t["delta"] = torch.rand(b, L, d, device=DEV).transpose(1, 2)  # Δ > 0 already, strided
     t["z"] = t["z"].transpose(1, 2).contiguous().transpose(1, 2)
     y_ref, hT_ref = _ref(t, delta_softplus=False)
-    for variant in ("scan", "time", "time2"):
+    for variant in ("scan", "time", "time2", "time3"):
         y, hT, _ = ss_triton.selective_scan_fwd(**t, delta_softplus=False, variant=variant)
         assert _rel(y, y_ref) < 1e-5 and _rel(hT, hT_ref) < 1e-5, variant
 

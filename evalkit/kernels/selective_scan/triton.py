@@ -346,6 +346,74 @@ def _selective_scan_tkernel2(
     tl.store(hT_ptr + b * Dm * N + hn_offs, H, mask=mdn)
 
 
+@triton.jit
+def _selective_scan_tkernel3(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, h_ptr,
+    Dm, L, N, n_chunks,
+    sub, sud, sul, sdb, sdd, sdl, sad, san, sbb, sbn, sbl, scb, scn, scl, szb, szd, szl,
+    syb, syd, syl,
+    TB: tl.constexpr, BD: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BIG: tl.constexpr = False,
+):
+    """``_selective_scan_tkernel`` with nothing per state index held in registers: the carried
+    state h (B, D, N) lives in the output buffer ``h_ptr`` (holding the initial state on entry,
+    the final state on exit) and A is re-read per block (both L1-resident); the D skip starts y,
+    so only Δ, Δu and y stay live across the state loop. A barrier after each store of h makes it
+    visible to the threads that read it back in the next block."""
+    b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    offs_t = tl.arange(0, TB)
+    if BIG:
+        b = b.to(tl.int64)
+        offs_d = offs_d.to(tl.int64)
+        offs_t = offs_t.to(tl.int64)
+    md = offs_d < Dm
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    h_row = h_ptr + b * Dm * N + offs_d * N  # (BD,) pointers to h[b, d, 0]
+    last = (offs_t == TB - 1)[None, :]
+    for c in range(n_chunks):
+        t = c * TB + offs_t
+        mt = t < L
+        mdt = md[:, None] & mt[None, :]
+        u = tl.load(u_ptr + b * sub + offs_d[:, None] * sud + t[None, :] * sul, mask=mdt, other=0.0)
+        u = u.to(tl.float32)  # (BD, TB)
+        dl = tl.load(dl_ptr + b * sdb + offs_d[:, None] * sdd + t[None, :] * sdl, mask=mdt, other=0.0)
+        dl = dl.to(tl.float32)
+        if HAS_BIAS:
+            dl += bias[:, None]
+        if SOFTPLUS:
+            dl = _softplus(dl)
+        dl = tl.where(mdt, dl, 0.0)
+        dlu = dl * u
+        if HAS_D:
+            y = u * Dv[:, None]
+        else:
+            y = tl.zeros((BD, TB), dtype=tl.float32)
+        for n in range(N):
+            a2 = tl.load(A_ptr + offs_d * sad + n * san, mask=md, other=0.0).to(tl.float32) * 1.4426950408889634
+            h_n = tl.load(h_row + n, mask=md, other=0.0)
+            Bn = tl.load(B_ptr + b * sbb + n * sbn + t * sbl, mask=mt, other=0.0).to(tl.float32)
+            Cn = tl.load(C_ptr + b * scb + n * scn + t * scl, mask=mt, other=0.0).to(tl.float32)
+            dA = tl.exp2(dl * a2[:, None])
+            aa, bb = tl.associative_scan((dA, dlu * Bn[None, :]), 1, _combine)
+            hs = aa * h_n[:, None] + bb
+            y += hs * Cn[None, :]
+            tl.store(h_row + n, tl.sum(tl.where(last, hs, 0.0), axis=1), mask=md)
+            # Triton stores a value replicated over threads from one of them: make it visible to
+            # the others before the next block reads it back
+            tl.debug_barrier()
+        if HAS_Z:
+            zz = tl.load(z_ptr + b * szb + offs_d[:, None] * szd + t[None, :] * szl, mask=mdt, other=0.0)
+            zz = zz.to(tl.float32)
+            y *= zz / (1.0 + tl.exp(-zz))
+        tl.store(y_ptr + b * syb + offs_d[:, None] * syd + t[None, :] * syl,
+                 y.to(y_ptr.dtype.element_ty), mask=mdt)
+
+
 def needs_int64(*tensors: torch.Tensor | None) -> bool:
     """Whether an element offset into any of ``tensors`` can reach 2**31 (then the kernels index
     in 64 bits; below that, 32-bit index arithmetic is cheaper)."""
@@ -416,6 +484,15 @@ def selective_scan_fwd(
                                            N=N, TB=chunk, BD=BD, HAS_D=D is not None, HAS_Z=z is not None,
                                            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
                                            HAS_H0=initial_state is not None, BIG=big, num_warps=num_warps)
+        elif variant == "time3":
+            if initial_state is not None:
+                final.copy_(initial_state)
+            else:
+                final.zero_()
+            _selective_scan_tkernel3[grid](*args, y, final, Dm, L, N, n_chunks, *strides,
+                                           TB=chunk, BD=BD, HAS_D=D is not None, HAS_Z=z is not None,
+                                           HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+                                           BIG=big, num_warps=num_warps)
         elif variant == "seq":
             _selective_scan_seq_kernel[grid](*args, h0, y, final, states if states is not None else final,
                                              Dm, L, N, n_chunks, *strides, HAS_H0=initial_state is not None,
@@ -471,7 +548,8 @@ class _SelectiveScanFn(torch.autograd.Function):
 
 # Per variant: (steps per chunk, channels per program, warps). "scan" and "seq": the fastest of
 # the H100 sweeps (kernels/NOTES.md, v2-v3); "time": see kernels/NOTES.md, v6.
-VARIANT_CONFIG = {"scan": (32, 8, 4), "seq": (16, 8, 4), "time": (128, 32, 8), "time2": (128, 32, 8)}
+VARIANT_CONFIG = {"scan": (32, 8, 4), "seq": (16, 8, 4), "time": (128, 32, 8), "time2": (128, 32, 8),
+                  "time3": (128, 32, 8)}
 # The forward without stored states (inference, prefill); with states it is always "scan".
 DEFAULT_VARIANT = "scan"
 

@@ -92,14 +92,18 @@ class Mamba(Mixer):
         return dt @ self.dt_proj.weight.t(), B, C
 
     def _forward(self, u: torch.Tensor, return_state: bool, state: SSMState | None = None):
-        xz = self.in_proj(u)  # (B, L, 2*d_inner)
-        x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
+        # Channel-major (B, C, L) from the input projection on, as mamba_ssm computes it: every
+        # operand of the scan is then contiguous along L, the layout the time-parallel scan kernel
+        # reads coalesced (with (B, L, C) views it reads strided: kernels/NOTES.md, v6).
+        N = self.cfg.d_state
+        xz = torch.matmul(self.in_proj.weight, u.transpose(1, 2))  # (B, 2*d_inner, L)
+        x, z = xz.chunk(2, dim=1)  # (B, d_inner, L) each
         xc, conv_state = causal_conv(x, self.conv1d, None if state is None else state[0])
         xc = F.silu(xc)  # (B, d_inner, L)
-        dt, B, C = self._scan_inputs(xc.transpose(1, 2))  # (B, L, d_inner), (B, L, N) x2
+        dt, B, C = torch.matmul(self.x_proj.weight, xc).split([self.dt_rank, N, N], dim=1)  # (B, ·, L)
+        dt = torch.matmul(self.dt_proj.weight, dt)  # (B, d_inner, L), before the bias
         out = selective_scan(
-            xc, dt.transpose(1, 2), -torch.exp(self.A_log), B.transpose(1, 2),
-            C.transpose(1, 2), D=self.D, z=z, delta_bias=self.dt_proj.bias,
+            xc, dt, -torch.exp(self.A_log), B, C, D=self.D, z=z, delta_bias=self.dt_proj.bias,
             delta_softplus=True, initial_state=None if state is None else state[1],
             return_final_state=return_state, chunk_size=self.cfg.chunk_size,
         )
