@@ -156,11 +156,38 @@ def attn_long() -> list[Run]:
             for d, lr in ((64, 1e-3), (128, 1e-3), (256, 1e-3), (128, 3e-3))]
 
 
+def round5() -> list[Run]:
+    """Round 5 (prepared 2026-11-23; ``frontier5`` ran 2026-12-03 on one H200 with ``--time-limit 330``,
+    reports/repro/frontier.md; ``zoo5`` not yet run): Zoology's query form
+    (``key <pad>``: bare queries, answers hidden; experiments/repro/notes/zoology.md), which the CPU
+    runs showed is what lets 2-layer attention leave the plateau (docs/training.md), at Zoology's
+    batch (256 sequences a step) and three seeds, since leaving the plateau is seed-dependent.
+    ``zoo5``: Zoology Fig. 2 (128, 8) at widths 64-256; ``frontier5``: the Based frontier on the
+    T = 256, 64-pair MQAR (attention, Mamba-2 N 16/64/256, Gated DeltaNet, SWA windows 32-128)."""
+    z, h, runs = T + "mqar_128_8_zoo.yaml", T + "mqar_256_t4_zoo.yaml", []
+    big = {"batch_tokens": 256 * 128, "eval_every": 250, "warmup": 0.0, "weight_decay": 0.01}
+    for label, (letter, extra) in MIXERS.items():
+        for d in (64, 128, 256):
+            for seed in (0, 1, 2):
+                runs.append(Run("zoo5", label, base(d, letter * 2, **extra), (z,), (z,), 3e-3, 300.0, seed, big))
+    wide = {**big, "batch_tokens": 256 * 256}
+    for label, arch, lr in (("attention", base(128, "AA"), 3e-3), ("mamba2 N=16", base(128, "MM", d_state=16), 1e-2),
+                            ("mamba2 N=64", base(128, "MM", d_state=64), 1e-2),
+                            ("mamba2 N=256", base(128, "MM", d_state=256), 1e-2),
+                            ("gated_deltanet", base(128, "GG", d_state=32), 3e-3),
+                            *[(f"swa w={w}", base(128, "WW", window=w), 3e-3) for w in (32, 64, 128)]):
+        for seed in (0, 1, 2):
+            runs.append(Run("frontier5", label, arch, (h,), (h,), lr, 400.0, seed, wide))
+    return runs
+
+
 EXPERIMENTS = {"zoology": zoology, "mamba2": mamba2, "frontier": frontier, "fraction": fraction,
                "copying": copying, "long": long, "attn_long": attn_long,
                "frontier2": lambda: [r for r in round3() if r.exp == "frontier2"],
                "fraction2": lambda: [r for r in round3() if r.exp == "fraction2"],
-               "copying2": lambda: [r for r in round3() if r.exp == "copying2"]}
+               "copying2": lambda: [r for r in round3() if r.exp == "copying2"],
+               "zoo5": lambda: [r for r in round5() if r.exp == "zoo5"],
+               "frontier5": lambda: [r for r in round5() if r.exp == "frontier5"]}
 
 
 def runs(names: list[str] | None = None) -> list[Run]:
