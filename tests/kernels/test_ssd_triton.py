@@ -28,8 +28,10 @@ DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_GPU else [])
 # inputs; the gap is the kernel's bf16/fp16 dot operands and fp32 summation order)
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 # (batch, L, heads, headdim, state, groups, chunk)
+# N = 256 and 200 take the N-blocked output path (state wider than OUT_MAX_N; Mamba-2 N=256 crashed
+# on the H200 before it).
 CASES = [(1, 63, 2, 16, 16, 1, 16), (2, 500, 4, 8, 8, 2, 64), (1, 1000, 2, 16, 32, 1, 128),
-         (2, 77, 3, 5, 6, 1, 32)]
+         (2, 77, 3, 5, 6, 1, 32), (2, 150, 2, 32, 256, 1, 64), (1, 70, 2, 8, 200, 1, 32)]
 IDS = [f"B{b}-L{L}-H{h}-P{p}-N{n}-G{g}-T{c}" for b, L, h, p, n, g, c in CASES]
 
 
@@ -100,7 +102,7 @@ def test_state_chunk_changes_rounding_only(state_chunk):
 # Backward (Triton kernels, triton_bwd.py): (batch, L, heads, headdim, state, groups, chunk, D?)
 # Under the interpreter the long cases run in float32 only (a few seconds each); on a GPU, all.
 # N = 40 walks two state blocks of the backward; chunk 128 is clamped to 64 when grads are needed.
-GRAD_CASES = [(2, 70, 2, 8, 40, 1, 32, True), (1, 63, 4, 5, 6, 2, 16, False),
+GRAD_CASES = [(2, 70, 2, 8, 40, 1, 32, True), (1, 63, 4, 5, 6, 2, 16, False), (2, 66, 2, 32, 256, 1, 64, True),
               (1, 500, 2, 16, 16, 1, 64, True), (1, 1000, 2, 32, 8, 2, 128, True)]
 GRAD_GRID = [(c, dt) for c in GRAD_CASES for dt in DTYPES if ON_GPU or dt == torch.float32 or c[1] < 100]
 

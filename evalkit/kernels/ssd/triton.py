@@ -84,7 +84,7 @@ def _ssd_out_kernel(
     sxb, sxl, sxh, sxp, sdb, sdl, sdh, sbb, sbl, sbg, sbn, scb, scl, scg, scn,
     syb, syl, syh, syp,
     T: tl.constexpr, K: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-    HAS_D: tl.constexpr, STORE_SUB: tl.constexpr, PREC: tl.constexpr,
+    HAS_D: tl.constexpr, STORE_SUB: tl.constexpr, PREC: tl.constexpr, NSPLIT: tl.constexpr = False,
 ):
     # One program per (batch·head, state chunk of K·T steps, P-block): it loads the state
     # entering its state chunk and walks the K chunks of T steps in order, keeping the state
@@ -101,9 +101,40 @@ def _ssd_out_kernel(
     mp, mn = offs_p < P, offs_n < N
     mnp = mn[:, None] & mp[None, :]
     A = tl.load(A_ptr + h).to(tl.float32)
+    causal = offs_t[:, None] >= offs_t[None, :]
+    if NSPLIT:
+        # K = 1 (one state per chunk, read from memory) with N walked in blocks of BN: a large state
+        # (N = 256) never sits whole in registers. With (T, 256) tiles and a (256, BP) fp32 state the
+        # one-pass path below crashed on the H200 (illegal address, Triton 3.6; kernels/NOTES.md v6).
+        t = cc * T + offs_t
+        mt = t < L
+        dt = tl.load(dt_ptr + b * sdb + h * sdh + t * sdl, mask=mt, other=0.0).to(tl.float32)
+        cs = tl.cumsum(dt * A, 0)
+        x = tl.load(x_ptr + b * sxb + h * sxh + t[:, None] * sxl + offs_p[None, :] * sxp,
+                    mask=mt[:, None] & mp[None, :], other=0.0)  # (T, BP)
+        cb = tl.zeros((T, T), dtype=tl.float32)
+        ys = tl.zeros((T, BP), dtype=tl.float32)
+        for n0 in range(0, N, BN):
+            on = n0 + offs_n
+            mnb = on < N
+            cm = tl.load(C_ptr + b * scb + g * scg + t[:, None] * scl + on[None, :] * scn,
+                         mask=mt[:, None] & mnb[None, :], other=0.0)  # (T, BN)
+            bm = tl.load(B_ptr + b * sbb + g * sbg + t[:, None] * sbl + on[None, :] * sbn,
+                         mask=mt[:, None] & mnb[None, :], other=0.0)
+            cb += tl.dot(cm, tl.trans(bm), input_precision=PREC)
+            sb = tl.load(st_ptr + ((b * n_state_chunks + cc) * H + h) * P * N + offs_p[None, :] * N + on[:, None],
+                         mask=mnb[:, None] & mp[None, :], other=0.0)  # (BN, BP)
+            ys += tl.dot(cm, sb.to(cm.dtype), input_precision=PREC)
+        seg = tl.where(causal, cs[:, None] - cs[None, :], float("-inf"))
+        m = cb * tl.exp(seg) * dt[None, :]
+        y = tl.dot(m.to(x.dtype), x, input_precision=PREC) + ys * tl.exp(cs)[:, None]
+        if HAS_D:
+            y += x.to(tl.float32) * tl.load(D_ptr + h).to(tl.float32)
+        tl.store(y_ptr + b * syb + h * syh + t[:, None] * syl + offs_p[None, :] * syp,
+                 y.to(y_ptr.dtype.element_ty), mask=mt[:, None] & mp[None, :])
+        return
     s = tl.load(st_ptr + ((b * n_state_chunks + cc) * H + h) * P * N + offs_p[None, :] * N + offs_n[:, None],
                 mask=mnp, other=0.0)  # (BN, BP): the entering state, transposed
-    causal = offs_t[:, None] >= offs_t[None, :]
     for j in range(K):
         c = cc * K + j
         if STORE_SUB:
@@ -147,6 +178,9 @@ def _pow2(n: int, lo: int = 16) -> int:
 # MIN_OUT_PROGRAMS programs (kernels/NOTES.md, v4).
 STATE_CHUNK = 512
 MIN_OUT_PROGRAMS = 512
+# States wider than OUT_MAX_N: the output kernel walks N in blocks of OUT_BLOCK_N, one state per chunk.
+OUT_MAX_N = 128
+OUT_BLOCK_N = 64
 
 
 def default_state_chunk(batch: int, heads: int, L: int, chunk: int, p_blocks: int = 1) -> int:
@@ -178,7 +212,8 @@ def ssd_fwd(
     G, N = B.shape[2], B.shape[3]
     T = chunk_size
     BP_o = max(32, min(_pow2(P, 32), out_block_p or 64))
-    TS = max(T, state_chunk or default_state_chunk(batch, H, L, T, triton.cdiv(P, BP_o)))
+    nsplit = _pow2(N) > OUT_MAX_N  # a large state: one state per chunk, N walked in blocks
+    TS = T if nsplit else max(T, state_chunk or default_state_chunk(batch, H, L, T, triton.cdiv(P, BP_o)))
     if TS % T or TS & (TS - 1):
         raise ValueError(f"state_chunk {TS} must be a power-of-two multiple of chunk_size {T}")
     n_chunks = max(1, triton.cdiv(L, T))
@@ -212,8 +247,9 @@ def ssd_fwd(
     _ssd_out_kernel[grid](
         x, dt, A, B, C, D if D is not None else A, states, y, sub, L, H, P, N, H // G, n_chunks, n_sc,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *y.stride(),
-        T=T, K=TS // T, BP=BP_o, BN=BN_full, HAS_D=D is not None, STORE_SUB=sub is not states, PREC=prec,
-        num_warps=out_warps or (4 if T * BN_full <= 8192 else 8), num_stages=stages,
+        T=T, K=TS // T, BP=BP_o, BN=OUT_BLOCK_N if nsplit else BN_full, HAS_D=D is not None,
+        STORE_SUB=sub is not states, PREC=prec, NSPLIT=nsplit,
+        num_warps=out_warps or (4 if nsplit or T * BN_full <= 8192 else 8), num_stages=stages,
     )
     return (y, final, sub) if return_states else (y, final)
 
