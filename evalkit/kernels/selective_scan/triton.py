@@ -433,10 +433,15 @@ def selective_scan_fwd(
     with ``store_states``, the state entering each chunk of ``chunk`` steps, (B, chunks, D, N)
     fp32 (what the backward recomputes from; L·D·N/chunk floats, not L·D·N).
 
-    ``variant``: "scan" (``_selective_scan_kernel``, chunked associative scan) or "seq"
-    (``_selective_scan_seq_kernel``, step by step). Defaults (scan, T = 32 steps, 8 channels,
-    4 warps) were the fastest of a sweep on the H100 at d_inner 4096, N 16, L 16k
-    (kernels/NOTES.md).
+    ``variant`` (None: ``DEFAULT_VARIANT`` for inputs contiguous along L without stored states,
+    else "scan"): "scan" (``_selective_scan_kernel``: channels x N across the threads, chunks of
+    time scanned in-thread; the only one that stores states), "seq" (``_selective_scan_seq_kernel``,
+    step by step), or the time-parallel ones (time along the lanes, the N state indices in turn):
+    "time" (``_selective_scan_tkernel``; ``fold`` folds the entering state into the first step),
+    "time2" (``_selective_scan_tkernel2``, per-state values kept in the tile's own layout, the
+    fastest) and "time3" (``_selective_scan_tkernel3``, the carried state in the output buffer).
+    ``chunk`` / ``block_d`` / ``num_warps`` default to ``VARIANT_CONFIG`` (kernels/NOTES.md has the
+    sweeps behind them).
 
     ``segments`` (scan variant, without ``store_states``): cut the sequence into that many runs
     of chunks and scan them in parallel, in two passes (each segment's state from zero and its
@@ -445,8 +450,10 @@ def selective_scan_fwd(
     recurrences. Measured on the H100 (kernels/NOTES.md, v5): 1.6-1.8x *slower* than the plain
     walk at d_inner 4096 for every segment count, i.e. the walk is bound by its per-element work,
     not by too few parallel recurrences; kept as an option (default 1 = the plain walk)."""
-    if variant is None:  # the time-parallel kernel cannot store the backward's chunk states
-        variant = "scan" if store_states else DEFAULT_VARIANT
+    if variant is None:  # the time-parallel kernels cannot store the backward's chunk states, and
+        # read (B, L, D) views with stride D (slower than the walk there: kernels/NOTES.md v6)
+        contiguous_l = all(t is None or t.stride(-1) == 1 for t in (u, delta, z))
+        variant = DEFAULT_VARIANT if contiguous_l and not store_states else "scan"
     if store_states and variant != "scan":
         raise ValueError("store_states needs variant='scan'")
     cfg = dict(zip(("chunk", "block_d", "num_warps"), VARIANT_CONFIG[variant]))
@@ -547,11 +554,13 @@ class _SelectiveScanFn(torch.autograd.Function):
 
 
 # Per variant: (steps per chunk, channels per program, warps). "scan" and "seq": the fastest of
-# the H100 sweeps (kernels/NOTES.md, v2-v3); "time": see kernels/NOTES.md, v6.
+# the H100 sweeps (kernels/NOTES.md, v2-v3); the time-parallel ones: the H200 sweep (v6).
 VARIANT_CONFIG = {"scan": (32, 8, 4), "seq": (16, 8, 4), "time": (128, 32, 8), "time2": (128, 32, 8),
-                  "time3": (128, 32, 8)}
-# The forward without stored states (inference, prefill); with states it is always "scan".
-DEFAULT_VARIANT = "scan"
+                  "time3": (128, 16, 4)}
+# The forward without stored states (inference, prefill) on inputs contiguous along L: time2 was
+# 1.9-2.0x faster than the walk at d_inner 4096 from 4k to 1M on the H200 (kernels/NOTES.md v6).
+# With stored states (training) or (B, L, D) views it is "scan".
+DEFAULT_VARIANT = "time2"
 
 # The chunk of the forward when it stores states for the backward: the backward walks the same
 # chunks (its tile of T x channels x N is the size limit: see kernels/NOTES.md).
