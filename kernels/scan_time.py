@@ -64,12 +64,39 @@ def checks() -> bool:
     return ok_all
 
 
+def quick(ceil, configs: str) -> None:
+    """Check then time each config at L = 64k (bf16, the issue's shape)."""
+    L, d, n = 65536, 4096, 16
+    t = ss_inputs(1, d, L, n, torch.bfloat16, seed=L)
+    ref = selective_scan_ref(**{k: v.float() for k, v in t.items()}, return_final_state=True)
+    floor = ss_floor(ceil, L)[0]
+    print("| variant | TB | BD | warps | maxnreg | ms 64k | ÷ floor | y rel | final rel |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for c in configs.split(","):
+        var, TB, BD, nw, *mr = c.split(":")
+        kw = dict(variant=var, chunk=int(TB), block_d=int(BD), num_warps=int(nw),
+                  maxnreg=int(mr[0]) if mr else None)
+        try:
+            y, hT, _ = ss_triton.selective_scan_fwd(**t, **kw)
+            k = ms(lambda: ss_triton.selective_scan_fwd(**t, **kw), rep=100)
+        except Exception as e:  # noqa: BLE001
+            print(f"| {var} | {TB} | {BD} | {nw} | {mr} | failed: {type(e).__name__} | | | |")
+            continue
+        print(f"| {var} | {TB} | {BD} | {nw} | {mr[0] if mr else '–'} | {fmt(k)} | {k / floor:.2f} | "
+              f"{rel(y, ref[0]):.1e} | {rel(hT, ref[1]):.1e} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", default="4096,16384,65536,262144,1048576")
+    ap.add_argument("--quick", default="", help="only time these configs at 64k after a check, e.g. "
+                    "time2:128:32:8:168 (variant:TB:BD:warps[:maxnreg])")
     a = ap.parse_args()
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
     ceil = ceilings()
+    if a.quick:
+        quick(ceil, a.quick)
+        return
     print(f"ceilings: copy {ceil['copy_Bps'] / 1e12:.2f} TB/s, exp2 {ceil['exp2_per_s'] / 1e12:.2f} T/s")
     ok = checks()
     d, n = 4096, 16

@@ -427,7 +427,7 @@ def selective_scan_fwd(
     delta_bias: torch.Tensor | None = None, delta_softplus: bool = True,
     initial_state: torch.Tensor | None = None, chunk: int | None = None, block_d: int | None = None,
     num_warps: int | None = None, store_states: bool = False, variant: str | None = None, segments: int = 1,
-    fold: bool = False,
+    fold: bool = False, maxnreg: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Forward only (no autograd): y (B, D, L) in u's dtype, the final state (B, D, N) fp32 and,
     with ``store_states``, the state entering each chunk of ``chunk`` steps, (B, chunks, D, N)
@@ -441,7 +441,7 @@ def selective_scan_fwd(
     "time2" (``_selective_scan_tkernel2``, per-state values kept in the tile's own layout, the
     fastest) and "time3" (``_selective_scan_tkernel3``, the carried state in the output buffer).
     ``chunk`` / ``block_d`` / ``num_warps`` default to ``VARIANT_CONFIG`` (kernels/NOTES.md has the
-    sweeps behind them).
+    sweeps behind them); ``maxnreg`` caps time2's registers per thread (a tuning knob).
 
     ``segments`` (scan variant, without ``store_states``): cut the sequence into that many runs
     of chunks and scan them in parallel, in two passes (each segment's state from zero and its
@@ -490,7 +490,8 @@ def selective_scan_fwd(
             _selective_scan_tkernel2[grid](*args, h0, y, final, Dm, L, n_chunks, *strides,
                                            N=N, TB=chunk, BD=BD, HAS_D=D is not None, HAS_Z=z is not None,
                                            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-                                           HAS_H0=initial_state is not None, BIG=big, num_warps=num_warps)
+                                           HAS_H0=initial_state is not None, BIG=big, num_warps=num_warps,
+                                           **({"maxnreg": maxnreg} if maxnreg and not _INTERPRET else {}))
         elif variant == "time3":
             if initial_state is not None:
                 final.copy_(initial_state)
