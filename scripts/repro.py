@@ -278,8 +278,8 @@ def _cells(store: Path) -> list[dict]:
     c = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
     c.row_factory = sqlite3.Row
     rows = [dict(r) for r in c.execute(
-        "SELECT model, spec, context_length, params, n_samples, accuracy, ci_low, ci_high, metrics, model_info "
-        "FROM cells WHERE status = 'complete'")]
+        "SELECT model, spec, context_length, params, n_samples, accuracy, ci_low, ci_high, metrics, model_info, "
+        "run_id FROM cells WHERE status = 'complete'")]
     for r in rows:
         r["metrics"] = json.loads(r["metrics"] or "{}")
         r["model_info"] = json.loads(r["model_info"] or "{}")
@@ -538,13 +538,30 @@ def _round5(runs: dict, cells: list[dict], store: Path | None, known_state: dict
     dists = _by_distance(store, next(iter(runs.values()))["train_tasks"][0], length, list(cell_of)) \
         if store is not None and store.is_file() else {}
     dev = sorted({i["device_name"] for i in runs.values() if i.get("device_name")})
-    wall = [i["wall_s"] for i in runs.values() if i.get("wall_s")]
+    # the runs by the evaluation call that scored them (the store's run_id): the first call's runs trained
+    # together; runs re-run afterwards (after a crash) trained and were evaluated in a later call
+    calls = sorted({str(c.get("run_id")) for c in cell_of.values()})
+    group = [[n for n in runs if n in cell_of and str(cell_of[n].get("run_id")) == call] for call in calls]
+    crashed = [n for n in runs if n not in cell_of]
+    first = group[0] if group else []
+    wall = [runs[n]["wall_s"] for n in first if runs[n].get("stopped") == "time_limit" and runs[n].get("wall_s")]
+    budget = f"{min(wall):.0f}" if wall else "?"
+    when = (f"{len(first) + len(crashed)} runs started together on one {', '.join(dev)} ({len(first)} of them "
+            f"trained, sharing it)" if crashed else f"{len(first)} runs trained together on one {', '.join(dev)}, "
+            "sharing it")
+    when += f", each with a {budget} s training budget (`--time-limit {budget}`)"
+    for later in group[1:]:
+        labels_later = sorted({runs[n]["label"] for n in later})
+        stops = {runs[n].get("stopped") for n in later}
+        ws = [runs[n]["wall_s"] for n in later if runs[n].get("wall_s")]
+        how = (f"stopped at the target accuracy (0.99 held-out) after {min(ws):.0f}–{max(ws):.0f} s"
+               if stops == {"target_acc"} and ws else f"stopped by {', '.join(sorted(map(str, stops)))}")
+        when += (f"; {len(later)} ({', '.join(labels_later)}) trained later, together in a separate call, and "
+                 f"{how} (see the reading below)")
     lines = [f"## Round 5: Zoology's query form, T = 256 (64 pairs, 63 queried), width 128, 3 seeds\n",
              ("Task `mqar_256_t4_zoo`: the 64 pairs, then 63 queries written as Zoology writes them, `key <pad>` "
               "(bare, the answer hidden: a label, never model input), so no earlier answer can be eliminated. "
-              f"256 sequences a step, weight decay 0.01, no warm-up, eval every 250 steps; {len(runs)} runs "
-              f"started together on one {', '.join(dev)} ({len(wall)} of them trained, sharing it), each with a "
-              f"{min(wall) if wall else 0:.0f} s training budget (`--time-limit 330`); lr as in the table. "
+              f"256 sequences a step, weight decay 0.01, no warm-up, eval every 250 steps; {when}; lr as in the table. "
               f"Accuracy: teacher-forced per-query accuracy on the spec's 256 held-out samples (16,128 queries). "
               f"A seed counts as *off the plateau* when its per-query accuracy is ≥ {PLATEAU_EXIT:.2f} "
               "(1/64 = 0.016 is a uniform guess among the pairs' values; the runs below the threshold sit at "
