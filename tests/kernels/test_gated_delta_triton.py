@@ -197,3 +197,12 @@ def test_dispatch_switch(monkeypatch):
     monkeypatch.setenv("EVALKIT_KERNELS", "auto")
     gated_delta_rule(**t, chunk_size=32)
     assert dispatch.kernel_calls() == before + 1 + int(ON_GPU)
+
+
+def test_refuses_offsets_past_int32():
+    """The kernels index in 32 bits: an input past 2**31 elements gets a clear error, not an
+    out-of-bounds access (meta tensors: the check runs before any kernel, nothing is allocated)."""
+    q = torch.empty(1, 2**20, 32, 128, device="meta")
+    g = torch.empty(1, 2**20, 32, device="meta")
+    with pytest.raises(ValueError, match="32-bit indexing.*prefill_chunk"):
+        gdn_triton.gdn_fwd(q, q, q, g, g, None, 64)

@@ -122,7 +122,7 @@ def test_int64_indexing_path(monkeypatch):
 
     big = torch.empty(2**31 + 5, device="meta")  # offsets pass 2**31; no memory behind a meta tensor
     assert ss_triton.needs_int64(big) and not ss_triton.needs_int64(torch.zeros(8, 8))
-    monkeypatch.setattr(ss_triton, "needs_int64", lambda *t: True)
+    monkeypatch.setattr(ss_triton, "needs_int64", lambda *t: True)  # the names the kernels call
     monkeypatch.setattr(triton_bwd, "needs_int64", lambda *t: True)
     t = _inputs(2, 3, 45, 4, torch.float32, seed=11, requires_grad=True)
     y_ref, hT_ref = _ref({k: v.detach() for k, v in t.items()})

@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from evalkit.kernels.dispatch import check_int32_offsets
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -196,6 +198,7 @@ def gdn_fwd(
     """Forward only (no autograd). Returns o (B, L, H, P) in v's dtype and the final state
     (B, H, P, N) fp32; with ``keep_for_backward`` also (W_k, U, T, states) for triton_bwd.py.
     ``chunk_size`` must be 32 or 64. ``block_p`` / ``num_warps``: tuning knobs for the bench."""
+    check_int32_offsets("gated delta rule", q, k, v)
     batch, L, H, N = k.shape
     P = v.shape[-1]
     C = chunk_size

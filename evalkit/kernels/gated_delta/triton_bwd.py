@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from evalkit.kernels.dispatch import check_int32_offsets
 from evalkit.kernels.gated_delta.triton import _chunk_decay, _pow2, precisions
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -214,6 +215,7 @@ def gdn_bwd(
     """Gradients of (q, k, v, g, beta, initial_state), each in its input's dtype (None for an
     absent initial state). wk, u, T, states: what ``gdn_fwd(keep_for_backward=True)`` kept.
     go: (B, L, H, P) (None: zero); gfinal: (B, H, P, N) (None: zero)."""
+    check_int32_offsets("gated delta rule backward", q, k, v, go, states)
     batch, L, H, N = k.shape
     P = v.shape[-1]
     C = chunk_size

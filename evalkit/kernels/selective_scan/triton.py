@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from evalkit.kernels.dispatch import needs_int64
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _LOG2E = 1.4426950408889634
 
@@ -412,13 +414,6 @@ def _selective_scan_tkernel3(
             y *= zz / (1.0 + tl.exp(-zz))
         tl.store(y_ptr + b * syb + offs_d[:, None] * syd + t[None, :] * syl,
                  y.to(y_ptr.dtype.element_ty), mask=mdt)
-
-
-def needs_int64(*tensors: torch.Tensor | None) -> bool:
-    """Whether an element offset into any of ``tensors`` can reach 2**31 (then the kernels index
-    in 64 bits; below that, 32-bit index arithmetic is cheaper)."""
-    return any(t is not None and sum((n - 1) * st for n, st in zip(t.shape, t.stride())) >= 2**31 - 1
-               for t in tensors)
 
 
 def selective_scan_fwd(

@@ -34,7 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from evalkit.kernels.selective_scan.triton import _combine, _softplus, needs_int64
+from evalkit.kernels.dispatch import needs_int64
+from evalkit.kernels.selective_scan.triton import _combine, _softplus
 
 _LOG2E = 1.4426950408889634
 

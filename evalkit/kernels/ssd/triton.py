@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from evalkit.kernels.dispatch import needs_int64
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -37,15 +39,19 @@ def _ssd_state_kernel(
     L, H, P, N, heads_per_group, n_chunks,
     sxb, sxl, sxh, sxp, sdb, sdl, sdh, sbb, sbl, sbg, sbn,
     T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-    HAS_H0: tl.constexpr, PREC: tl.constexpr,
+    HAS_H0: tl.constexpr, PREC: tl.constexpr, BIG: tl.constexpr = False,
 ):
     pid_bh = tl.program_id(0)
+    if BIG:  # an offset reaches 2**31 elements (e.g. 1M steps x 4096 channels): 64-bit indices
+        pid_bh = pid_bh.to(tl.int64)
     b = pid_bh // H
     h = pid_bh % H
     g = h // heads_per_group
     offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
     offs_n = tl.program_id(2) * BN + tl.arange(0, BN)
     offs_t = tl.arange(0, T)
+    if BIG:
+        offs_t = offs_t.to(tl.int64)
     mp, mn = offs_p < P, offs_n < N
     A = tl.load(A_ptr + h).to(tl.float32)
     # state tiles: (B, H, P, N) for h0 / final, (B, chunks, H, P, N) for the entering states
@@ -85,6 +91,7 @@ def _ssd_out_kernel(
     syb, syl, syh, syp,
     T: tl.constexpr, K: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, STORE_SUB: tl.constexpr, PREC: tl.constexpr, NSPLIT: tl.constexpr = False,
+    BIG: tl.constexpr = False,
 ):
     # One program per (batch·head, state chunk of K·T steps, P-block): it loads the state
     # entering its state chunk and walks the K chunks of T steps in order, keeping the state
@@ -92,12 +99,17 @@ def _ssd_out_kernel(
     # S ← e^{ΣΔA} S + Bᵀ (x·w). With STORE_SUB it stores the state entering every chunk.
     pid_bh = tl.program_id(0)
     cc = tl.program_id(1)
+    if BIG:  # 64-bit indices (see the state kernel)
+        pid_bh = pid_bh.to(tl.int64)
+        cc = cc.to(tl.int64)
     b = pid_bh // H
     h = pid_bh % H
     g = h // heads_per_group
     offs_p = tl.program_id(2) * BP + tl.arange(0, BP)
     offs_n = tl.arange(0, BN)
     offs_t = tl.arange(0, T)
+    if BIG:
+        offs_t = offs_t.to(tl.int64)
     mp, mn = offs_p < P, offs_n < N
     mnp = mn[:, None] & mp[None, :]
     A = tl.load(A_ptr + h).to(tl.float32)
@@ -236,11 +248,12 @@ def ssd_fwd(
     BP_s = min(_pow2(P, 32), 64)
     BN_s = min(BN_full, state_block_n or (64 if P <= 32 else 32))
     stages = 1 if _INTERPRET else (num_stages or 2)
+    big = needs_int64(x, dt, B, C, y, states, sub)
     grid = (batch * H, triton.cdiv(P, BP_s), triton.cdiv(N, BN_s))
     _ssd_state_kernel[grid](
         x, dt, A, B, h0, states, final, L, H, P, N, H // G, n_sc,
         *x.stride(), *dt.stride(), *B.stride(),
-        T=TS, BP=BP_s, BN=BN_s, HAS_H0=initial_state is not None, PREC=prec,
+        T=TS, BP=BP_s, BN=BN_s, HAS_H0=initial_state is not None, PREC=prec, BIG=big,
         num_warps=state_warps or (4 if TS * max(BP_s, BN_s) <= 16384 else 8), num_stages=stages,
     )
     grid = (batch * H, n_sc, triton.cdiv(P, BP_o))
@@ -248,7 +261,7 @@ def ssd_fwd(
         x, dt, A, B, C, D if D is not None else A, states, y, sub, L, H, P, N, H // G, n_chunks, n_sc,
         *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *y.stride(),
         T=T, K=TS // T, BP=BP_o, BN=OUT_BLOCK_N if nsplit else BN_full, HAS_D=D is not None,
-        STORE_SUB=sub is not states, PREC=prec, NSPLIT=nsplit,
+        STORE_SUB=sub is not states, PREC=prec, NSPLIT=nsplit, BIG=big,
         num_warps=out_warps or (4 if nsplit or T * BN_full <= 8192 else 8), num_stages=stages,
     )
     return (y, final, sub) if return_states else (y, final)

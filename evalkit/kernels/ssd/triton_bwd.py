@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from evalkit.kernels.dispatch import check_int32_offsets
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -185,6 +187,7 @@ def ssd_bwd(
     """Gradients of (x, dt, A, B, C, D, initial_state), each in its input's dtype (None for an
     absent input). ``states``: (B, chunks, H, P, N) fp32, the states entering each chunk (the
     forward's). gy: (B, L, H, P) (None: zero); gfinal: (B, H, P, N) (None: zero)."""
+    check_int32_offsets("ssd backward", x, B, C, gy, states)
     batch, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     T = chunk_size
