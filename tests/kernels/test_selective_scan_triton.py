@@ -86,32 +86,52 @@ def test_segmented_forward_matches_reference(segments):
     assert _rel(y, y_ref) < TOL[torch.float32] and _rel(hT, hT_ref) < 1e-5
 
 
-# The time-parallel forward (variant "time"): (batch, channels, L, state, steps per block, channels per
-# program, fold); lengths that end mid-block, one block, several blocks, channels not a multiple of BD.
-TIME_CASES = [(1, 8, 63, 16, 32, 4, False), (2, 5, 300, 8, 64, 4, True), (2, 3, 37, 4, 16, 2, False),
-              (1, 6, 130, 16, 8, 8, True), (1, 4, 64, 3, 64, 4, False)]
+# The time-parallel forward (variant "time2"): (batch, channels, L, state, steps per block, channels per
+# program); lengths that end mid-block, one block, several blocks, channels not a multiple of BD, a
+# block narrower than N (widened to N).
+TIME_CASES = [(1, 8, 63, 16, 32, 4), (2, 5, 300, 8, 64, 4), (2, 3, 37, 4, 16, 2), (1, 6, 130, 16, 8, 8),
+              (1, 4, 64, 3, 64, 4)]
 
 
-@pytest.mark.parametrize("b,d,L,n,TB,BD,fold", TIME_CASES,
-                         ids=[f"B{c[0]}-D{c[1]}-L{c[2]}-N{c[3]}-TB{c[4]}-BD{c[5]}{'-fold' if c[6] else ''}"
-                              for c in TIME_CASES])
+@pytest.mark.parametrize("b,d,L,n,TB,BD", TIME_CASES,
+                         ids=[f"B{c[0]}-D{c[1]}-L{c[2]}-N{c[3]}-TB{c[4]}-BD{c[5]}" for c in TIME_CASES])
 @pytest.mark.parametrize("dtype", DTYPES, ids=[str(dt)[6:] for dt in DTYPES])
-def test_time_parallel_forward_matches_reference(b, d, L, n, TB, BD, fold, dtype):
-    t = _inputs(b, d, L, n, dtype, seed=L * 5 + d + TB, full=L % 2 == 1 or fold)
-    h0 = torch.randn(b, d, n, device=DEV) if fold or L < 100 else None
+def test_time_parallel_forward_matches_reference(b, d, L, n, TB, BD, dtype):
+    t = _inputs(b, d, L, n, dtype, seed=L * 5 + d + TB, full=L % 2 == 1 or TB == 8)
+    h0 = torch.randn(b, d, n, device=DEV) if TB == 8 or L < 100 else None
     y_ref, hT_ref = _ref(t, initial_state=h0)
-    for variant in ("time", "time2", "time3"):  # time2 widens a block below N steps to N
-        y, hT, _ = ss_triton.selective_scan_fwd(**t, initial_state=h0, variant=variant, chunk=TB, block_d=BD,
-                                                fold=fold)
-        assert y.dtype == dtype and y.shape == (b, d, L)
-        assert _rel(y, y_ref) < TOL[dtype], variant
-        assert _rel(hT, hT_ref) < 1e-5, variant
+    y, hT, _ = ss_triton.selective_scan_fwd(**t, initial_state=h0, variant="time2", chunk=TB, block_d=BD)
+    assert y.dtype == dtype and y.shape == (b, d, L)
+    assert _rel(y, y_ref) < TOL[dtype]
+    assert _rel(hT, hT_ref) < 1e-5
+
+
+def test_default_variant_by_layout(monkeypatch):
+    """Without a variant: time2 for L-contiguous inputs, the v3 walk for (B, L, D) views and when
+    the chunk states are stored for the backward."""
+    used = []
+
+    class Spy:
+        def __init__(self, kernel, name):
+            self.kernel, self.name = kernel, name
+
+        def __getitem__(self, grid):
+            used.append(self.name)
+            return self.kernel[grid]
+
+    monkeypatch.setattr(ss_triton, "_selective_scan_tkernel2", Spy(ss_triton._selective_scan_tkernel2, "time2"))
+    monkeypatch.setattr(ss_triton, "_selective_scan_kernel", Spy(ss_triton._selective_scan_kernel, "scan"))
+    t = _inputs(1, 4, 40, 4, torch.float32, seed=2)
+    ss_triton.selective_scan_fwd(**t)
+    ss_triton.selective_scan_fwd(**{**t, "delta": t["delta"].transpose(1, 2).contiguous().transpose(1, 2)})
+    ss_triton.selective_scan_fwd(**t, store_states=True)
+    assert used == ["time2", "scan", "scan"]
 
 
 def test_time_parallel_needs_no_states():
     t = _inputs(1, 4, 20, 4, torch.float32, seed=1)
     with pytest.raises(ValueError, match="store_states"):
-        ss_triton.selective_scan_fwd(**t, variant="time", store_states=True)
+        ss_triton.selective_scan_fwd(**t, variant="time2", store_states=True)
 
 
 def test_int64_indexing_path(monkeypatch):
@@ -126,7 +146,7 @@ def test_int64_indexing_path(monkeypatch):
     monkeypatch.setattr(triton_bwd, "needs_int64", lambda *t: True)
     t = _inputs(2, 3, 45, 4, torch.float32, seed=11, requires_grad=True)
     y_ref, hT_ref = _ref({k: v.detach() for k, v in t.items()})
-    for variant in ("scan", "seq", "time", "time2", "time3"):
+    for variant in ("scan", "seq", "time2"):
         y, hT, _ = ss_triton.selective_scan_fwd(**{k: v.detach() for k, v in t.items()}, variant=variant, chunk=16)
         assert _rel(y, y_ref) < 1e-5 and _rel(hT, hT_ref) < 1e-5, variant
     y = ss_triton.selective_scan(**t)
@@ -143,7 +163,7 @@ def test_no_softplus_and_strided_inputs():
     t["delta"] = torch.rand(b, L, d, device=DEV).transpose(1, 2)  # Δ > 0 already, strided
     t["z"] = t["z"].transpose(1, 2).contiguous().transpose(1, 2)
     y_ref, hT_ref = _ref(t, delta_softplus=False)
-    for variant in ("scan", "time", "time2", "time3"):
+    for variant in ("scan", "time2"):
         y, hT, _ = ss_triton.selective_scan_fwd(**t, delta_softplus=False, variant=variant)
         assert _rel(y, y_ref) < 1e-5 and _rel(hT, hT_ref) < 1e-5, variant
 

@@ -192,90 +192,6 @@ def _selective_scan_seq_kernel(
 
 
 @triton.jit
-def _selective_scan_tkernel(
-    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
-    Dm, L, N, n_chunks,
-    sub, sud, sul, sdb, sdd, sdl, sad, san, sbb, sbn, sbl, scb, scn, scl, szb, szd, szl,
-    syb, syd, syl,
-    TB: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, FOLD: tl.constexpr = False, BIG: tl.constexpr = False,
-):
-    """The same op as ``_selective_scan_kernel`` with time across the threads (mamba-ssm's CUDA
-    layout): a program owns ``BD`` channels and walks the sequence in blocks of ``TB`` steps; the
-    (BD, TB) tile puts TB along the lanes (a few consecutive steps per thread). For each state
-    index n in turn it scans the (BD, TB) pairs (exp(Δ A_n), Δ B_n u) along time (in-thread
-    sequential, then across lanes), applies the carried state h[:, n] and accumulates C_n h into
-    y; so C's contraction over N is an in-thread multiply-add, not a cross-lane reduction, and
-    Δ, u (and softplus) are loaded and computed once per block for all N state indices. B_n and
-    C_n (TB,) are read once per block for all BD channels."""
-    b = tl.program_id(0)
-    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, BN)
-    offs_t = tl.arange(0, TB)
-    if BIG:  # an offset passes 2**31 elements (e.g. d_inner 4096 x 1M steps): 64-bit indices
-        b = b.to(tl.int64)
-        offs_d = offs_d.to(tl.int64)
-        offs_t = offs_t.to(tl.int64)
-    md, mn = offs_d < Dm, offs_n < N
-    mdn = md[:, None] & mn[None, :]
-    A2 = tl.load(A_ptr + offs_d[:, None] * sad + offs_n[None, :] * san, mask=mdn, other=0.0)
-    A2 = A2.to(tl.float32) * 1.4426950408889634  # (BD, BN), log2 units: exp(Δ A) = exp2(Δ A2)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    hn_offs = offs_d[:, None] * N + offs_n[None, :]
-    if HAS_H0:
-        h = tl.load(h0_ptr + b * Dm * N + hn_offs, mask=mdn, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros((BD, BN), dtype=tl.float32)
-    last = (offs_t == TB - 1)[None, :]  # (1, TB)
-    first = (offs_t == 0)[None, :]
-    for c in range(n_chunks):
-        t = c * TB + offs_t
-        mt = t < L
-        mdt = md[:, None] & mt[None, :]
-        u = tl.load(u_ptr + b * sub + offs_d[:, None] * sud + t[None, :] * sul, mask=mdt, other=0.0)
-        u = u.to(tl.float32)  # (BD, TB)
-        dl = tl.load(dl_ptr + b * sdb + offs_d[:, None] * sdd + t[None, :] * sdl, mask=mdt, other=0.0)
-        dl = dl.to(tl.float32)
-        if HAS_BIAS:
-            dl += bias[:, None]
-        if SOFTPLUS:
-            dl = _softplus(dl)
-        dl = tl.where(mdt, dl, 0.0)  # padded steps: decay 1, input 0, the state passes unchanged
-        dlu = dl * u
-        y = tl.zeros((BD, TB), dtype=tl.float32)
-        for n in range(N):
-            sel = (offs_n == n)[None, :]
-            a2 = tl.sum(tl.where(sel, A2, 0.0), axis=1)  # (BD,)
-            h_n = tl.sum(tl.where(sel, h, 0.0), axis=1)  # (BD,): the state entering this block
-            Bn = tl.load(B_ptr + b * sbb + n * sbn + t * sbl, mask=mt, other=0.0).to(tl.float32)
-            Cn = tl.load(C_ptr + b * scb + n * scn + t * scl, mask=mt, other=0.0).to(tl.float32)
-            dA = tl.exp2(dl * a2[:, None])  # (BD, TB)
-            dBu = dlu * Bn[None, :]
-            if FOLD:  # the entering state folded into the first step: only b's prefix is used
-                dBu = tl.where(first, dA * h_n[:, None] + dBu, dBu)
-                _, hs = tl.associative_scan((dA, dBu), 1, _combine)
-            else:
-                aa, bb = tl.associative_scan((dA, dBu), 1, _combine)
-                hs = aa * h_n[:, None] + bb  # (BD, TB): h[:, n] after each step
-            y += hs * Cn[None, :]
-            h_end = tl.sum(tl.where(last, hs, 0.0), axis=1)  # (BD,): after the block
-            h = tl.where(sel, h_end[:, None], h)
-        if HAS_D:
-            y += u * Dv[:, None]
-        if HAS_Z:
-            zz = tl.load(z_ptr + b * szb + offs_d[:, None] * szd + t[None, :] * szl, mask=mdt, other=0.0)
-            zz = zz.to(tl.float32)
-            y *= zz / (1.0 + tl.exp(-zz))
-        tl.store(y_ptr + b * syb + offs_d[:, None] * syd + t[None, :] * syl,
-                 y.to(y_ptr.dtype.element_ty), mask=mdt)
-    tl.store(hT_ptr + b * Dm * N + hn_offs, h, mask=mdn)
-
-
-@triton.jit
 def _selective_scan_tkernel2(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
     Dm, L, n_chunks,
@@ -285,11 +201,17 @@ def _selective_scan_tkernel2(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, BIG: tl.constexpr = False,
 ):
-    """``_selective_scan_tkernel`` with every per-state quantity kept in the (BD, TB) tile's own
-    layout: A (in log2 units) and the carried state sit in columns 0..N-1 of (BD, TB) tiles, the
-    state loop is unrolled (N is a compile-time constant, N <= TB), so A's columns are loop
-    invariants and the carry moves by in-row reductions, never by a layout conversion through
-    shared memory (the suspected cost of the first version, kernels/NOTES.md v6)."""
+    """The selective scan with time across the threads (mamba-ssm's CUDA layout): a program owns
+    ``BD`` channels and walks the sequence in blocks of ``TB`` steps; the (BD, TB) tile puts TB along
+    the lanes (a few consecutive steps per thread). For each state index n in turn it scans the
+    (BD, TB) pairs (exp(Δ A_n), Δ u B_n) along time (in-thread, then across lanes), applies the
+    carried h[:, n] and accumulates C_n h into y, so C's contraction over N is an in-thread
+    multiply-add; Δ, u and softplus are computed once per block for all N, and B_n, C_n are read
+    once per block for all BD channels. A (in log2 units) and the carried state sit in columns
+    0..N-1 of (BD, TB) tiles and the state loop is unrolled (N is a compile-time constant, N <= TB),
+    so A's columns are loop invariants and the carry moves by in-row reductions, never by a layout
+    conversion through shared memory (what made the first version, with (BD, N) tiles, slower:
+    kernels/NOTES.md v6)."""
     b = tl.program_id(0)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     offs_t = tl.arange(0, TB)
@@ -348,81 +270,13 @@ def _selective_scan_tkernel2(
     tl.store(hT_ptr + b * Dm * N + hn_offs, H, mask=mdn)
 
 
-@triton.jit
-def _selective_scan_tkernel3(
-    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, h_ptr,
-    Dm, L, N, n_chunks,
-    sub, sud, sul, sdb, sdd, sdl, sad, san, sbb, sbn, sbl, scb, scn, scl, szb, szd, szl,
-    syb, syd, syl,
-    TB: tl.constexpr, BD: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BIG: tl.constexpr = False,
-):
-    """``_selective_scan_tkernel`` with nothing per state index held in registers: the carried
-    state h (B, D, N) lives in the output buffer ``h_ptr`` (holding the initial state on entry,
-    the final state on exit) and A is re-read per block (both L1-resident); the D skip starts y,
-    so only Δ, Δu and y stay live across the state loop. A barrier after each store of h makes it
-    visible to the threads that read it back in the next block."""
-    b = tl.program_id(0)
-    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
-    offs_t = tl.arange(0, TB)
-    if BIG:
-        b = b.to(tl.int64)
-        offs_d = offs_d.to(tl.int64)
-        offs_t = offs_t.to(tl.int64)
-    md = offs_d < Dm
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    h_row = h_ptr + b * Dm * N + offs_d * N  # (BD,) pointers to h[b, d, 0]
-    last = (offs_t == TB - 1)[None, :]
-    for c in range(n_chunks):
-        t = c * TB + offs_t
-        mt = t < L
-        mdt = md[:, None] & mt[None, :]
-        u = tl.load(u_ptr + b * sub + offs_d[:, None] * sud + t[None, :] * sul, mask=mdt, other=0.0)
-        u = u.to(tl.float32)  # (BD, TB)
-        dl = tl.load(dl_ptr + b * sdb + offs_d[:, None] * sdd + t[None, :] * sdl, mask=mdt, other=0.0)
-        dl = dl.to(tl.float32)
-        if HAS_BIAS:
-            dl += bias[:, None]
-        if SOFTPLUS:
-            dl = _softplus(dl)
-        dl = tl.where(mdt, dl, 0.0)
-        dlu = dl * u
-        if HAS_D:
-            y = u * Dv[:, None]
-        else:
-            y = tl.zeros((BD, TB), dtype=tl.float32)
-        for n in range(N):
-            a2 = tl.load(A_ptr + offs_d * sad + n * san, mask=md, other=0.0).to(tl.float32) * 1.4426950408889634
-            h_n = tl.load(h_row + n, mask=md, other=0.0)
-            Bn = tl.load(B_ptr + b * sbb + n * sbn + t * sbl, mask=mt, other=0.0).to(tl.float32)
-            Cn = tl.load(C_ptr + b * scb + n * scn + t * scl, mask=mt, other=0.0).to(tl.float32)
-            dA = tl.exp2(dl * a2[:, None])
-            aa, bb = tl.associative_scan((dA, dlu * Bn[None, :]), 1, _combine)
-            hs = aa * h_n[:, None] + bb
-            y += hs * Cn[None, :]
-            tl.store(h_row + n, tl.sum(tl.where(last, hs, 0.0), axis=1), mask=md)
-            # Triton stores a value replicated over threads from one of them: make it visible to
-            # the others before the next block reads it back
-            tl.debug_barrier()
-        if HAS_Z:
-            zz = tl.load(z_ptr + b * szb + offs_d[:, None] * szd + t[None, :] * szl, mask=mdt, other=0.0)
-            zz = zz.to(tl.float32)
-            y *= zz / (1.0 + tl.exp(-zz))
-        tl.store(y_ptr + b * syb + offs_d[:, None] * syd + t[None, :] * syl,
-                 y.to(y_ptr.dtype.element_ty), mask=mdt)
-
-
 def selective_scan_fwd(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None = None, z: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None, delta_softplus: bool = True,
     initial_state: torch.Tensor | None = None, chunk: int | None = None, block_d: int | None = None,
     num_warps: int | None = None, store_states: bool = False, variant: str | None = None, segments: int = 1,
-    fold: bool = False, maxnreg: int | None = None,
+    maxnreg: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Forward only (no autograd): y (B, D, L) in u's dtype, the final state (B, D, N) fp32 and,
     with ``store_states``, the state entering each chunk of ``chunk`` steps, (B, chunks, D, N)
@@ -431,10 +285,9 @@ def selective_scan_fwd(
     ``variant`` (None: ``DEFAULT_VARIANT`` for inputs contiguous along L without stored states,
     else "scan"): "scan" (``_selective_scan_kernel``: channels x N across the threads, chunks of
     time scanned in-thread; the only one that stores states), "seq" (``_selective_scan_seq_kernel``,
-    step by step), or the time-parallel ones (time along the lanes, the N state indices in turn):
-    "time" (``_selective_scan_tkernel``; ``fold`` folds the entering state into the first step),
-    "time2" (``_selective_scan_tkernel2``, per-state values kept in the tile's own layout, the
-    fastest) and "time3" (``_selective_scan_tkernel3``, the carried state in the output buffer).
+    step by step) or "time2" (``_selective_scan_tkernel2``: time along the lanes, the N state
+    indices in turn; the fastest). Two other time-parallel variants ("time", "time3") were measured
+    slower and removed (kernels/NOTES.md v6).
     ``chunk`` / ``block_d`` / ``num_warps`` default to ``VARIANT_CONFIG`` (kernels/NOTES.md has the
     sweeps behind them); ``maxnreg`` caps time2's registers per thread (a tuning knob).
 
@@ -476,26 +329,12 @@ def selective_scan_fwd(
     S = 1 if store_states or variant != "scan" else max(1, min(segments, n_chunks))
     if S == 1:
         grid = (batch, triton.cdiv(Dm, BD))
-        if variant == "time":
-            _selective_scan_tkernel[grid](*args, h0, y, final, Dm, L, N, n_chunks, *strides,
-                                          TB=chunk, BD=BD, BN=BN, HAS_D=D is not None, HAS_Z=z is not None,
-                                          HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-                                          HAS_H0=initial_state is not None, FOLD=fold, BIG=big, num_warps=num_warps)
-        elif variant == "time2":
+        if variant == "time2":
             _selective_scan_tkernel2[grid](*args, h0, y, final, Dm, L, n_chunks, *strides,
                                            N=N, TB=chunk, BD=BD, HAS_D=D is not None, HAS_Z=z is not None,
                                            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
                                            HAS_H0=initial_state is not None, BIG=big, num_warps=num_warps,
                                            **({"maxnreg": maxnreg} if maxnreg and not _INTERPRET else {}))
-        elif variant == "time3":
-            if initial_state is not None:
-                final.copy_(initial_state)
-            else:
-                final.zero_()
-            _selective_scan_tkernel3[grid](*args, y, final, Dm, L, N, n_chunks, *strides,
-                                           TB=chunk, BD=BD, HAS_D=D is not None, HAS_Z=z is not None,
-                                           HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-                                           BIG=big, num_warps=num_warps)
         elif variant == "seq":
             _selective_scan_seq_kernel[grid](*args, h0, y, final, states if states is not None else final,
                                              Dm, L, N, n_chunks, *strides, HAS_H0=initial_state is not None,
@@ -551,8 +390,7 @@ class _SelectiveScanFn(torch.autograd.Function):
 
 # Per variant: (steps per chunk, channels per program, warps). "scan" and "seq": the fastest of
 # the H100 sweeps (kernels/NOTES.md, v2-v3); the time-parallel ones: the H200 sweep (v6).
-VARIANT_CONFIG = {"scan": (32, 8, 4), "seq": (16, 8, 4), "time": (128, 32, 8), "time2": (128, 32, 8),
-                  "time3": (128, 16, 4)}
+VARIANT_CONFIG = {"scan": (32, 8, 4), "seq": (16, 8, 4), "time2": (128, 32, 8)}
 # The forward without stored states (inference, prefill) on inputs contiguous along L: time2 was
 # 1.9-2.0x faster than the walk at d_inner 4096 from 4k to 1M on the H200 (kernels/NOTES.md v6).
 # With stored states (training) or (B, L, D) views it is "scan".
