@@ -107,8 +107,8 @@ def test_time_parallel_forward_matches_reference(b, d, L, n, TB, BD, dtype):
 
 
 def test_default_variant_by_layout(monkeypatch):
-    """Without a variant: time2 for L-contiguous inputs, the v3 walk for (B, L, D) views and when
-    the chunk states are stored for the backward."""
+    """Without a variant: time2 for L-contiguous inputs, the v3 walk for (B, L, D) views, when the
+    chunk states are stored for the backward and for the segmented forward (two launches)."""
     used = []
 
     class Spy:
@@ -125,7 +125,8 @@ def test_default_variant_by_layout(monkeypatch):
     ss_triton.selective_scan_fwd(**t)
     ss_triton.selective_scan_fwd(**{**t, "delta": t["delta"].transpose(1, 2).contiguous().transpose(1, 2)})
     ss_triton.selective_scan_fwd(**t, store_states=True)
-    assert used == ["time2", "scan", "scan"]
+    ss_triton.selective_scan_fwd(**t, segments=2)  # the two-pass forward is the walk's
+    assert used == ["time2", "scan", "scan", "scan", "scan"]
 
 
 def test_time_parallel_needs_no_states():

@@ -282,8 +282,8 @@ def selective_scan_fwd(
     with ``store_states``, the state entering each chunk of ``chunk`` steps, (B, chunks, D, N)
     fp32 (what the backward recomputes from; L·D·N/chunk floats, not L·D·N).
 
-    ``variant`` (None: ``DEFAULT_VARIANT`` for inputs contiguous along L without stored states,
-    else "scan"): "scan" (``_selective_scan_kernel``: channels x N across the threads, chunks of
+    ``variant`` (None: ``DEFAULT_VARIANT`` for inputs contiguous along L without stored states or
+    segments, else "scan"): "scan" (``_selective_scan_kernel``: channels x N across the threads, chunks of
     time scanned in-thread; the only one that stores states), "seq" (``_selective_scan_seq_kernel``,
     step by step) or "time2" (``_selective_scan_tkernel2``: time along the lanes, the N state
     indices in turn; the fastest). Two other time-parallel variants ("time", "time3") were measured
@@ -301,7 +301,7 @@ def selective_scan_fwd(
     if variant is None:  # the time-parallel kernels cannot store the backward's chunk states, and
         # read (B, L, D) views with stride D (slower than the walk there: kernels/NOTES.md v6)
         contiguous_l = all(t is None or t.stride(-1) == 1 for t in (u, delta, z))
-        variant = DEFAULT_VARIANT if contiguous_l and not store_states else "scan"
+        variant = DEFAULT_VARIANT if contiguous_l and not store_states and segments == 1 else "scan"
     if store_states and variant != "scan":
         raise ValueError("store_states needs variant='scan'")
     cfg = dict(zip(("chunk", "block_d", "num_warps"), VARIANT_CONFIG[variant]))
