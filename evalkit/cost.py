@@ -357,13 +357,16 @@ def probe(
             row.update(status="oom", error=f"not tried: out of memory at {oom_at} tokens already")
         else:
             try:
-                from evalkit.kernels.dispatch import kernel_calls
+                from evalkit.kernels.dispatch import kernel_calls, variant_calls
 
-                before = kernel_calls()
+                before, variants_before = kernel_calls(), variant_calls()
                 with torch.inference_mode():
                     row.update(_measure(t, L, device, repeats, batch, decode_tokens, seed))
                 if kernel_calls() > before:
                     row["path"] = PATH_KERNEL
+                ran = sorted(k for k, n in variant_calls().items() if n > variants_before.get(k, 0))
+                if ran:  # which kernel variants the timed prefills and decodes launched
+                    row["model_info"] = {**(t.info or {}), "kernel_variants": ran}
                 row["status"] = "ok"
             except (KeyboardInterrupt, SystemExit):
                 raise

@@ -22,6 +22,7 @@ ENV_VAR = "EVALKIT_KERNELS"
 MODES = ("auto", "ref", "triton")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _calls = {"kernel": 0, "reference": 0}
+_variants: dict[str, int] = {}  # "op:variant" → launches, for kernels that pick among variants
 
 
 def mode() -> str:
@@ -55,6 +56,18 @@ def use_kernel(x: torch.Tensor, state: torch.Tensor | None = None) -> bool:
 def kernel_calls() -> int:
     """How many op calls have run a Triton kernel so far in this process."""
     return _calls["kernel"]
+
+
+def note_variant(op: str, variant: str) -> None:
+    """Record that ``op``'s kernel ran as ``variant`` (e.g. selective_scan:time2), so that the
+    cost probe can store which kernel a measurement timed."""
+    key = f"{op}:{variant}"
+    _variants[key] = _variants.get(key, 0) + 1
+
+
+def variant_calls() -> dict[str, int]:
+    """Launches per "op:variant" so far in this process (a copy)."""
+    return dict(_variants)
 
 
 def needs_int64(*tensors: torch.Tensor | None) -> bool:

@@ -286,3 +286,17 @@ def test_cost_cli_options_reach_the_model_and_bad_ones_exit_2(cli, tiny_models, 
     code, _, err = cli("cost", str(tiny_models["t-attn"]), "--lengths", "64", "--dtype", "float64", "-d", str(out))
     assert code == 2 and "--dtype float64" in err and "one of" in err
     assert len(_rows(out)) == 1  # nothing written by the refused command
+
+
+def test_probe_records_the_kernel_variants_that_ran(monkeypatch):
+    """With the kernels on (Triton's interpreter here), the cost row names the kernel variants its
+    timed prefills launched: the Mamba mixer's L-contiguous operands take the time-parallel scan,
+    Mamba-2's chunked SSD its state-chunk path."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("EVALKIT_KERNELS", "triton")
+    for ssm, want in (("mamba", "selective_scan:time2"), ("mamba2", "ssd:state-chunk-")):
+        model = NativeLM(NativeConfig.from_dict({"flavor": "debug", "ssm": ssm, "attention_fraction": 0}))
+        (r,) = cost.probe(model, [40], "cpu", repeats=1, decode_tokens=1)
+        assert r["status"] == "ok" and r["path"] == "kernel", r["error"]
+        (ran,) = r["model_info"]["kernel_variants"]
+        assert ran.startswith(want) and "kernel_variants" not in model.describe()

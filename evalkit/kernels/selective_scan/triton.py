@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from evalkit.kernels.dispatch import needs_int64
+from evalkit.kernels.dispatch import needs_int64, note_variant
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _LOG2E = 1.4426950408889634
@@ -327,6 +327,7 @@ def selective_scan_fwd(
     flags = dict(T=chunk, BD=BD, BN=BN, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=delta_softplus, BIG=big, num_warps=num_warps)
     S = 1 if store_states or variant != "scan" else max(1, min(segments, n_chunks))
+    note_variant("selective_scan", variant if S == 1 else "scan-segmented")
     if S == 1:
         grid = (batch, triton.cdiv(Dm, BD))
         if variant == "time2":

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from evalkit.kernels.dispatch import needs_int64
+from evalkit.kernels.dispatch import needs_int64, note_variant
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -249,6 +249,7 @@ def ssd_fwd(
     BN_s = min(BN_full, state_block_n or (64 if P <= 32 else 32))
     stages = 1 if _INTERPRET else (num_stages or 2)
     big = needs_int64(x, dt, B, C, y, states, sub)
+    note_variant("ssd", "n-blocked" if nsplit else f"state-chunk-{TS}")
     grid = (batch * H, triton.cdiv(P, BP_s), triton.cdiv(N, BN_s))
     _ssd_state_kernel[grid](
         x, dt, A, B, h0, states, final, L, H, P, N, H // G, n_sc,
