@@ -29,7 +29,7 @@ def main() -> None:
             f = {k: v.float() for k, v in t.items()}
             y_ref, h_ref = selective_scan_ref(**f, initial_state=h0, return_final_state=True)
             for S in (1, 3, 16):
-                y, hT, _ = ss_triton.selective_scan_fwd(**t, initial_state=h0, segments=S)
+                y, hT, _ = ss_triton.selective_scan_fwd(**t, initial_state=h0, segments=S, variant="scan")
                 ey, eh = rel(y, y_ref), rel(hT, h_ref)
                 good = ey < (1e-5 if dtype == torch.float32 else 1e-2) and eh < 1e-4
                 ok_all &= good
@@ -41,7 +41,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for L in (4096, 16384, 65536, 262144):
         t = ss_inputs(1, d, L, n, torch.bfloat16, seed=L)
-        times = {S: ms(lambda: ss_triton.selective_scan_fwd(**t, segments=S), rep=50) for S in (1, 2, 4, 8, 16, 32)}
+        times = {S: ms(lambda: ss_triton.selective_scan_fwd(**t, segments=S, variant="scan"), rep=50) for S in (1, 2, 4, 8, 16, 32)}
         floor, fb, fe = ss_floor(ceil, L)
         best = min(times.values())
         print(f"| {L} | " + " | ".join(fmt(times[S]) for S in (1, 2, 4, 8, 16, 32))
