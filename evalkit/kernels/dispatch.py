@@ -72,17 +72,7 @@ def variant_calls() -> dict[str, int]:
 
 def needs_int64(*tensors: torch.Tensor | None) -> bool:
     """Whether an element offset into any of ``tensors`` can reach 2**31: 32-bit index arithmetic
-    in a kernel would then wrap (d_inner 4096 × 1M steps is 2**32 elements). Kernels that support it
-    switch to 64-bit indices; the others refuse with :func:`check_int32_offsets`."""
+    in a kernel would then wrap (d_inner 4096 × 1M steps is 2**32 elements). The kernels then compile
+    a variant with 64-bit indices (a ``BIG`` compile-time flag); below it 32-bit arithmetic is cheaper."""
     return any(t is not None and sum((n - 1) * st for n, st in zip(t.shape, t.stride())) >= 2**31 - 1
                for t in tensors)
-
-
-def check_int32_offsets(op: str, *tensors: torch.Tensor | None) -> None:
-    """Raise a clear error (instead of reading or writing out of bounds) when ``op``'s kernel, which
-    indexes in 32 bits, would be given tensors with 2**31 or more elements along its offsets."""
-    if needs_int64(*tensors):
-        raise ValueError(f"{op}: an input of {max(t.numel() for t in tensors if t is not None):,} elements "
-                         "passes the kernel's 32-bit indexing (2**31); split the sequence into pieces "
-                         "(native models: the prefill_chunk option / evalkit cost --prefill-chunk)")
-

@@ -29,15 +29,17 @@ import torch
 import triton
 import triton.language as tl
 
-from evalkit.kernels.dispatch import check_int32_offsets
+from evalkit.kernels.dispatch import needs_int64
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
-def _chunk_decay(g_ptr, b, h, c, L, sgb, sgl, sgh, C: tl.constexpr):
+def _chunk_decay(g_ptr, b, h, c, L, sgb, sgl, sgh, C: tl.constexpr, BIG: tl.constexpr = False):
     """(gc, gl, mask): chunk-local cumulative log decay (C,), its total, the valid steps."""
     t = c * C + tl.arange(0, C)
+    if BIG:
+        t = t.to(tl.int64)
     mt = t < L
     g = tl.load(g_ptr + b * sgb + h * sgh + t * sgl, mask=mt, other=0.0).to(tl.float32)
     gc = tl.cumsum(g, 0)
@@ -67,16 +69,22 @@ def _gdn_prep_kernel(
     L, H, N, P, n_chunks,
     skb, skl, skh, skn, svb, svl, svh, svp, sgb, sgl, sgh, sbb, sbl, sbh,
     C: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
-    STORE_T: tl.constexpr, PREC: tl.constexpr, PREC_T: tl.constexpr,
+    STORE_T: tl.constexpr, PREC: tl.constexpr, PREC_T: tl.constexpr, BIG: tl.constexpr = False,
 ):
     c = tl.program_id(0)
+    if BIG:
+        c = c.to(tl.int64)
     pid_bh = tl.program_id(1)
+    if BIG:  # an offset reaches 2**31 elements: 64-bit indices
+        pid_bh = pid_bh.to(tl.int64)
     b = pid_bh // H
     h = pid_bh % H
     offs_t = tl.arange(0, C)
+    if BIG:
+        offs_t = offs_t.to(tl.int64)
     offs_n = tl.arange(0, BN)
     t = c * C + offs_t
-    gc, _, mt = _chunk_decay(g_ptr, b, h, c, L, sgb, sgl, sgh, C)
+    gc, _, mt = _chunk_decay(g_ptr, b, h, c, L, sgb, sgl, sgh, C, BIG)
     beta = tl.load(b_ptr + b * sbb + h * sbh + t * sbl, mask=mt, other=0.0).to(tl.float32)
     mn = offs_n < N
     k = tl.load(k_ptr + b * skb + h * skh + t[:, None] * skl + offs_n[None, :] * skn,
@@ -106,14 +114,18 @@ def _gdn_state_kernel(
     L, H, N, P, n_chunks,
     skb, skl, skh, skn, sgb, sgl, sgh,
     C: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
-    HAS_H0: tl.constexpr, PREC: tl.constexpr,
+    HAS_H0: tl.constexpr, PREC: tl.constexpr, BIG: tl.constexpr = False,
 ):
     pid_bh = tl.program_id(0)
+    if BIG:  # an offset reaches 2**31 elements: 64-bit indices
+        pid_bh = pid_bh.to(tl.int64)
     b = pid_bh // H
     h = pid_bh % H
     offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
     offs_n = tl.arange(0, BN)
     offs_t = tl.arange(0, C)
+    if BIG:
+        offs_t = offs_t.to(tl.int64)
     mp, mn = offs_p < P, offs_n < N
     pn = offs_p[:, None] * N + offs_n[None, :]
     mpn = mp[:, None] & mn[None, :]
@@ -123,7 +135,7 @@ def _gdn_state_kernel(
         S = tl.zeros((BP, BN), dtype=tl.float32)
     for c in range(n_chunks):
         tl.store(st_ptr + (pid_bh * n_chunks + c) * P * N + pn, S.to(st_ptr.dtype.element_ty), mask=mpn)
-        gc, gl, mt = _chunk_decay(g_ptr, b, h, c, L, sgb, sgl, sgh, C)
+        gc, gl, mt = _chunk_decay(g_ptr, b, h, c, L, sgb, sgl, sgh, C, BIG)
         t = c * C + offs_t
         row = pid_bh * n_chunks * C + t
         wk = tl.load(wk_ptr + row[:, None] * N + offs_n[None, :], mask=mn[None, :], other=0.0)  # (C, BN)
@@ -143,18 +155,24 @@ def _gdn_out_kernel(
     q_ptr, k_ptr, g_ptr, u_ptr, st_ptr, o_ptr,
     L, H, N, P, n_chunks,
     sqb, sql, sqh, sqn, skb, skl, skh, skn, sgb, sgl, sgh, sob, sol, soh, sop,
-    C: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, PREC: tl.constexpr,
+    C: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, PREC: tl.constexpr, BIG: tl.constexpr = False,
 ):
     c = tl.program_id(0)
+    if BIG:
+        c = c.to(tl.int64)
     pid_bh = tl.program_id(1)
+    if BIG:  # an offset reaches 2**31 elements: 64-bit indices
+        pid_bh = pid_bh.to(tl.int64)
     b = pid_bh // H
     h = pid_bh % H
     offs_p = tl.program_id(2) * BP + tl.arange(0, BP)
     offs_n = tl.arange(0, BN)
     offs_t = tl.arange(0, C)
+    if BIG:
+        offs_t = offs_t.to(tl.int64)
     t = c * C + offs_t
     mp, mn = offs_p < P, offs_n < N
-    gc, _, mt = _chunk_decay(g_ptr, b, h, c, L, sgb, sgl, sgh, C)
+    gc, _, mt = _chunk_decay(g_ptr, b, h, c, L, sgb, sgl, sgh, C, BIG)
     mtn = mt[:, None] & mn[None, :]
     q = tl.load(q_ptr + b * sqb + h * sqh + t[:, None] * sql + offs_n[None, :] * sqn, mask=mtn, other=0.0)
     k = tl.load(k_ptr + b * skb + h * skh + t[:, None] * skl + offs_n[None, :] * skn, mask=mtn, other=0.0)
@@ -198,7 +216,6 @@ def gdn_fwd(
     """Forward only (no autograd). Returns o (B, L, H, P) in v's dtype and the final state
     (B, H, P, N) fp32; with ``keep_for_backward`` also (W_k, U, T, states) for triton_bwd.py.
     ``chunk_size`` must be 32 or 64. ``block_p`` / ``num_warps``: tuning knobs for the bench."""
-    check_int32_offsets("gated delta rule", q, k, v)
     batch, L, H, N = k.shape
     P = v.shape[-1]
     C = chunk_size
@@ -219,26 +236,27 @@ def gdn_fwd(
     wk = torch.empty(batch * H, n_chunks * C, N, device=dev, dtype=dt)
     u = torch.empty(batch * H, n_chunks * C, P, device=dev, dtype=dt)
     T = torch.empty(batch * H, n_chunks * C, C, device=dev, dtype=torch.float32) if keep_for_backward else wk
+    states = torch.empty(batch * H, n_chunks, P, N, device=dev, dtype=dt)
+    big = needs_int64(q, k, v, g, wk, u, T, states)  # 64-bit indices past 2**31 elements
     _gdn_prep_kernel[(n_chunks, batch * H)](
         k, v, g, beta, wk, u, T, L, H, N, P, n_chunks,
         *k.stride(), *v.stride(), *g.stride(), *beta.stride(),
-        C=C, BN=BN, BP=BP_full, STORE_T=keep_for_backward, PREC=prec, PREC_T=prec_t,
+        C=C, BN=BN, BP=BP_full, STORE_T=keep_for_backward, PREC=prec, BIG=big, PREC_T=prec_t,
         num_warps=warps, num_stages=stages,
     )
-    states = torch.empty(batch * H, n_chunks, P, N, device=dev, dtype=dt)
     final = torch.empty(batch, H, P, N, device=dev, dtype=torch.float32)
     h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
     _gdn_state_kernel[(batch * H, triton.cdiv(P, BP))](
         k, g, wk, u, h0, states, final, L, H, N, P, n_chunks,
         *k.stride(), *g.stride(),
-        C=C, BN=BN, BP=BP, HAS_H0=initial_state is not None, PREC=prec,
+        C=C, BN=BN, BP=BP, HAS_H0=initial_state is not None, PREC=prec, BIG=big,
         num_warps=warps, num_stages=stages,
     )
     o = torch.empty(batch, L, H, P, device=dev, dtype=dt)
     _gdn_out_kernel[(n_chunks, batch * H, triton.cdiv(P, BP_full))](
         q, k, g, u, states, o, L, H, N, P, n_chunks,
         *q.stride(), *k.stride(), *g.stride(), *o.stride(),
-        C=C, BN=BN, BP=BP_full, PREC=prec, num_warps=warps, num_stages=stages,
+        C=C, BN=BN, BP=BP_full, PREC=prec, BIG=big, num_warps=warps, num_stages=stages,
     )
     if keep_for_backward:
         return o, final, (wk, u, T, states)

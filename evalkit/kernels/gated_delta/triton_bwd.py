@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from evalkit.kernels.dispatch import check_int32_offsets
+from evalkit.kernels.dispatch import needs_int64
 from evalkit.kernels.gated_delta.triton import _chunk_decay, _pow2, precisions
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -40,18 +40,24 @@ def _gdn_bwd_local_kernel(
     q_ptr, k_ptr, g_ptr, gy_ptr, du_ptr,
     L, H, N, P, n_chunks,
     sqb, sql, sqh, sqn, skb, skl, skh, skn, sgb, sgl, sgh, syb, syl, syh, syp,
-    C: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, PREC: tl.constexpr,
+    C: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, PREC: tl.constexpr, BIG: tl.constexpr = False,
 ):
     c = tl.program_id(0)
+    if BIG:
+        c = c.to(tl.int64)
     pid_bh = tl.program_id(1)
+    if BIG:  # an offset reaches 2**31 elements: 64-bit indices
+        pid_bh = pid_bh.to(tl.int64)
     b = pid_bh // H
     h = pid_bh % H
     offs_p = tl.program_id(2) * BP + tl.arange(0, BP)
     offs_n = tl.arange(0, BN)
     offs_t = tl.arange(0, C)
+    if BIG:
+        offs_t = offs_t.to(tl.int64)
     t = c * C + offs_t
     mp, mn = offs_p < P, offs_n < N
-    gc, _, mt = _chunk_decay(g_ptr, b, h, c, L, sgb, sgl, sgh, C)
+    gc, _, mt = _chunk_decay(g_ptr, b, h, c, L, sgb, sgl, sgh, C, BIG)
     mtn = mt[:, None] & mn[None, :]
     q = tl.load(q_ptr + b * sqb + h * sqh + t[:, None] * sql + offs_n[None, :] * sqn, mask=mtn, other=0.0)
     k = tl.load(k_ptr + b * skb + h * skh + t[:, None] * skl + offs_n[None, :] * skn, mask=mtn, other=0.0)
@@ -71,13 +77,18 @@ def _gdn_bwd_state_kernel(
     L, H, N, P, n_chunks,
     sqb, sql, sqh, sqn, skb, skl, skh, skn, sgb, sgl, sgh, syb, syl, syh, syp,
     C: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, HAS_GT: tl.constexpr, PREC: tl.constexpr,
+    BIG: tl.constexpr = False,
 ):
     pid_bh = tl.program_id(0)
+    if BIG:  # an offset reaches 2**31 elements: 64-bit indices
+        pid_bh = pid_bh.to(tl.int64)
     b = pid_bh // H
     h = pid_bh % H
     offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
     offs_n = tl.arange(0, BN)
     offs_t = tl.arange(0, C)
+    if BIG:
+        offs_t = offs_t.to(tl.int64)
     mp, mn = offs_p < P, offs_n < N
     pn = offs_p[:, None] * N + offs_n[None, :]
     mpn = mp[:, None] & mn[None, :]
@@ -88,7 +99,7 @@ def _gdn_bwd_state_kernel(
     for i in range(n_chunks):
         c = n_chunks - 1 - i
         tl.store(dst_ptr + (pid_bh * n_chunks + c) * P * N + pn, dS, mask=mpn)  # ∂L/∂(state after c)
-        gc, gl, mt = _chunk_decay(g_ptr, b, h, c, L, sgb, sgl, sgh, C)
+        gc, gl, mt = _chunk_decay(g_ptr, b, h, c, L, sgb, sgl, sgh, C, BIG)
         t = c * C + offs_t
         mtn = mt[:, None] & mn[None, :]
         row = pid_bh * n_chunks * C + t
@@ -115,17 +126,24 @@ def _gdn_bwd_chunk_kernel(
     sqb, sql, sqh, sqn, skb, skl, skh, skn, svb, svl, svh, svp, sgb, sgl, sgh, sbb, sbl, sbh,
     syb, syl, syh, syp, sxb, sxl, sxh, sxn, swb, swl, swh, swp, szb, szl, szh,
     C: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, PREC: tl.constexpr, PREC_T: tl.constexpr,
+    BIG: tl.constexpr = False,
 ):
     # gradients: gq, gk contiguous with strides sx*; gv with sw*; gg, gbeta with sz*
     c = tl.program_id(0)
+    if BIG:
+        c = c.to(tl.int64)
     pid_bh = tl.program_id(1)
+    if BIG:  # an offset reaches 2**31 elements: 64-bit indices
+        pid_bh = pid_bh.to(tl.int64)
     b = pid_bh // H
     h = pid_bh % H
     offs_n = tl.arange(0, BN)
     offs_t = tl.arange(0, C)
+    if BIG:
+        offs_t = offs_t.to(tl.int64)
     t = c * C + offs_t
     mn = offs_n < N
-    gc, gl, mt = _chunk_decay(g_ptr, b, h, c, L, sgb, sgl, sgh, C)
+    gc, gl, mt = _chunk_decay(g_ptr, b, h, c, L, sgb, sgl, sgh, C, BIG)
     mtn = mt[:, None] & mn[None, :]
     beta = tl.load(b_ptr + b * sbb + h * sbh + t * sbl, mask=mt, other=0.0).to(tl.float32)
     eg = tl.exp(gc)
@@ -215,7 +233,6 @@ def gdn_bwd(
     """Gradients of (q, k, v, g, beta, initial_state), each in its input's dtype (None for an
     absent initial state). wk, u, T, states: what ``gdn_fwd(keep_for_backward=True)`` kept.
     go: (B, L, H, P) (None: zero); gfinal: (B, H, P, N) (None: zero)."""
-    check_int32_offsets("gated delta rule backward", q, k, v, go, states)
     batch, L, H, N = k.shape
     P = v.shape[-1]
     C = chunk_size
@@ -234,10 +251,11 @@ def gdn_bwd(
     warps = 4 if BN <= 64 else 8
 
     du = torch.empty(batch * H, n_chunks * C, P, device=dev, dtype=torch.float32)
+    big = needs_int64(q, k, v, g, go, states, wk, u, T, du)  # 64-bit indices past 2**31 elements
     _gdn_bwd_local_kernel[(n_chunks, batch * H, triton.cdiv(P, BP_full))](
         qk_, kk_, g, go, du, L, H, N, P, n_chunks,
         *qk_.stride(), *kk_.stride(), *g.stride(), *go.stride(),
-        C=C, BN=BN, BP=BP_full, PREC=prec, num_warps=warps, num_stages=stages,
+        C=C, BN=BN, BP=BP_full, PREC=prec, BIG=big, num_warps=warps, num_stages=stages,
     )
     dstates = torch.empty(batch * H, n_chunks, P, N, device=dev, dtype=torch.float32)
     gh0 = torch.empty(batch, H, P, N, device=dev, dtype=torch.float32)
@@ -245,7 +263,7 @@ def gdn_bwd(
     _gdn_bwd_state_kernel[(batch * H, triton.cdiv(P, BP))](
         qk_, kk_, g, wk, go, gT if gT is not None else gh0, du, dstates, gh0, L, H, N, P, n_chunks,
         *qk_.stride(), *kk_.stride(), *g.stride(), *go.stride(),
-        C=C, BN=BN, BP=BP, HAS_GT=gT is not None, PREC=prec, num_warps=warps, num_stages=stages,
+        C=C, BN=BN, BP=BP, HAS_GT=gT is not None, PREC=prec, BIG=big, num_warps=warps, num_stages=stages,
     )
     gq = torch.empty(batch, L, H, N, device=dev, dtype=q.dtype)
     gk = torch.empty(batch, L, H, N, device=dev, dtype=k.dtype)
@@ -259,6 +277,6 @@ def gdn_bwd(
         *gq.stride(), *gv.stride(), *gg.stride(),
         # one stage and 32-wide P blocks at N = 128: two stages of (P-block, N) fp32 tiles
         # overflowed the H100's 227 KB of shared memory (fp32, N = 128, first GPU run)
-        C=C, BN=BN, BP=BP_full if BN < 128 else 32, PREC=prec, PREC_T=prec_t, num_warps=warps, num_stages=1,
+        C=C, BN=BN, BP=BP_full if BN < 128 else 32, PREC=prec, BIG=big, PREC_T=prec_t, num_warps=warps, num_stages=1,
     )
     return gq, gk, gv, gg, gb, (gh0.to(initial_state.dtype) if initial_state is not None else None)

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from evalkit.kernels.dispatch import check_int32_offsets
+from evalkit.kernels.dispatch import needs_int64
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -40,15 +40,19 @@ def _ssd_bwd_dstate_kernel(
     L, H, P, N, heads_per_group, n_chunks,
     sgb, sgl, sgh, sgp, sdb, sdl, sdh, scb, scl, scg, scn,
     T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-    HAS_GT: tl.constexpr, PREC: tl.constexpr,
+    HAS_GT: tl.constexpr, PREC: tl.constexpr, BIG: tl.constexpr = False,
 ):
     pid_bh = tl.program_id(0)
+    if BIG:  # an offset reaches 2**31 elements: 64-bit indices
+        pid_bh = pid_bh.to(tl.int64)
     b = pid_bh // H
     h = pid_bh % H
     g = h // heads_per_group
     offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
     offs_n = tl.program_id(2) * BN + tl.arange(0, BN)
     offs_t = tl.arange(0, T)
+    if BIG:
+        offs_t = offs_t.to(tl.int64)
     mp, mn = offs_p < P, offs_n < N
     A = tl.load(A_ptr + h).to(tl.float32)
     pn = offs_p[:, None] * N + offs_n[None, :]
@@ -83,17 +87,21 @@ def _ssd_bwd_chunk_kernel(
     sxb, sxl, sxh, sxp, sdb, sdl, sdh, sbb, sbl, sbg, sbn, scb, scl, scg, scn,
     sgb, sgl, sgh, sgp, sgxb, sgxl, sgxh, sgxp, sgdb, sgdl, sgdh,
     T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-    HAS_D: tl.constexpr, PREC: tl.constexpr,
+    HAS_D: tl.constexpr, PREC: tl.constexpr, BIG: tl.constexpr = False,
 ):
     # The state dimension N is walked in blocks of BN (twice: C·Bᵀ needs all of N before the
     # rest), so the register tiles stay (T, T), (T, BP), (T, BN) and (BP, BN) for any N.
     pid_bh = tl.program_id(0)
     c = tl.program_id(1)
+    offs_t = tl.arange(0, T)
+    if BIG:  # 64-bit indices (see the state-gradient kernel)
+        pid_bh = pid_bh.to(tl.int64)
+        c = c.to(tl.int64)
+        offs_t = offs_t.to(tl.int64)
     b = pid_bh // H
     h = pid_bh % H
     g = h // heads_per_group
     offs_p = tl.arange(0, BP)
-    offs_t = tl.arange(0, T)
     t = c * T + offs_t
     mt, mp = t < L, offs_p < P
     mtp = mt[:, None] & mp[None, :]
@@ -187,7 +195,6 @@ def ssd_bwd(
     """Gradients of (x, dt, A, B, C, D, initial_state), each in its input's dtype (None for an
     absent input). ``states``: (B, chunks, H, P, N) fp32, the states entering each chunk (the
     forward's). gy: (B, L, H, P) (None: zero); gfinal: (B, H, P, N) (None: zero)."""
-    check_int32_offsets("ssd backward", x, B, C, gy, states)
     batch, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     T = chunk_size
@@ -200,6 +207,7 @@ def ssd_bwd(
     if gy is None:
         gy = torch.zeros(batch, L, H, P, device=dev, dtype=x.dtype)
     stages = 1 if _INTERPRET else 2
+    big = needs_int64(x, B, C, gy, states)
 
     dstates = torch.empty_like(states)
     gh0 = torch.empty(batch, H, P, N, **f32)
@@ -211,7 +219,7 @@ def ssd_bwd(
         gy, dt, A, Ck, gT if gT is not None else gh0, dstates, gh0,
         L, H, P, N, H // G, n_chunks,
         *gy.stride(), *dt.stride(), *Ck.stride(),
-        T=T, BP=BP_s, BN=BN_s, HAS_GT=gT is not None, PREC=prec, num_warps=4, num_stages=stages,
+        T=T, BP=BP_s, BN=BN_s, HAS_GT=gT is not None, PREC=prec, BIG=big, num_warps=4, num_stages=stages,
     )
 
     gx = torch.empty(batch, L, H, P, device=dev, dtype=x.dtype)
@@ -226,7 +234,7 @@ def ssd_bwd(
         gx, gdt, gBp, gCp, gAp, gDp,
         L, H, P, N, H // G, n_chunks,
         *x.stride(), *dt.stride(), *Bk.stride(), *Ck.stride(), *gy.stride(), *gx.stride(), *gdt.stride(),
-        T=T, BP=BP, BN=BN, HAS_D=D is not None, PREC=prec,
+        T=T, BP=BP, BN=BN, HAS_D=D is not None, PREC=prec, BIG=big,
         num_warps=4 if T * max(T, BP) <= 4096 else 8, num_stages=stages,
     )
     gB = gBp.view(batch, L, G, H // G, N).sum(3)
