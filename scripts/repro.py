@@ -202,7 +202,8 @@ def collect(a) -> None:
 
 
 def status(a) -> None:
-    """One line per run: steps, why it stopped, wall time, last held-out accuracy / query accuracy."""
+    """One line per run: steps, why it stopped, wall time, last held-out whole-sample accuracy /
+    query (or digit) accuracy."""
     g = _grid()
     out = Path(a.out).resolve()
     for run in _select(g, a):
@@ -214,7 +215,8 @@ def status(a) -> None:
         end = next((r for r in reversed(rows) if r["event"] == "end"), None)
         ev = next((r for r in reversed(rows) if r["event"] == "eval"), {})
         sec = {k: v.get("query_acc", v.get("digit_acc")) for k, v in ev.get("secondary", {}).items()}
-        acc = " ".join(f"{k}={v:.3f}/{sec.get(k)}" for k, v in ev.get("acc", {}).items())
+        acc = " ".join(f"{k}={v:.3f}" + (f"/{sec[k]:.3f}" if sec.get(k) is not None else "")
+                       for k, v in ev.get("acc", {}).items())
         tail = f"{end['step']} steps {end['stopped']} {end['wall_s']:.0f}s" if end else f"running step {ev.get('step')}"
         print(f"{run.name}: {tail} {acc}")
 
