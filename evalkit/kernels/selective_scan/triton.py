@@ -11,6 +11,10 @@ B, C once for all BD channels (B and C are not re-read per channel), forms the p
 of decays in (0, 1]), contracts with C over N and writes y. Every exp(Δ A) is evaluated exactly
 once (L·D·N exponentials, the op's floor at state size 16).
 
+That walk (``variant="scan"``) is the training forward. Inference (no stored states) on inputs
+contiguous along L runs ``_selective_scan_tkernel2`` (``variant="time2"``) instead: time along the
+lanes, the state indices in turn, 2x faster on the H200 (kernels/NOTES.md v6).
+
 Backward (``triton_bwd.py``): the forward then also stores the state entering each chunk; the
 backward walks the chunks in reverse, recomputes the chunk's states from that entry state and
 runs a reverse-time scan for the state gradient (see there).
