@@ -219,7 +219,9 @@ def ssd_fwd(
     Tuning knobs (kernels/bench.py sweeps them; None = the default): ``state_chunk``, the steps
     per serial step of the state kernel (a power-of-two multiple of ``chunk_size``; default
     ``default_state_chunk``); ``state_block_n`` / ``state_warps``, its N block and
-    warps; ``out_block_p`` / ``out_warps``, the output kernel's P block and warps; ``num_stages``."""
+    warps; ``out_block_p`` / ``out_warps``, the output kernel's P block and warps; ``num_stages``.
+    A state wider than ``OUT_MAX_N`` ignores ``state_chunk``: one state per chunk, the output kernel
+    walking N in blocks of ``OUT_BLOCK_N`` (the one-pass output kernel crashed at N = 256 on the H200)."""
     batch, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     T = chunk_size
