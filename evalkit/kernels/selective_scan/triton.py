@@ -197,13 +197,14 @@ def _selective_scan_seq_kernel(
 
 @triton.jit
 def _selective_scan_tkernel2(
-    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, st_ptr, yp_ptr,
     Dm, L, n_chunks,
     sub, sud, sul, sdb, sdd, sdl, sad, san, sbb, sbn, sbl, scb, scn, scl, szb, szd, szl,
     syb, syd, syl,
     N: tl.constexpr, TB: tl.constexpr, BD: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, BIG: tl.constexpr = False,
+    HAS_H0: tl.constexpr, BIG: tl.constexpr = False, STORE_STATES: tl.constexpr = False,
+    STORE_Y: tl.constexpr = False,
 ):
     """The selective scan with time across the threads (mamba-ssm's CUDA layout): a program owns
     ``BD`` channels and walks the sequence in blocks of ``TB`` steps; the (BD, TB) tile puts TB along
@@ -215,7 +216,12 @@ def _selective_scan_tkernel2(
     0..N-1 of (BD, TB) tiles and the state loop is unrolled (N is a compile-time constant, N <= TB),
     so A's columns are loop invariants and the carry moves by in-row reductions, never by a layout
     conversion through shared memory (what made the first version, with (BD, N) tiles, slower:
-    kernels/NOTES.md v6)."""
+    kernels/NOTES.md v6).
+
+    The training forward (for ``triton_bwd._selective_scan_bwd_tkernel``): STORE_STATES stores the
+    state entering each block, (B, n_chunks, D, N) fp32 at ``st_ptr``; STORE_Y (with HAS_Z) also
+    the pre-gate output (after the D skip, before SiLU(z)) at ``yp_ptr``, laid out as y, so the
+    backward has gz and gy before its state loop. Both off (inference): the same code as before."""
     b = tl.program_id(0)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     offs_t = tl.arange(0, TB)
@@ -238,6 +244,8 @@ def _selective_scan_tkernel2(
         H = tl.zeros((BD, TB), dtype=tl.float32)  # h[:, n] in column n
     last = (offs_t == TB - 1)[None, :]
     for c in range(n_chunks):
+        if STORE_STATES:  # the state entering the block, for the backward's recompute
+            tl.store(st_ptr + (b * n_chunks + c) * Dm * N + hn_offs, H, mask=mdn)
         t = c * TB + offs_t
         mt = t < L
         mdt = md[:, None] & mt[None, :]
@@ -266,6 +274,9 @@ def _selective_scan_tkernel2(
         if HAS_D:
             y += u * Dv[:, None]
         if HAS_Z:
+            if STORE_Y:  # pre-gate y, for the backward's gz
+                tl.store(yp_ptr + b * syb + offs_d[:, None] * syd + t[None, :] * syl,
+                         y.to(yp_ptr.dtype.element_ty), mask=mdt)
             zz = tl.load(z_ptr + b * szb + offs_d[:, None] * szd + t[None, :] * szl, mask=mdt, other=0.0)
             zz = zz.to(tl.float32)
             y *= zz / (1.0 + tl.exp(-zz))
@@ -280,11 +291,16 @@ def selective_scan_fwd(
     delta_bias: torch.Tensor | None = None, delta_softplus: bool = True,
     initial_state: torch.Tensor | None = None, chunk: int | None = None, block_d: int | None = None,
     num_warps: int | None = None, store_states: bool = False, variant: str | None = None, segments: int = 1,
-    maxnreg: int | None = None,
+    maxnreg: int | None = None, ypre: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Forward only (no autograd): y (B, D, L) in u's dtype, the final state (B, D, N) fp32 and,
     with ``store_states``, the state entering each chunk of ``chunk`` steps, (B, chunks, D, N)
     fp32 (what the backward recomputes from; L·D·N/chunk floats, not L·D·N).
+
+    ``store_states`` runs with ``variant`` "scan" (the v3 walk, for ``triton_bwd.selective_scan_bwd``;
+    the default) or "time2" (for ``triton_bwd.selective_scan_bwd_time``). ``ypre`` (time2 with
+    ``store_states`` and z): a contiguous (B, D, L) buffer in u's dtype that receives the pre-gate
+    output (after the D skip, before the SiLU(z) gate), which the time backward reads for gz and gy.
 
     ``variant`` (None: ``DEFAULT_VARIANT`` for inputs contiguous along L without stored states or
     segments, else "scan"): "scan" (``_selective_scan_kernel``: channels x N across the threads, chunks of
@@ -306,8 +322,10 @@ def selective_scan_fwd(
         # read (B, L, D) views with stride D (slower than the walk there: kernels/NOTES.md v6)
         contiguous_l = all(t is None or t.stride(-1) == 1 for t in (u, delta, z))
         variant = DEFAULT_VARIANT if contiguous_l and not store_states and segments == 1 else "scan"
-    if store_states and variant != "scan":
-        raise ValueError("store_states needs variant='scan'")
+    if store_states and variant not in ("scan", "time2"):
+        raise ValueError("store_states needs variant 'scan' or 'time2'")
+    if ypre is not None and not (store_states and variant == "time2" and z is not None):
+        raise ValueError("ypre needs store_states, variant 'time2' and z")
     cfg = dict(zip(("chunk", "block_d", "num_warps"), VARIANT_CONFIG[variant]))
     chunk = chunk or cfg["chunk"]
     block_d = block_d or cfg["block_d"]
@@ -335,10 +353,17 @@ def selective_scan_fwd(
     if S == 1:
         grid = (batch, triton.cdiv(Dm, BD))
         if variant == "time2":
-            _selective_scan_tkernel2[grid](*args, h0, y, final, Dm, L, n_chunks, *strides,
+            if ypre is not None:
+                assert ypre.shape == y.shape and ypre.stride() == y.stride() and ypre.dtype == y.dtype
+            extra = {}
+            if store_states:  # the training forward; absent (defaults False), the inference kernel as before
+                extra = dict(STORE_STATES=True, STORE_Y=ypre is not None)
+            _selective_scan_tkernel2[grid](*args, h0, y, final, states if states is not None else final,
+                                           ypre if ypre is not None else y, Dm, L, n_chunks, *strides,
                                            N=N, TB=chunk, BD=BD, HAS_D=D is not None, HAS_Z=z is not None,
                                            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
                                            HAS_H0=initial_state is not None, BIG=big, num_warps=num_warps,
+                                           **extra,
                                            **({"maxnreg": maxnreg} if maxnreg and not _INTERPRET else {}))
         elif variant == "seq":
             _selective_scan_seq_kernel[grid](*args, h0, y, final, states if states is not None else final,
@@ -369,27 +394,52 @@ def selective_scan_fwd(
 
 
 class _SelectiveScanFn(torch.autograd.Function):
-    """Triton forward (storing the chunk-entry states when a gradient is needed) and Triton
-    backward (``triton_bwd.selective_scan_bwd``: per chunk, recompute the states from the stored
-    entry state, reverse-time scan for the state gradient)."""
+    """Triton forward storing what the backward needs, and Triton backward. Inputs contiguous along
+    L (u, delta, z with stride(-1) == 1) and N <= the time block: the time-layout pair, the time2
+    forward storing the state entering each block and the pre-gate y, then
+    ``triton_bwd.selective_scan_bwd_time`` (per block, recompute the states from the entry state
+    for each n in turn, reverse-time scan for the state gradient). Otherwise (e.g. (B, L, D) views)
+    the v3 pair: the walk storing chunk-entry states (chunk ``BWD_CHUNK``), then
+    ``triton_bwd.selective_scan_bwd``. Which backward ran is noted as "selective_scan_bwd:<variant>"."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):  # type: ignore[override]
+        from evalkit.kernels.selective_scan.triton_bwd import TIME_BWD_CONFIG
+
         grad = any(ctx.needs_input_grad[:9])
-        y, final, states = selective_scan_fwd(
-            u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-            initial_state=initial_state, chunk=BWD_CHUNK, store_states=grad)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, states)
+        kw = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, initial_state=initial_state)
+        TB = TIME_BWD_CONFIG[0]
+        time = (grad and all(t is None or t.stride(-1) == 1 for t in (u, delta, z))
+                and triton.next_power_of_2(A.shape[1]) <= TB)
+        ypre = None
+        if time:
+            if z is not None:
+                ypre = torch.empty(u.shape, device=u.device, dtype=u.dtype)
+            block_d, num_warps = TIME_TRAIN_FWD_CONFIG
+            y, final, states = selective_scan_fwd(u, delta, A, B, C, **kw, chunk=TB, block_d=block_d,
+                                                  num_warps=num_warps, store_states=True, variant="time2",
+                                                  ypre=ypre)
+        else:
+            y, final, states = selective_scan_fwd(u, delta, A, B, C, **kw, chunk=BWD_CHUNK if grad else None,
+                                                  store_states=grad, variant="scan" if grad else None)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, states, ypre)
         ctx.delta_softplus = delta_softplus
+        ctx.time = time
         return y, final
 
     @staticmethod
     def backward(ctx, gy, gfinal):  # type: ignore[override]
-        from evalkit.kernels.selective_scan.triton_bwd import selective_scan_bwd
+        from evalkit.kernels.selective_scan.triton_bwd import selective_scan_bwd, selective_scan_bwd_time
 
-        u, delta, A, B, C, D, z, bias, h0, states = ctx.saved_tensors
-        grads = selective_scan_bwd(u, delta, A, B, C, D, z, bias, h0, states, gy, gfinal,
-                                   delta_softplus=ctx.delta_softplus, chunk=BWD_CHUNK)
+        u, delta, A, B, C, D, z, bias, h0, states, ypre = ctx.saved_tensors
+        if ctx.time:
+            note_variant("selective_scan_bwd", "time2")
+            grads = selective_scan_bwd_time(u, delta, A, B, C, D, z, bias, h0, states, ypre, gy, gfinal,
+                                            delta_softplus=ctx.delta_softplus)
+        else:
+            note_variant("selective_scan_bwd", "scan")
+            grads = selective_scan_bwd(u, delta, A, B, C, D, z, bias, h0, states, gy, gfinal,
+                                       delta_softplus=ctx.delta_softplus, chunk=BWD_CHUNK)
         return (*grads, None)
 
 
@@ -401,9 +451,13 @@ VARIANT_CONFIG = {"scan": (32, 8, 4), "seq": (16, 8, 4), "time2": (128, 32, 8)}
 # With stored states (training) or (B, L, D) views it is "scan".
 DEFAULT_VARIANT = "time2"
 
-# The chunk of the forward when it stores states for the backward: the backward walks the same
-# chunks (its tile of T x channels x N is the size limit: see kernels/NOTES.md).
+# The chunk of the v3 walk when it stores states for the v3 backward (strided inputs): the backward
+# walks the same chunks (its tile of T x channels x N is the size limit: see kernels/NOTES.md).
 BWD_CHUNK = 16
+# The training forward of the time pair (time2 storing states and the pre-gate y): (channels per
+# program, warps); its steps per block are the time backward's (triton_bwd.TIME_BWD_CONFIG), which
+# walks the same blocks. Inference's time2 config, a first guess (to sweep: kernels/scan_bwd_time.py).
+TIME_TRAIN_FWD_CONFIG = (32, 8)
 
 
 def selective_scan(

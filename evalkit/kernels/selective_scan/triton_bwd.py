@@ -216,3 +216,190 @@ def selective_scan_bwd(
         gbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
         gh0.to(initial_state.dtype) if initial_state is not None else None,
     )
+
+
+@triton.jit
+def _selective_scan_bwd_tkernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, st_ptr, yp_ptr, go_ptr, gT_ptr,
+    gu_ptr, gdl_ptr, gz_ptr, gB_ptr, gC_ptr, gA_ptr, gD_ptr, gbias_ptr, gh0_ptr,
+    Dm, L, n_chunks,
+    sub, sud, sul, sdb, sdd, sdl, sad, san, sbb, sbn, sbl, scb, scn, scl, szb, szd, szl,
+    syb, syd, syl, sgb, sgd, sgl, sgub, sgud, sgul, sgdb, sgdd, sgdl, sgzb, sgzd, sgzl,
+    N: tl.constexpr, TB: tl.constexpr, BD: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_GT: tl.constexpr, BIG: tl.constexpr = False,
+):
+    """The backward in the time layout of ``_selective_scan_tkernel2``: a program owns ``BD``
+    channels and walks the blocks of ``TB`` steps from the last to the first, (BD, TB) tiles with
+    time along the lanes. Per block: gz and gy from the stored pre-gate y; then for each state
+    index n in turn: the stored entry state h[:, n], the forward scan of (exp(Δ A_n), Δ u B_n) for
+    h_t, the reverse scan (``_combine_rev``) of (exp(Δ A_n), 1, gy C_n) for λ with the carried
+    G[:, n] = ∂L/∂h[:, n] after the block, and the per-n terms: λ B_n and λ A_n (h_t − b_t) summed
+    over n in two (BD, TB) tiles (gu and gΔ after the loop), gA[:, n] summed over time, gB_n and
+    gC_n summed over the block's channels and added atomically. A (log2 units), G and gA live in
+    columns 0..N-1 of (BD, TB) tiles (N <= TB), as A and the state do in the forward."""
+    b = tl.program_id(0)
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    offs_t = tl.arange(0, TB)
+    if BIG:  # an offset passes 2**31 elements: 64-bit indices (see dispatch.needs_int64)
+        b = b.to(tl.int64)
+        offs_d = offs_d.to(tl.int64)
+        offs_t = offs_t.to(tl.int64)
+    md = offs_d < Dm
+    mdn = md[:, None] & (offs_t < N)[None, :]
+    A2 = tl.load(A_ptr + offs_d[:, None] * sad + offs_t[None, :] * san, mask=mdn, other=0.0)
+    A2 = A2.to(tl.float32) * 1.4426950408889634  # (BD, TB): A[:, n] in column n, log2 units
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+        gD = tl.zeros((BD,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+        gbias = tl.zeros((BD,), dtype=tl.float32)
+    hn_offs = offs_d[:, None] * N + offs_t[None, :]
+    if HAS_GT:
+        G = tl.load(gT_ptr + b * Dm * N + hn_offs, mask=mdn, other=0.0).to(tl.float32)
+    else:
+        G = tl.zeros((BD, TB), dtype=tl.float32)  # ∂L/∂h[:, n] after the current block, column n
+    gA = tl.zeros((BD, TB), dtype=tl.float32)  # gA[:, n] in column n
+    first = (offs_t == 0)[None, :]
+    ones = tl.full((BD, TB), 1.0, tl.float32)
+    for i in range(n_chunks):
+        c = n_chunks - 1 - i
+        t = c * TB + offs_t
+        mt = t < L
+        mdt = md[:, None] & mt[None, :]
+        u = tl.load(u_ptr + b * sub + offs_d[:, None] * sud + t[None, :] * sul, mask=mdt, other=0.0)
+        u = u.to(tl.float32)  # (BD, TB)
+        x = tl.load(dl_ptr + b * sdb + offs_d[:, None] * sdd + t[None, :] * sdl, mask=mdt, other=0.0)
+        x = x.to(tl.float32)
+        if HAS_BIAS:
+            x += bias[:, None]
+        if SOFTPLUS:
+            dl = _softplus(x)
+        else:
+            dl = x
+        dl = tl.where(mdt, dl, 0.0)  # padded steps: decay 1, input 0
+        dlu = dl * u
+        gy = tl.load(go_ptr + b * sgb + offs_d[:, None] * sgd + t[None, :] * sgl, mask=mdt, other=0.0)
+        gy = gy.to(tl.float32)  # ∂L/∂out, made ∂L/∂y below
+        if HAS_Z:
+            zz = tl.load(z_ptr + b * szb + offs_d[:, None] * szd + t[None, :] * szl, mask=mdt, other=0.0)
+            zz = zz.to(tl.float32)
+            yp = tl.load(yp_ptr + b * syb + offs_d[:, None] * syd + t[None, :] * syl, mask=mdt, other=0.0)
+            sz = 1.0 / (1.0 + tl.exp(-zz))
+            gz = gy * yp.to(tl.float32) * sz * (1.0 + zz * (1.0 - sz))
+            tl.store(gz_ptr + b * sgzb + offs_d[:, None] * sgzd + t[None, :] * sgzl,
+                     gz.to(gz_ptr.dtype.element_ty), mask=mdt)
+            gy = gy * zz * sz
+        if HAS_D:
+            gD += tl.sum(gy * u, axis=1)
+        lamB = tl.zeros((BD, TB), dtype=tl.float32)  # Σ_n λ B_n
+        lamA = tl.zeros((BD, TB), dtype=tl.float32)  # Σ_n λ A_n (h_t − b_t), log2 units
+        st = st_ptr + (b * n_chunks + c) * Dm * N + offs_d * N
+        for n in tl.static_range(N):
+            sel = (offs_t == n)[None, :]
+            a2 = tl.sum(tl.where(sel, A2, 0.0), axis=1)  # (BD,), loop-invariant
+            g_n = tl.sum(tl.where(sel, G, 0.0), axis=1)
+            h_n = tl.load(st + n, mask=md, other=0.0)  # the state entering the block
+            Bn = tl.load(B_ptr + b * sbb + n * sbn + t * sbl, mask=mt, other=0.0).to(tl.float32)
+            Cn = tl.load(C_ptr + b * scb + n * scn + t * scl, mask=mt, other=0.0).to(tl.float32)
+            dA = tl.exp2(dl * a2[:, None])
+            bBn = dlu * Bn[None, :]
+            aa, bb = tl.associative_scan((dA, bBn), 1, _combine)
+            hs = aa * h_n[:, None] + bb  # h_t
+            tl.atomic_add(gC_ptr + (b * N + n) * L + t, tl.sum(gy * hs, axis=0), mask=mt)
+            _, q, p = tl.associative_scan((dA, ones, gy * Cn[None, :]), 1, _combine_rev, reverse=True)
+            lam = p + q * g_n[:, None]  # λ_t
+            G = tl.where(sel, tl.sum(tl.where(first, dA * lam, 0.0), axis=1)[:, None], G)
+            tl.atomic_add(gB_ptr + (b * N + n) * L + t, tl.sum(lam * dlu, axis=0), mask=mt)
+            ha = lam * (hs - bBn)  # λ_t a_t h_{t-1}
+            lamB += lam * Bn[None, :]
+            lamA += ha * a2[:, None]
+            gA = tl.where(sel, gA + tl.sum(ha * dl, axis=1)[:, None], gA)
+        gu = dl * lamB
+        if HAS_D:
+            gu += gy * Dv[:, None]
+        gdl = u * lamB + lamA * 0.6931471805599453  # ∂L/∂Δ
+        if SOFTPLUS:
+            gdl = gdl / (1.0 + tl.exp(-x))  # softplus' = sigmoid
+        gdl = tl.where(mdt, gdl, 0.0)
+        if HAS_BIAS:
+            gbias += tl.sum(gdl, axis=1)
+        tl.store(gu_ptr + b * sgub + offs_d[:, None] * sgud + t[None, :] * sgul,
+                 gu.to(gu_ptr.dtype.element_ty), mask=mdt)
+        tl.store(gdl_ptr + b * sgdb + offs_d[:, None] * sgdd + t[None, :] * sgdl,
+                 gdl.to(gdl_ptr.dtype.element_ty), mask=mdt)
+    tl.store(gA_ptr + b * Dm * N + hn_offs, gA, mask=mdn)
+    tl.store(gh0_ptr + b * Dm * N + hn_offs, G, mask=mdn)
+    if HAS_D:
+        tl.store(gD_ptr + b * Dm + offs_d, gD, mask=md)
+    if HAS_BIAS:
+        tl.store(gbias_ptr + b * Dm + offs_d, gbias, mask=md)
+
+
+# The time backward's (steps per block TB, channels per program BD, warps); the training forward
+# (time2 storing states) runs with the same TB. A first guess, to be swept on the GPU
+# (kernels/scan_bwd_time.py): 64-step blocks of 16 channels keep ~13 live (BD, TB) fp32 tiles at
+# 8 registers each per thread.
+TIME_BWD_CONFIG = (64, 16, 4)
+
+
+def selective_scan_bwd_time(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None, states: torch.Tensor, ypre: torch.Tensor | None,
+    gy: torch.Tensor | None, gfinal: torch.Tensor | None, delta_softplus: bool = True,
+    chunk: int | None = None, block_d: int | None = None, num_warps: int | None = None,
+) -> tuple[torch.Tensor | None, ...]:
+    """Gradients of (u, delta, A, B, C, D, z, delta_bias, initial_state) through the time-layout
+    backward ``_selective_scan_bwd_tkernel``, as :func:`selective_scan_bwd` returns them.
+    ``states``: (B, chunks, D, N) fp32 and ``ypre`` (with z: the pre-gate y, (B, D, L), laid out
+    as the forward's y) from ``selective_scan_fwd(..., variant="time2", store_states=True,
+    ypre=...)`` run with the same ``chunk``; gy: (B, D, L) (None: zero), gfinal: (B, D, N)
+    (None: zero). chunk / block_d / num_warps default to ``TIME_BWD_CONFIG``."""
+    batch, Dm, L = u.shape
+    N = A.shape[1]
+    d_chunk, d_bd, d_nw = TIME_BWD_CONFIG
+    chunk = max(chunk or d_chunk, triton.next_power_of_2(N))  # A, G, gA in the first N columns
+    block_d = min(block_d or d_bd, triton.next_power_of_2(Dm))
+    num_warps = num_warps or d_nw
+    n_chunks = states.shape[1]
+    assert n_chunks == max(1, triton.cdiv(L, chunk)), "states were stored with another chunk"
+    if z is not None:
+        assert ypre is not None and ypre.shape == u.shape, "the time backward needs the pre-gate y"
+    dev = u.device
+    f32 = dict(device=dev, dtype=torch.float32)
+    if gy is None:
+        gy = torch.zeros(batch, Dm, L, device=dev, dtype=u.dtype)
+    gu = torch.empty(batch, Dm, L, device=dev, dtype=u.dtype)
+    gdl = torch.empty(batch, Dm, L, device=dev, dtype=delta.dtype)
+    gz = torch.empty(batch, Dm, L, device=dev, dtype=z.dtype) if z is not None else None
+    gB = torch.zeros(batch, N, L, **f32)
+    gC = torch.zeros(batch, N, L, **f32)
+    gA = torch.empty(batch, Dm, N, **f32)
+    gD = torch.empty(batch, Dm, **f32) if D is not None else None
+    gbias = torch.empty(batch, Dm, **f32) if delta_bias is not None else None
+    gh0 = torch.empty(batch, Dm, N, **f32)
+    gT = gfinal.to(torch.float32).contiguous() if gfinal is not None else None
+    zt = z if z is not None else u
+    yp = ypre if ypre is not None else u
+    gzt = gz if gz is not None else gu
+    grid = (batch, triton.cdiv(Dm, block_d))
+    _selective_scan_bwd_tkernel[grid](
+        u, delta, A, B, C, D if D is not None else A, zt, delta_bias if delta_bias is not None else A,
+        states, yp, gy, gT if gT is not None else gh0,
+        gu, gdl, gzt, gB, gC, gA, gD if gD is not None else gA, gbias if gbias is not None else gA, gh0,
+        Dm, L, n_chunks,
+        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zt.stride(), *yp.stride(),
+        *gy.stride(), *gu.stride(), *gdl.stride(), *gzt.stride(),
+        N=N, TB=chunk, BD=block_d,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=delta_softplus, HAS_GT=gT is not None, num_warps=num_warps,
+        BIG=needs_int64(u, delta, B, C, zt, yp, gy, gu, gdl, gzt, states),
+    )
+    return (
+        gu, gdl, gA.sum(0).to(A.dtype), gB.to(B.dtype), gC.to(C.dtype),
+        gD.sum(0).to(D.dtype) if D is not None else None, gz,
+        gbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
+        gh0.to(initial_state.dtype) if initial_state is not None else None,
+    )
