@@ -24,6 +24,11 @@ What one run does:
   tokens are random filler and cannot be predicted).
 - **Optimiser.** AdamW (no decay on norms, biases and 1-d parameters), linear warm-up then cosine
   decay to ``min_lr_ratio × lr``, gradient clipping; bf16 autocast on CUDA, fp32 on CPU.
+- **CUDA graphs.** On CUDA the whole step (forward, backward, clipping, AdamW) is captured as a
+  CUDA graph per batch shape and replayed (``cuda_graph``; ``_GraphedStep``): the small native
+  models' steps are bound by Python and kernel launches, not by the GPU (kernels/NOTES.md). Same
+  math as the eager step; the loss then averages over answer positions by ``ignore_index`` rather
+  than by a boolean index (which would need a host sync), so rounding differs slightly.
 - **Evaluation.** Every ``eval_every`` steps and at the end: each spec at the current longest
   length, through ``scoring.predict_teacher_forced`` + ``scoring.score`` on ``runner.plan``'s
   cells. Early stop once every spec reaches ``target_acc`` at the final length.
@@ -331,13 +336,15 @@ def train(
     stop_after: int | None = None,
     pool_dir: str | Path | None = None,
     pool_workers: int = 1,
+    cuda_graph: bool | None = None,
 ) -> TrainResult:
     """Train ``model_spec``'s architecture on ``specs``; write the checkpoint into ``out_dir``.
 
     ``progress(step, steps, info)`` is called after every step. ``stop_after`` ends the run
     after that many steps as an interruption would (state saved, no final checkpoint): for tests.
     With ``cfg.pool``, batches come from fixed training sets (``evalkit.trainpool``) built with
-    ``pool_workers`` processes and cached in ``pool_dir`` (None: not cached).
+    ``pool_workers`` processes and cached in ``pool_dir`` (None: not cached). ``cuda_graph``:
+    replay each step as a CUDA graph (None: on CUDA devices; True off CUDA is a TrainError).
     """
     import torch
 
@@ -347,6 +354,9 @@ def train(
 
     lengths, fit = preflight(model_spec, specs, cfg)
     device = resolve_device(device)
+    if cuda_graph and not device.startswith("cuda"):
+        raise TrainError(f"CUDA graphs need a CUDA device; this run trains on '{device}'")
+    graphed = device.startswith("cuda") if cuda_graph is None else cuda_graph
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ncfg = NativeAdapter.config(model_spec)
@@ -363,7 +373,8 @@ def train(
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "norm" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=cfg.betas, fused=device.startswith("cuda"))
+                            lr=cfg.lr, betas=cfg.betas, fused=device.startswith("cuda"), capturable=graphed)
+    flags = {k: opt.param_groups[0][k] for k in ("fused", "capturable", "foreach")}
     step, elapsed0, tokens_done = 0, 0.0, 0
     state_path = out / STATE_FILE
     log_path = out / LOG_FILE
@@ -374,6 +385,7 @@ def train(
                              "use another --out or drop --resume")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
+        _restore_flags(opt, flags)  # the state may come from a run with or without graphs
         torch.set_rng_state(st["torch_rng"])
         step, elapsed0, tokens_done = st["step"], st["elapsed"], st["tokens"]
         _truncate_log(log_path, step)
@@ -384,7 +396,8 @@ def train(
                     "device_name": device_name, "command": command, "model": model_spec.name,
                     "model_config": ncfg.to_dict(), "tasks": [s.path for s in specs],
                     "train_config": _cfg_dict(cfg), "lengths": lengths, "torch": torch.__version__,
-                    "params": sum(p.numel() for p in model.parameters())})
+                    "params": sum(p.numel() for p in model.parameters()), "cuda_graph": graphed})
+    stepper = _GraphedStep(model, opt, cfg, log_path) if graphed else None
 
     weights = None if cfg.task_weights is None else np.asarray(cfg.task_weights) / sum(cfg.task_weights)
     stopped, last_eval = "steps", {}
@@ -415,14 +428,17 @@ def train(
             ids, tgt = _targets(train_batch(specs[k], cfg.seed, step, length, max(1, cfg.batch_tokens // length)))
             ids, tgt = ids.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
         lr = lr_at(p, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        with _autocast(device):
-            loss = _loss(model, ids, tgt, cfg.all_token_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
-        opt.step()
+        if stepper is not None:
+            loss, gnorm = stepper(ids, tgt, lr, step)
+        else:
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with _autocast(device):
+                loss = _loss(model, ids, tgt, cfg.all_token_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+            opt.step()
         step += 1
         tokens_done += ids.numel()
         window_tokens += ids.numel()
@@ -486,15 +502,130 @@ def train(
     return result
 
 
-def _loss(model: Any, ids: Any, tgt: Any, all_token_weight: float) -> Any:
-    """CE on answer positions (+ all_token_weight × CE on every next token)."""
+class _GraphedStep:
+    """The training step (forward, backward, gradient clipping, AdamW) as CUDA graphs, one per
+    batch shape (sequences, length), each captured the first time its shape comes and replayed
+    after that. Replaying launches the step's ~500-1,200 kernels without Python or per-launch CPU
+    cost: the small zoo models' eager steps are bound by that cost (the GPU idles > 90 % of a
+    step, kernels/NOTES.md v4), so the step runs several times faster, and the gain from the
+    Triton kernels over the references shows in tokens/s instead of being hidden by launches.
+
+    How (PyTorch's whole-network capture recipe): the learning rate is a device tensor the
+    captured AdamW (fused, ``capturable``) reads, filled before each replay; the batch is copied
+    into the shape's static input tensors; each graph owns its memory pool, its activations and
+    its gradient tensors (captured with ``.grad`` unset, so replays write rather than accumulate).
+    The first step runs eagerly (it creates AdamW's moment buffers outside any graph), and a new
+    shape is warmed up by two forward-backward passes on a side stream (Triton compiles, cuBLAS
+    picks its kernels) before capture; neither changes the weights. Autocast runs without its
+    weight cache (a cached cast would be frozen into the graph). If a capture fails (an op that
+    syncs with the host), the run logs why and continues eagerly."""
+
+    WARMUP = 2
+
+    def __init__(self, model: Any, opt: Any, cfg: TrainConfig, log_path: Path) -> None:
+        import torch
+
+        self.model, self.opt, self.cfg, self.log_path = model, opt, cfg, log_path
+        self.params = [p for g in opt.param_groups for p in g["params"]]
+        self.lr = torch.tensor(cfg.lr, dtype=torch.float32, device=self.params[0].device)
+        for g in opt.param_groups:
+            g["lr"] = self.lr
+        self.graphs: dict[tuple[int, ...], tuple[Any, ...]] = {}
+        self.failed: str | None = None
+        self.ready = False  # AdamW's buffers exist (after one eager step)
+
+    def _body(self, ids: Any, tgt: Any, update: bool = True) -> tuple[Any, Any]:
+        import torch
+
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            loss = _loss(self.model, ids, tgt, self.cfg.all_token_weight, sync_free=True)
+        loss.backward()
+        if not update:
+            return loss, None
+        gnorm = (torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip, foreach=True)
+                 if self.cfg.grad_clip > 0 else None)
+        self.opt.step()
+        return loss, gnorm
+
+    def _capture(self, ids: Any, tgt: Any, step: int) -> tuple[Any, ...]:
+        import torch
+
+        t0 = time.perf_counter()
+        s_ids, s_tgt = ids.clone(), tgt.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP):
+                self.opt.zero_grad(set_to_none=True)
+                self._body(s_ids, s_tgt, update=False)
+        torch.cuda.current_stream().wait_stream(side)
+        self.opt.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loss, gnorm = self._body(s_ids, s_tgt)
+        _log(self.log_path, {"event": "graph", "step": step, "shape": list(ids.shape),
+                             "capture_s": round(time.perf_counter() - t0, 3)})
+        return graph, s_ids, s_tgt, loss, gnorm
+
+    def __call__(self, ids: Any, tgt: Any, lr: float, step: int) -> tuple[Any, Any]:
+        import torch
+
+        self.lr.fill_(lr)
+        if self.failed is None and self.ready:
+            key = tuple(ids.shape)
+            if key not in self.graphs:
+                try:
+                    self.graphs[key] = self._capture(ids, tgt, step)
+                except Exception as e:  # noqa: BLE001  (any capture failure: fall back to eager steps)
+                    torch.cuda.synchronize()
+                    self.graphs.clear()
+                    self.failed = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+                    _log(self.log_path, {"event": "graph", "step": step, "shape": list(ids.shape),
+                                         "error": self.failed, "fallback": "eager"})
+            if key in self.graphs:
+                graph, s_ids, s_tgt, loss, gnorm = self.graphs[key]
+                s_ids.copy_(ids, non_blocking=True)
+                s_tgt.copy_(tgt, non_blocking=True)
+                graph.replay()
+                return loss, gnorm
+        self.opt.zero_grad(set_to_none=True)  # eager: the first step, or after a failed capture
+        out = self._body(ids, tgt)
+        self.ready = True
+        return out
+
+
+def _restore_flags(opt: Any, flags: Mapping[str, Any]) -> None:
+    """After ``opt.load_state_dict``: this run's implementation flags (a loaded state carries its
+    own run's, e.g. fused / capturable from a CUDA run resumed on a CPU), the step counters where
+    a capturable optimiser needs them (on the parameters' device, float32)."""
+    import torch
+
+    for g in opt.param_groups:
+        g.update(flags)
+        if isinstance(g["lr"], torch.Tensor):
+            g["lr"] = float(g["lr"])
+        for p in g["params"]:
+            st = opt.state.get(p)
+            if st and "step" in st and (flags.get("capturable") or flags.get("fused")):
+                st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
+
+
+def _loss(model: Any, ids: Any, tgt: Any, all_token_weight: float, sync_free: bool = False) -> Any:
+    """CE on answer positions (+ all_token_weight × CE on every next token). ``sync_free``: the
+    head runs on every position and the mean skips non-answers by ``ignore_index`` (the same loss;
+    no data-dependent shape, so no host sync, which a CUDA graph cannot hold); otherwise the head
+    runs on the answer positions only (cheaper with a large vocabulary)."""
     import torch
     import torch.nn.functional as F
 
     h = model.hidden(ids)  # (B, L, D)
-    mask = tgt.reshape(-1) != -100
-    hv = h.reshape(-1, h.shape[-1])
-    loss = F.cross_entropy(model.head(hv[mask]).float(), tgt.reshape(-1)[mask])
+    if sync_free:
+        loss = F.cross_entropy(model.head(h).reshape(-1, model.cfg.vocab_size).float(), tgt.reshape(-1),
+                               ignore_index=-100)
+    else:
+        mask = tgt.reshape(-1) != -100
+        hv = h.reshape(-1, h.shape[-1])
+        loss = F.cross_entropy(model.head(hv[mask]).float(), tgt.reshape(-1)[mask])
     if all_token_weight > 0:
         # the next token, except at answers, whose target is the answer (a hidden answer's input
         # is a placeholder; a shown answer's is the answer itself, so this changes nothing there)
@@ -534,7 +665,11 @@ def _save_state(path: Path, model: Any, opt: Any, step: int, elapsed: float, tok
     import torch
 
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
+    osd = opt.state_dict()
+    for g in osd["param_groups"]:  # a graphed run's learning rate is a device tensor: store a number
+        if isinstance(g["lr"], torch.Tensor):
+            g["lr"] = float(g["lr"])
+    torch.save({"model": model.state_dict(), "optimizer": osd, "step": step, "elapsed": elapsed,
                 "tokens": tokens, "torch_rng": torch.get_rng_state(), "train_config": _cfg_dict(cfg),
                 "model_config": ncfg.to_dict()}, tmp)
     os.replace(tmp, path)

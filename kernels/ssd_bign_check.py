@@ -3,7 +3,10 @@ against the float32 reference at the shape Mamba-2 N=256 trains with in reports/
 256 steps, 8 heads of 32, chunk 64), bf16 and fp32, plus the one-pass path at N = 128 for comparison.
 Mamba-2 N=256 crashed at its first training step on the H200 before this path (kernels/NOTES.md v6).
 
-    PYTHONPATH=. python kernels/ssd_bign_check.py
+    PYTHONPATH=. python kernels/ssd_bign_check.py [--time]
+
+``--time`` also times forward and forward+backward at N = 128 (one-pass output path) and N = 256
+(N-blocked), bf16, at the issue's SSD shape (batch 1, 16 heads of 64) and the training shape.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import torch
 
 from evalkit.kernels.ssd import ssd_ref
 from evalkit.kernels.ssd import triton as ssd_triton
-from kernels.bench import rel, ssd_inputs
+from kernels.bench import ms, rel, ssd_inputs
 
 
 def main() -> None:
@@ -41,5 +44,31 @@ def main() -> None:
     print("checks:", "all passed" if ok else "FAILURES")
 
 
+def timing() -> None:
+    print()
+    print("| shape | N | path | fwd ms | fwd+bwd ms |")
+    print("|---|---|---|---|---|")
+    for (b, L, h, p) in ((1, 16384, 16, 64), (1, 65536, 16, 64), (256, 256, 8, 32)):
+        for n in (128, 256):
+            t = ssd_inputs(b, L, h, p, n, torch.bfloat16, seed=1, grad=True)
+            with torch.no_grad():
+                f = ms(lambda: ssd_triton.ssd(**t, chunk_size=64), rep=50)
+            y = ssd_triton.ssd(**t, chunk_size=64)
+            gy = torch.randn_like(y)
+
+            def fb():
+                y = ssd_triton.ssd(**t, chunk_size=64)
+                torch.autograd.grad(y, list(t.values()), gy)
+
+            fbm = ms(fb, rep=50)
+            path = "n-blocked" if n > ssd_triton.OUT_MAX_N else "one-pass"
+            print(f"| B{b}-L{L}-H{h}-P{p} | {n} | {path} | {f:.3f} | {fbm:.3f} |")
+            del t, y, gy
+
+
 if __name__ == "__main__":
+    import sys
+
     main()
+    if "--time" in sys.argv:
+        timing()

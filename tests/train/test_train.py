@@ -134,6 +134,7 @@ def test_curriculum_grows_to_the_longest_length(tmp_path, specs):
     (["--task", "needle", "--steps", "0"], "--steps must be >= 1"),
     ([], "no task given"),
     (["--task", "needle", "--lr", "-1"], "--lr must be > 0"),
+    (["--task", "needle", "--cuda-graph"], "CUDA graphs need a CUDA device"),
 ])
 def test_bad_input_exits_2(cli, specs, tmp_path, args, msg):
     code, out, err = cli("train", specs[0].path, *args, "--out", str(tmp_path / "o"), "--device", "cpu")
@@ -174,3 +175,105 @@ def test_a_task_that_fits_no_training_length_is_refused(specs, tmp_path):
     with pytest.raises(TrainError, match="training length 32"):
         train(model, [load_task_spec(str(ar))], quick(max_length=32), tmp_path / "o", device="cpu")
     assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("all_token_weight", [0.0, 0.5])
+def test_sync_free_loss_is_the_masked_loss(specs, all_token_weight):
+    """The CUDA-graph step's loss (head on every position, ignore_index) is the eager step's
+    (head on the answer positions only): the same value and the same gradients."""
+    from evalkit.models.native.lm import NativeLM
+    from evalkit.models.native_adapter import NativeAdapter
+    from evalkit.train import _loss, _targets
+
+    model = NativeLM(NativeAdapter.config(specs[0]), seed=0)
+    ids, tgt = _targets(train_batch(specs[1][0], 0, 0, 16, 6))
+    assert 0 < int((tgt != -100).sum()) < tgt.numel()
+    out = []
+    for sync_free in (False, True):
+        model.zero_grad()
+        loss = _loss(model, ids, tgt, all_token_weight, sync_free=sync_free)
+        loss.backward()
+        out.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (l0, g0), (l1, g1) = out
+    assert torch.allclose(l0, l1, rtol=1e-6, atol=1e-7)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(g0, g1))
+
+
+def test_state_saved_by_a_graphed_run_resumes_anywhere(tmp_path):
+    """A graphed run's AdamW holds its learning rate as a device tensor and is fused and
+    capturable: the saved state stores the learning rate as a number, and a resumed run takes its
+    own implementation flags (a CPU run cannot step a fused optimiser)."""
+    from evalkit.train import _restore_flags, _save_state
+
+    w = torch.nn.Parameter(torch.randn(3, 3))
+    opt = torch.optim.AdamW([w], lr=torch.tensor(0.01))
+    w.grad = torch.ones(3, 3)
+    opt.step()
+    _save_state(tmp_path / "s.pt", torch.nn.Linear(1, 1), opt, 1, 0.0, 0, TrainConfig(), _Cfg())
+    saved = torch.load(tmp_path / "s.pt", weights_only=False)["optimizer"]
+    assert saved["param_groups"][0]["lr"] == pytest.approx(0.01) and isinstance(saved["param_groups"][0]["lr"], float)
+    saved["param_groups"][0].update(fused=True, capturable=True)  # as a CUDA graphed run saves it
+    w2 = torch.nn.Parameter(w.detach().clone())
+    opt2 = torch.optim.AdamW([w2], lr=0.01)
+    flags = {k: opt2.param_groups[0][k] for k in ("fused", "capturable", "foreach")}
+    opt2.load_state_dict(saved)
+    _restore_flags(opt2, flags)
+    assert opt2.param_groups[0]["fused"] in (None, False) and not opt2.param_groups[0]["capturable"]
+    w2.grad = torch.ones(3, 3)
+    opt2.step()  # steps on the CPU
+    assert int(opt2.state[w2]["step"]) == 2
+
+
+class _Cfg:
+    def to_dict(self) -> dict:
+        return {}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graphed_training_matches_eager_training(specs, tmp_path):
+    """On a GPU: the same run with the step replayed as CUDA graphs (two batch shapes, so two
+    graphs) and eagerly; the losses follow each other (bf16 autocast: not bitwise) and the log
+    records each capture without an error."""
+    model, tasks = specs
+    t = write(tmp_path / "needle.yaml", NEEDLE.replace("lengths: [16]", "lengths: [16, 32]"))
+    tasks = [load_task_spec(str(t))]
+    cfg = quick(steps=30, eval_every=30, save_every=30, curriculum=0.0, lr=3e-3)
+    runs = {}
+    for graph in (False, True):
+        r = train(model, tasks, cfg, tmp_path / f"g{int(graph)}", device="cuda", cuda_graph=graph)
+        rows = read_log(r.out_dir / "train_log.jsonl")
+        runs[graph] = [x["loss"] for x in rows if x["event"] == "train"], [x for x in rows if x["event"] == "graph"]
+    (eager, none), (graphed, captures) = runs[False], runs[True]
+    assert none == [] and len(captures) == 2 and all("error" not in c for c in captures), captures
+    assert {tuple(c["shape"]) for c in captures} == {(16, 16), (8, 32)}
+    assert len(eager) == len(graphed) == 3
+    for a, b in zip(eager, graphed):
+        assert abs(a - b) < 0.05 * max(1.0, abs(a)), (eager, graphed)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graphed_step_replays_the_eager_step(specs):
+    """On a GPU: ``_GraphedStep`` replayed on fresh batches and learning rates gives the weights
+    that the same step run eagerly gives (same kernels, same order): a graph that kept a stale
+    batch, a stale learning rate or accumulated gradients would drift far from it."""
+    from evalkit.models.native.lm import NativeLM
+    from evalkit.models.native_adapter import NativeAdapter
+    from evalkit.train import _GraphedStep, _targets
+
+    cfg = quick()
+    runs = []
+    for graph in (False, True):
+        model = NativeLM(NativeAdapter.config(specs[0]), seed=0).cuda().train()
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=True, capturable=True)
+        step = _GraphedStep(model, opt, cfg, Path("/dev/null"))
+        step.ready = not graph  # eager: never capture
+        step.failed = None if graph else "eager by choice"
+        for s in range(6):
+            ids, tgt = _targets(train_batch(specs[1][0], 0, s, 16, 8))
+            step(ids.cuda(), tgt.cuda(), 1e-2 * (s + 1) / 6, s)
+        torch.cuda.synchronize()
+        runs.append((step, [p.detach().clone() for p in model.parameters()]))
+    (eager, w_e), (graphed, w_g) = runs
+    assert len(graphed.graphs) == 1 and graphed.failed is None
+    for a, b in zip(w_e, w_g):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
