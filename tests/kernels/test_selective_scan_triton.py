@@ -129,16 +129,137 @@ def test_default_variant_by_layout(monkeypatch):
     assert used == ["time2", "scan", "scan", "scan", "scan"]
 
 
-def test_time_parallel_needs_no_states():
+def test_store_states_variants():
+    """States are stored by the walk ("scan") and time2 only; the pre-gate y only by time2 with z."""
     t = _inputs(1, 4, 20, 4, torch.float32, seed=1)
     with pytest.raises(ValueError, match="store_states"):
-        ss_triton.selective_scan_fwd(**t, variant="time2", store_states=True)
+        ss_triton.selective_scan_fwd(**t, variant="seq", store_states=True)
+    with pytest.raises(ValueError, match="ypre"):
+        ss_triton.selective_scan_fwd(**t, variant="scan", store_states=True, ypre=torch.empty_like(t["u"]))
+    bare = {k: t[k] for k in ("u", "delta", "A", "B", "C")}
+    with pytest.raises(ValueError, match="ypre"):
+        ss_triton.selective_scan_fwd(**bare, variant="time2", store_states=True, ypre=torch.empty_like(t["u"]))
+
+
+@pytest.mark.parametrize("L,TB,full", [(45, 16, True), (64, 32, False), (7, 16, True)])
+def test_time_forward_stores_states_and_pre_gate_y(L, TB, full):
+    """time2 with store_states: y and the final state as without, the state entering block c equal to
+    the reference's final state after c·TB steps, the pre-gate y equal to the reference without z."""
+    b, d, n = 2, 5, 8
+    t = _inputs(b, d, L, n, torch.float32, seed=L + TB, full=full)
+    h0 = torch.randn(b, d, n, device=DEV)
+    ypre = torch.empty_like(t["u"]) if full else None
+    y, hT, st = ss_triton.selective_scan_fwd(**t, initial_state=h0, variant="time2", chunk=TB, block_d=4,
+                                             store_states=True, ypre=ypre)
+    y0, hT0, none = ss_triton.selective_scan_fwd(**t, initial_state=h0, variant="time2", chunk=TB, block_d=4)
+    assert none is None and torch.equal(y, y0) and torch.equal(hT, hT0)
+    n_chunks = -(-L // TB)
+    assert st.shape == (b, n_chunks, d, n) and st.dtype == torch.float32
+    for c in range(n_chunks):
+        if c == 0:
+            ref = h0
+        else:
+            pre = {k: (v[..., :c * TB] if k in ("u", "delta", "B", "C", "z") else v) for k, v in t.items()}
+            ref = _ref(pre, initial_state=h0)[1]
+        assert _rel(st[:, c], ref) < 1e-5, c
+    if full:
+        y_pre_ref = _ref({k: v for k, v in t.items() if k != "z"}, initial_state=h0)[0]
+        assert _rel(ypre, y_pre_ref) < 1e-5
+
+
+# The time-layout backward (triton_bwd.selective_scan_bwd_time, after time2 storing states), called
+# directly with small blocks so that several blocks and a partial tail run: (batch, channels, L,
+# state, TB, BD, D/z/bias, softplus, initial state and final-state gradient).
+TIME_GRAD_CASES = [(2, 5, 45, 8, 16, 4, True, True, True), (1, 3, 63, 4, 16, 2, False, True, True),
+                   (1, 4, 130, 16, 32, 4, True, False, True), (1, 6, 63, 16, 16, 8, True, True, False),
+                   (2, 3, 33, 4, 8, 2, False, False, False), (1, 2, 200, 8, 32, 2, True, True, True)]
+TIME_GRAD_GRID = [(c, dt) for c in TIME_GRAD_CASES for dt in DTYPES if ON_GPU or dt == torch.float32 or c[2] < 100]
+
+
+def _time_pair(args, TB, BD, softplus, wy, wh):
+    """The time forward with states and pre-gate y, then the time backward, for loss
+    (y · wy).sum() + (final · wh).sum(); returns (y, final, gradients in the order of args)."""
+    from evalkit.kernels.selective_scan import triton_bwd
+
+    kw = {k: args.get(k) for k in ("D", "z", "delta_bias", "initial_state")}
+    ypre = torch.empty_like(args["u"]) if args.get("z") is not None else None
+    y, hT, st = ss_triton.selective_scan_fwd(**args, delta_softplus=softplus, variant="time2", chunk=TB,
+                                             block_d=BD, store_states=True, ypre=ypre)
+    g = triton_bwd.selective_scan_bwd_time(args["u"], args["delta"], args["A"], args["B"], args["C"], *kw.values(),
+                                           st, ypre, wy.to(y.dtype), wh, delta_softplus=softplus, chunk=TB,
+                                           block_d=BD)
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+    return y, hT, [dict(zip(names, g))[k] for k in args]
+
+
+@pytest.mark.parametrize("b,d,L,n,TB,BD,full,softplus,h0,dtype", [(*c, dt) for c, dt in TIME_GRAD_GRID],
+                         ids=[f"B{c[0]}-D{c[1]}-L{c[2]}-N{c[3]}-TB{c[4]}-BD{c[5]}-{'full' if c[6] else 'bare'}"
+                              f"{'' if c[7] else '-nosp'}{'-h0' if c[8] else ''}-{str(dt)[6:]}" for c, dt in TIME_GRAD_GRID])
+def test_time_backward_matches_reference(b, d, L, n, TB, BD, full, softplus, h0, dtype):
+    """Every input's gradient through the time backward against autograd through the reference in
+    float64 on the same (rounded) inputs; y and (with h0) the final state carry gradient."""
+    t = _inputs(b, d, L, n, dtype, seed=7 * L + n, full=full)
+    if not softplus:
+        t["delta"] = torch.rand(b, d, L, device=DEV).to(dtype)
+        if full:
+            t["delta_bias"] = t["delta_bias"].abs()
+    if h0:
+        t["initial_state"] = torch.randn(b, d, n, device=DEV)
+    wy = torch.randn(b, d, L, device=DEV).to(dtype).float()
+    wh = torch.randn(b, d, n, device=DEV) if h0 else None
+    y, hT, g = _time_pair(t, TB, BD, softplus, wy, wh)
+    f64 = {k: v.double().requires_grad_(True) for k, v in t.items()}
+    y_r, hT_r = selective_scan_ref(**f64, delta_softplus=softplus, return_final_state=True)
+    assert _rel(y, y_r) < TOL[dtype] and _rel(hT, hT_r) < 1e-5
+    loss = (y_r * wy.double()).sum() + ((hT_r * wh.double()).sum() if h0 else 0)
+    g_r = torch.autograd.grad(loss, list(f64.values()))
+    tol = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}[dtype]
+    for name, a, r in zip(t, g, g_r):
+        assert a.dtype == t[name].dtype and a.shape == t[name].shape, name
+        assert _rel(a, r) < tol, name
+
+
+def test_autograd_picks_time_pair_by_layout(monkeypatch):
+    """Through autograd: L-contiguous u, delta, z run time2 (storing states) and the time backward;
+    (B, L, D) views run the v3 walk and the v3 backward; both give the reference's gradients."""
+    from evalkit.kernels.selective_scan import triton_bwd
+
+    used = []
+
+    class Spy:
+        def __init__(self, kernel, name):
+            self.kernel, self.name = kernel, name
+
+        def __getitem__(self, grid):
+            used.append(self.name)
+            return self.kernel[grid]
+
+    for mod, attr, name in ((ss_triton, "_selective_scan_tkernel2", "time2"), (ss_triton, "_selective_scan_kernel", "scan"),
+                            (triton_bwd, "_selective_scan_bwd_tkernel", "bwd-time"),
+                            (triton_bwd, "_selective_scan_bwd_kernel", "bwd-v3")):
+        monkeypatch.setattr(mod, attr, Spy(getattr(mod, attr), name))
+    t = _inputs(1, 4, 40, 4, torch.float32, seed=3)
+    strided = {**t, "u": t["u"].transpose(1, 2).contiguous().transpose(1, 2)}
+    for case, want in ((t, ["time2", "bwd-time"]), (strided, ["scan", "bwd-v3"])):
+        used.clear()
+        args = {k: v.clone().requires_grad_(True) if k != "u" else v.detach().requires_grad_(True)
+                for k, v in case.items()}
+        before = dispatch.variant_calls()
+        y = ss_triton.selective_scan(**args)
+        g = torch.autograd.grad((y * y.detach()).sum(), list(args.values()))
+        assert used == want
+        ran = {k for k, v in dispatch.variant_calls().items() if v > before.get(k, 0)}
+        assert ran == {f"selective_scan:{want[0]}", f"selective_scan_bwd:{want[0] if want[0] == 'scan' else 'time2'}"}
+        y_r = selective_scan_ref(**args)
+        g_r = torch.autograd.grad((y_r * y_r.detach()).sum(), list(args.values()))
+        for name, a, r in zip(args, g, g_r):
+            assert _rel(a, r) < 2e-5, name
 
 
 def test_int64_indexing_path(monkeypatch):
     """The 64-bit index path (taken when an offset reaches 2**31 elements, e.g. d_inner 4096 at 1M
     steps; too big for a CPU test) gives the same results as the 32-bit one, forward (every variant)
-    and backward."""
+    and backward (the time pair and the v3 pair)."""
     from evalkit.kernels.selective_scan import triton_bwd
 
     big = torch.empty(2**31 + 5, device="meta")  # offsets pass 2**31; no memory behind a meta tensor
@@ -150,11 +271,23 @@ def test_int64_indexing_path(monkeypatch):
     for variant in ("scan", "seq", "time2"):
         y, hT, _ = ss_triton.selective_scan_fwd(**{k: v.detach() for k, v in t.items()}, variant=variant, chunk=16)
         assert _rel(y, y_ref) < 1e-5 and _rel(hT, hT_ref) < 1e-5, variant
-    y = ss_triton.selective_scan(**t)
-    g = torch.autograd.grad(y.sum(), [t["u"], t["A"]])
     y_r = selective_scan_ref(**t)
     g_r = torch.autograd.grad(y_r.sum(), [t["u"], t["A"]])
-    assert all(_rel(a, r) < 2e-5 for a, r in zip(g, g_r))
+    # autograd: the time pair (L-contiguous), then the v3 pair (u as a (B, L, D) view)
+    for u in (t["u"], t["u"].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True)):
+        y = ss_triton.selective_scan(**{**t, "u": u})
+        g = torch.autograd.grad(y.sum(), [u, t["A"]])
+        assert all(_rel(a, r) < 2e-5 for a, r in zip(g, g_r))
+    # the time pair with several blocks and a tail, every gradient, the final state's too
+    args = {k: v.detach() for k, v in t.items()}
+    args["initial_state"] = torch.randn(2, 3, 4, device=DEV)
+    wy, wh = torch.randn(2, 3, 45, device=DEV), torch.randn(2, 3, 4, device=DEV)
+    y, hT, g = _time_pair(args, 16, 2, True, wy, wh)
+    f64 = {k: v.double().requires_grad_(True) for k, v in args.items()}
+    y_r, hT_r = selective_scan_ref(**f64, return_final_state=True)
+    g_r = torch.autograd.grad((y_r * wy.double()).sum() + (hT_r * wh.double()).sum(), list(f64.values()))
+    for name, a, r in zip(args, g, g_r):
+        assert _rel(a, r) < 2e-5, name
 
 
 def test_no_softplus_and_strided_inputs():
