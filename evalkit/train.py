@@ -541,11 +541,13 @@ class _GraphedStep:
             loss = _loss(self.model, ids, tgt, self.cfg.all_token_weight, sync_free=True)
         loss.backward()
         if not update:
-            return loss, None
+            return loss.detach(), None
         gnorm = (torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip, foreach=True)
                  if self.cfg.grad_clip > 0 else None)
         self.opt.step()
-        return loss, gnorm
+        # detached: a caller holding the loss must not keep this step's autograd graph alive (its
+        # AccumulateGrad nodes, tied to the default stream, break the next shape's capture)
+        return loss.detach(), gnorm
 
     def _capture(self, ids: Any, tgt: Any, step: int) -> tuple[Any, ...]:
         import torch
