@@ -39,9 +39,12 @@ from kernels.bench import ceilings, fmt, ms, rel, ss_floor, ss_inputs  # noqa: E
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 SHORT = ("gu", "gΔ", "gA", "gB", "gC", "gD", "gz", "gbias", "gh0")
-# (TB, BD, warps) of the time backward; the first is triton_bwd.TIME_BWD_CONFIG's default
-CONFIGS = [(64, 16, 4), (64, 32, 4), (64, 32, 8), (128, 16, 4), (128, 16, 8), (128, 32, 8), (32, 32, 4),
-           (32, 64, 8), (64, 8, 2), (32, 16, 2)]
+# (TB, BD, warps, unrolled state loop) of the time backward; the first is triton_bwd.TIME_BWD_CONFIG's
+# default. Offline (sm_90, Triton 3.9's ptxas) the loop versions at TB 32-64 compiled without spills,
+# the unrolled ones and TB 128 with spills (triton_bwd.py says more).
+CONFIGS = [(64, 16, 4, False), (64, 32, 8, False), (64, 32, 4, False), (32, 32, 4, False), (32, 64, 8, False),
+           (128, 16, 4, False), (128, 32, 8, False), (64, 8, 2, False), (64, 16, 4, True), (64, 32, 8, True),
+           (128, 32, 8, True)]
 # (BD, warps) of the training forward (time2 storing states and y), tried at the best backward TB
 FWD_CONFIGS = [(32, 8), (16, 4), (64, 8), (32, 4), (16, 8)]
 TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
@@ -64,10 +67,10 @@ def train_fwd(t, TB, fwd_cfg=None, h0=None):
 
 
 def time_bwd(t, st, ypre, gy, gT, cfg, h0=None):
-    TB, BD, nw = cfg
+    TB, BD, nw, unroll = cfg
     return ss_bwd.selective_scan_bwd_time(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"],
                                           t["delta_bias"], h0, st, ypre, gy, gT, chunk=TB, block_d=BD,
-                                          num_warps=nw)
+                                          num_warps=nw, unroll_n=unroll)
 
 
 def v3_fwd(t):
@@ -82,7 +85,7 @@ def v3_bwd(t, st, gy):
 def checks(shapes, dtypes, cfgs) -> bool:
     print("## checks: time2 forward with states + time backward vs the reference's autograd (fp32 reference)")
     print("rel = ‖kernel − reference‖ / ‖reference‖; tolerances: fp32 1e-4, bf16 3e-2 (fp16 5e-3)")
-    print("| shape | dtype | TB, BD, warps | y | final | " + " | ".join(SHORT) + " | ok |")
+    print("| shape | dtype | TB, BD, warps, unrolled | y | final | " + " | ".join(SHORT) + " | ok |")
     print("|---|---|---|---|---|" + "---|" * len(SHORT) + "---|")
     ok_all = True
     for (b, d, L, n) in shapes:
@@ -155,7 +158,7 @@ def main() -> None:
     if a.smoke:
         d, n, dtype = 8, 4, torch.float32
         shapes, dtypes = [(1, 8, 45, 4), (2, 5, 33, 8)], [torch.float32, torch.float16]
-        sweep_L, lengths, cfgs = (64, 100), [64, 130], [(16, 4, 4), (32, 8, 4), (16, 2, 2)]
+        sweep_L, lengths, cfgs = (64, 100), [64, 130], [(16, 4, 4, False), (32, 8, 4, False), (16, 2, 2, True)]
         fwd_cfgs = FWD_CONFIGS[:2]
     else:
         d, n, dtype = 4096, 16, torch.bfloat16
@@ -168,15 +171,15 @@ def main() -> None:
     print()
     ok = True
     if not a.skip_checks:
-        ok = checks(shapes, dtypes, [ss_bwd.TIME_BWD_CONFIG] + ([(16, 2, 2)] if a.smoke else [(128, 32, 8)]))
+        ok = checks(shapes, dtypes, [ss_bwd.TIME_BWD_CONFIG] + ([(16, 2, 2, True)] if a.smoke else [(128, 32, 8, True)]))
 
     # ---- backward config sweep
     L1, L2 = sweep_L
     print(f"## time backward configs, batch 1, d_inner {d}, state {n}, {str(dtype)[6:]}, D/z/bias/softplus "
           f"(training forward at the same TB with (BD, warps) {ss_triton.TIME_TRAIN_FWD_CONFIG})")
-    print(f"| TB | BD | warps | train fwd ms {L1} | bwd ms {L1} | train fwd ms {L2} | bwd ms {L2} | "
+    print(f"| TB | BD | warps | unrolled | train fwd ms {L1} | bwd ms {L1} | train fwd ms {L2} | bwd ms {L2} | "
           f"fwd+bwd {L2} | rel vs first |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     res = sweep(timer, d, n, sweep_L, cfgs, dtype)
     best, best_ms = None, float("inf")
     for cfg in cfgs:
@@ -185,14 +188,14 @@ def main() -> None:
         errs = [e for e in (e1, e2)]
         err = next((e for e in errs if isinstance(e, str)), None) or f"{max(errs):.1e}"
         tot = f2 + b2 if f2 is not None and b2 is not None else None
-        print(f"| {cfg[0]} | {cfg[1]} | {cfg[2]} | {fmt(f1)} | {fmt(b1)} | {fmt(f2)} | {fmt(b2)} | {fmt(tot)} | {err} |")
+        print(f"| {cfg[0]} | {cfg[1]} | {cfg[2]} | {cfg[3]} | {fmt(f1)} | {fmt(b1)} | {fmt(f2)} | {fmt(b2)} | {fmt(tot)} | {err} |")
         if tot is not None and not isinstance(e2, str) and e2 < 2e-2 and tot < best_ms:
             best, best_ms = cfg, tot
     if best is None:
         print("no backward config worked")
         print("checks:", "all passed" if ok else "FAILURES")
         return
-    print(f"\nbest backward config (train fwd + bwd at {L2}): TB, BD, warps = {best}\n")
+    print(f"\nbest backward config (train fwd + bwd at {L2}): TB, BD, warps, unrolled = {best}\n")
 
     # ---- training forward (BD, warps) at the best TB
     print(f"## training forward (time2 + states + pre-gate y) at TB {best[0]}, L {L2}")

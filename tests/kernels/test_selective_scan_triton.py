@@ -173,10 +173,12 @@ def test_time_forward_stores_states_and_pre_gate_y(L, TB, full):
 TIME_GRAD_CASES = [(2, 5, 45, 8, 16, 4, True, True, True), (1, 3, 63, 4, 16, 2, False, True, True),
                    (1, 4, 130, 16, 32, 4, True, False, True), (1, 6, 63, 16, 16, 8, True, True, False),
                    (2, 3, 33, 4, 8, 2, False, False, False), (1, 2, 200, 8, 32, 2, True, True, True)]
-TIME_GRAD_GRID = [(c, dt) for c in TIME_GRAD_CASES for dt in DTYPES if ON_GPU or dt == torch.float32 or c[2] < 100]
+# the state loop as a loop (the default) and unrolled (UNROLL_N, a tuning option; fp32 cases only)
+TIME_GRAD_GRID = [(c, dt, un) for c in TIME_GRAD_CASES for dt in DTYPES for un in (False, True)
+                  if (ON_GPU or dt == torch.float32 or c[2] < 100) and (dt == torch.float32 or not un)]
 
 
-def _time_pair(args, TB, BD, softplus, wy, wh):
+def _time_pair(args, TB, BD, softplus, wy, wh, unroll_n=False):
     """The time forward with states and pre-gate y, then the time backward, for loss
     (y · wy).sum() + (final · wh).sum(); returns (y, final, gradients in the order of args)."""
     from evalkit.kernels.selective_scan import triton_bwd
@@ -187,15 +189,16 @@ def _time_pair(args, TB, BD, softplus, wy, wh):
                                              block_d=BD, store_states=True, ypre=ypre)
     g = triton_bwd.selective_scan_bwd_time(args["u"], args["delta"], args["A"], args["B"], args["C"], *kw.values(),
                                            st, ypre, wy.to(y.dtype), wh, delta_softplus=softplus, chunk=TB,
-                                           block_d=BD)
+                                           block_d=BD, unroll_n=unroll_n)
     names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
     return y, hT, [dict(zip(names, g))[k] for k in args]
 
 
-@pytest.mark.parametrize("b,d,L,n,TB,BD,full,softplus,h0,dtype", [(*c, dt) for c, dt in TIME_GRAD_GRID],
+@pytest.mark.parametrize("b,d,L,n,TB,BD,full,softplus,h0,dtype,unroll_n", [(*c, dt, un) for c, dt, un in TIME_GRAD_GRID],
                          ids=[f"B{c[0]}-D{c[1]}-L{c[2]}-N{c[3]}-TB{c[4]}-BD{c[5]}-{'full' if c[6] else 'bare'}"
-                              f"{'' if c[7] else '-nosp'}{'-h0' if c[8] else ''}-{str(dt)[6:]}" for c, dt in TIME_GRAD_GRID])
-def test_time_backward_matches_reference(b, d, L, n, TB, BD, full, softplus, h0, dtype):
+                              f"{'' if c[7] else '-nosp'}{'-h0' if c[8] else ''}-{str(dt)[6:]}{'-unrolled' if un else ''}"
+                              for c, dt, un in TIME_GRAD_GRID])
+def test_time_backward_matches_reference(b, d, L, n, TB, BD, full, softplus, h0, dtype, unroll_n):
     """Every input's gradient through the time backward against autograd through the reference in
     float64 on the same (rounded) inputs; y and (with h0) the final state carry gradient."""
     t = _inputs(b, d, L, n, dtype, seed=7 * L + n, full=full)
@@ -207,7 +210,7 @@ def test_time_backward_matches_reference(b, d, L, n, TB, BD, full, softplus, h0,
         t["initial_state"] = torch.randn(b, d, n, device=DEV)
     wy = torch.randn(b, d, L, device=DEV).to(dtype).float()
     wh = torch.randn(b, d, n, device=DEV) if h0 else None
-    y, hT, g = _time_pair(t, TB, BD, softplus, wy, wh)
+    y, hT, g = _time_pair(t, TB, BD, softplus, wy, wh, unroll_n)
     f64 = {k: v.double().requires_grad_(True) for k, v in t.items()}
     y_r, hT_r = selective_scan_ref(**f64, delta_softplus=softplus, return_final_state=True)
     assert _rel(y, y_r) < TOL[dtype] and _rel(hT, hT_r) < 1e-5

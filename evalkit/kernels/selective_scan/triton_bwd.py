@@ -219,6 +219,35 @@ def selective_scan_bwd(
 
 
 @triton.jit
+def _bwd_tstate(n, A2, G, gA, lamB, lamA, dl, dlu, gy, st, B_ptr, C_ptr, gB_ptr, gC_ptr, b, t, mt, md, offs_t, L,
+                sbb, sbn, sbl, scb, scn, scl, N: tl.constexpr):
+    # One state index n of a block of _selective_scan_bwd_tkernel: returns the updated G, gA (column
+    # n) and the Σ_n accumulators λ B_n, λ A_n (h_t − b_t); adds gB_n, gC_n atomically.
+    sel = (offs_t == n)[None, :]
+    first = (offs_t == 0)[None, :]
+    a2 = tl.sum(tl.where(sel, A2, 0.0), axis=1)  # (BD,)
+    g_n = tl.sum(tl.where(sel, G, 0.0), axis=1)  # ∂L/∂h[:, n] after the block
+    h_n = tl.load(st + n, mask=md, other=0.0)  # the state entering the block
+    Bn = tl.load(B_ptr + b * sbb + n * sbn + t * sbl, mask=mt, other=0.0).to(tl.float32)
+    Cn = tl.load(C_ptr + b * scb + n * scn + t * scl, mask=mt, other=0.0).to(tl.float32)
+    dA = tl.exp2(dl * a2[:, None])
+    bBn = dlu * Bn[None, :]
+    aa, bb = tl.associative_scan((dA, bBn), 1, _combine)
+    hs = aa * h_n[:, None] + bb  # h_t
+    tl.atomic_add(gC_ptr + (b * N + n) * L + t, tl.sum(gy * hs, axis=0), mask=mt)
+    _, q, p = tl.associative_scan((dA, tl.full(dA.shape, 1.0, tl.float32), gy * Cn[None, :]), 1, _combine_rev,
+                                  reverse=True)
+    lam = p + q * g_n[:, None]  # λ_t
+    G = tl.where(sel, tl.sum(tl.where(first, dA * lam, 0.0), axis=1)[:, None], G)
+    tl.atomic_add(gB_ptr + (b * N + n) * L + t, tl.sum(lam * dlu, axis=0), mask=mt)
+    ha = lam * (hs - bBn)  # λ_t a_t h_{t-1}
+    lamB += lam * Bn[None, :]
+    lamA += ha * a2[:, None]
+    gA = tl.where(sel, gA + tl.sum(ha * dl, axis=1)[:, None], gA)
+    return G, gA, lamB, lamA
+
+
+@triton.jit
 def _selective_scan_bwd_tkernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, st_ptr, yp_ptr, go_ptr, gT_ptr,
     gu_ptr, gdl_ptr, gz_ptr, gB_ptr, gC_ptr, gA_ptr, gD_ptr, gbias_ptr, gh0_ptr,
@@ -227,7 +256,7 @@ def _selective_scan_bwd_tkernel(
     syb, syd, syl, sgb, sgd, sgl, sgub, sgud, sgul, sgdb, sgdd, sgdl, sgzb, sgzd, sgzl,
     N: tl.constexpr, TB: tl.constexpr, BD: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_GT: tl.constexpr, BIG: tl.constexpr = False,
+    HAS_GT: tl.constexpr, BIG: tl.constexpr = False, UNROLL_N: tl.constexpr = False,
 ):
     """The backward in the time layout of ``_selective_scan_tkernel2``: a program owns ``BD``
     channels and walks the blocks of ``TB`` steps from the last to the first, (BD, TB) tiles with
@@ -261,8 +290,6 @@ def _selective_scan_bwd_tkernel(
     else:
         G = tl.zeros((BD, TB), dtype=tl.float32)  # ∂L/∂h[:, n] after the current block, column n
     gA = tl.zeros((BD, TB), dtype=tl.float32)  # gA[:, n] in column n
-    first = (offs_t == 0)[None, :]
-    ones = tl.full((BD, TB), 1.0, tl.float32)
     for i in range(n_chunks):
         c = n_chunks - 1 - i
         t = c * TB + offs_t
@@ -296,26 +323,14 @@ def _selective_scan_bwd_tkernel(
         lamB = tl.zeros((BD, TB), dtype=tl.float32)  # Σ_n λ B_n
         lamA = tl.zeros((BD, TB), dtype=tl.float32)  # Σ_n λ A_n (h_t − b_t), log2 units
         st = st_ptr + (b * n_chunks + c) * Dm * N + offs_d * N
-        for n in tl.static_range(N):
-            sel = (offs_t == n)[None, :]
-            a2 = tl.sum(tl.where(sel, A2, 0.0), axis=1)  # (BD,), loop-invariant
-            g_n = tl.sum(tl.where(sel, G, 0.0), axis=1)
-            h_n = tl.load(st + n, mask=md, other=0.0)  # the state entering the block
-            Bn = tl.load(B_ptr + b * sbb + n * sbn + t * sbl, mask=mt, other=0.0).to(tl.float32)
-            Cn = tl.load(C_ptr + b * scb + n * scn + t * scl, mask=mt, other=0.0).to(tl.float32)
-            dA = tl.exp2(dl * a2[:, None])
-            bBn = dlu * Bn[None, :]
-            aa, bb = tl.associative_scan((dA, bBn), 1, _combine)
-            hs = aa * h_n[:, None] + bb  # h_t
-            tl.atomic_add(gC_ptr + (b * N + n) * L + t, tl.sum(gy * hs, axis=0), mask=mt)
-            _, q, p = tl.associative_scan((dA, ones, gy * Cn[None, :]), 1, _combine_rev, reverse=True)
-            lam = p + q * g_n[:, None]  # λ_t
-            G = tl.where(sel, tl.sum(tl.where(first, dA * lam, 0.0), axis=1)[:, None], G)
-            tl.atomic_add(gB_ptr + (b * N + n) * L + t, tl.sum(lam * dlu, axis=0), mask=mt)
-            ha = lam * (hs - bBn)  # λ_t a_t h_{t-1}
-            lamB += lam * Bn[None, :]
-            lamA += ha * a2[:, None]
-            gA = tl.where(sel, gA + tl.sum(ha * dl, axis=1)[:, None], gA)
+        if UNROLL_N:  # the state loop unrolled (A's columns loop invariants; more registers)
+            for n in tl.static_range(N):
+                G, gA, lamB, lamA = _bwd_tstate(n, A2, G, gA, lamB, lamA, dl, dlu, gy, st, B_ptr, C_ptr, gB_ptr,
+                                                gC_ptr, b, t, mt, md, offs_t, L, sbb, sbn, sbl, scb, scn, scl, N)
+        else:
+            for n in range(N):
+                G, gA, lamB, lamA = _bwd_tstate(n, A2, G, gA, lamB, lamA, dl, dlu, gy, st, B_ptr, C_ptr, gB_ptr,
+                                                gC_ptr, b, t, mt, md, offs_t, L, sbb, sbn, sbl, scb, scn, scl, N)
         gu = dl * lamB
         if HAS_D:
             gu += gy * Dv[:, None]
@@ -337,11 +352,13 @@ def _selective_scan_bwd_tkernel(
         tl.store(gbias_ptr + b * Dm + offs_d, gbias, mask=md)
 
 
-# The time backward's (steps per block TB, channels per program BD, warps); the training forward
-# (time2 storing states) runs with the same TB. A first guess, to be swept on the GPU
-# (kernels/scan_bwd_time.py): 64-step blocks of 16 channels keep ~13 live (BD, TB) fp32 tiles at
-# 8 registers each per thread.
-TIME_BWD_CONFIG = (64, 16, 4)
+# The time backward's (steps per block TB, channels per program BD, warps, unrolled state loop); the
+# training forward (time2 storing states) runs with the same TB. A first guess, to be swept on the GPU
+# (kernels/scan_bwd_time.py). Compiled offline for sm_90 (Triton 3.9's ptxas): with the state loop
+# unrolled every config spilled (~360 B of stack at TB 64, >1 KB at TB 128: the scheduler keeps the
+# 16 iterations' loads and A columns live); as a loop, TB 64 with BD 16 / 4 warps or BD 32 / 8 warps
+# fit in ~250 registers without spills, TB 128 still spills.
+TIME_BWD_CONFIG = (64, 16, 4, False)
 
 
 def selective_scan_bwd_time(
@@ -350,16 +367,19 @@ def selective_scan_bwd_time(
     initial_state: torch.Tensor | None, states: torch.Tensor, ypre: torch.Tensor | None,
     gy: torch.Tensor | None, gfinal: torch.Tensor | None, delta_softplus: bool = True,
     chunk: int | None = None, block_d: int | None = None, num_warps: int | None = None,
+    unroll_n: bool | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
     """Gradients of (u, delta, A, B, C, D, z, delta_bias, initial_state) through the time-layout
     backward ``_selective_scan_bwd_tkernel``, as :func:`selective_scan_bwd` returns them.
     ``states``: (B, chunks, D, N) fp32 and ``ypre`` (with z: the pre-gate y, (B, D, L), laid out
     as the forward's y) from ``selective_scan_fwd(..., variant="time2", store_states=True,
     ypre=...)`` run with the same ``chunk``; gy: (B, D, L) (None: zero), gfinal: (B, D, N)
-    (None: zero). chunk / block_d / num_warps default to ``TIME_BWD_CONFIG``."""
+    (None: zero). chunk / block_d / num_warps / unroll_n (the state loop as ``tl.static_range``
+    rather than a loop) default to ``TIME_BWD_CONFIG``."""
     batch, Dm, L = u.shape
     N = A.shape[1]
-    d_chunk, d_bd, d_nw = TIME_BWD_CONFIG
+    d_chunk, d_bd, d_nw, d_unroll = TIME_BWD_CONFIG
+    unroll_n = d_unroll if unroll_n is None else unroll_n
     chunk = max(chunk or d_chunk, triton.next_power_of_2(N))  # A, G, gA in the first N columns
     block_d = min(block_d or d_bd, triton.next_power_of_2(Dm))
     num_warps = num_warps or d_nw
@@ -394,7 +414,7 @@ def selective_scan_bwd_time(
         *gy.stride(), *gu.stride(), *gdl.stride(), *gzt.stride(),
         N=N, TB=chunk, BD=block_d,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus, HAS_GT=gT is not None, num_warps=num_warps,
+        SOFTPLUS=delta_softplus, HAS_GT=gT is not None, num_warps=num_warps, UNROLL_N=unroll_n,
         BIG=needs_int64(u, delta, B, C, zt, yp, gy, gu, gdl, gzt, states),
     )
     return (
