@@ -11,13 +11,17 @@ B, C once for all BD channels (B and C are not re-read per channel), forms the p
 of decays in (0, 1]), contracts with C over N and writes y. Every exp(Δ A) is evaluated exactly
 once (L·D·N exponentials, the op's floor at state size 16).
 
-That walk (``variant="scan"``) is the training forward. Inference (no stored states) on inputs
-contiguous along L runs ``_selective_scan_tkernel2`` (``variant="time2"``) instead: time along the
-lanes, the state indices in turn, 2x faster on the H200 (kernels/NOTES.md v6).
+That walk is ``variant="scan"``. On inputs contiguous along L (u, delta, z with stride(-1) == 1)
+``_selective_scan_tkernel2`` (``variant="time2"``) runs instead: time along the lanes, the state
+indices in turn, 2x faster on the H200 (kernels/NOTES.md v6). Which runs when:
 
-Backward (``triton_bwd.py``): the forward then also stores the state entering each chunk; the
-backward walks the chunks in reverse, recomputes the chunk's states from that entry state and
-runs a reverse-time scan for the state gradient (see there).
+- inference (no gradient), L-contiguous: time2; (B, L, D) views: the walk;
+- training (``_SelectiveScanFn``), L-contiguous and N <= the time block: time2 storing the state
+  entering each block and the pre-gate y, then ``triton_bwd.selective_scan_bwd_time`` (the same
+  (channels, time) layout, blocks walked in reverse); otherwise the walk storing chunk-entry states
+  (chunk ``BWD_CHUNK``), then ``triton_bwd.selective_scan_bwd`` (v3). Both backwards recompute a
+  block's states from its stored entry state and run a reverse-time scan for the state gradient
+  (see ``triton_bwd.py``).
 """
 
 from __future__ import annotations
@@ -304,7 +308,7 @@ def selective_scan_fwd(
 
     ``variant`` (None: ``DEFAULT_VARIANT`` for inputs contiguous along L without stored states or
     segments, else "scan"): "scan" (``_selective_scan_kernel``: channels x N across the threads, chunks of
-    time scanned in-thread; the only one that stores states), "seq" (``_selective_scan_seq_kernel``,
+    time scanned in-thread), "seq" (``_selective_scan_seq_kernel``,
     step by step) or "time2" (``_selective_scan_tkernel2``: time along the lanes, the N state
     indices in turn; the fastest). Two other time-parallel variants ("time", "time3") were measured
     slower and removed (kernels/NOTES.md v6).
@@ -318,8 +322,8 @@ def selective_scan_fwd(
     recurrences. Measured on the H100 (kernels/NOTES.md, v5): 1.6-1.8x *slower* than the plain
     walk at d_inner 4096 for every segment count, i.e. the walk is bound by its per-element work,
     not by too few parallel recurrences; kept as an option (default 1 = the plain walk)."""
-    if variant is None:  # the time-parallel kernels cannot store the backward's chunk states, and
-        # read (B, L, D) views with stride D (slower than the walk there: kernels/NOTES.md v6)
+    if variant is None:  # stored states: the v3 walk's unless time2 is asked for (the autograd
+        # Function does); the time kernels read (B, L, D) views with stride D (slower: NOTES.md v6)
         contiguous_l = all(t is None or t.stride(-1) == 1 for t in (u, delta, z))
         variant = DEFAULT_VARIANT if contiguous_l and not store_states and segments == 1 else "scan"
     if store_states and variant not in ("scan", "time2"):
@@ -446,9 +450,10 @@ class _SelectiveScanFn(torch.autograd.Function):
 # Per variant: (steps per chunk, channels per program, warps). "scan" and "seq": the fastest of
 # the H100 sweeps (kernels/NOTES.md, v2-v3); the time-parallel ones: the H200 sweep (v6).
 VARIANT_CONFIG = {"scan": (32, 8, 4), "seq": (16, 8, 4), "time2": (128, 32, 8)}
-# The forward without stored states (inference, prefill) on inputs contiguous along L: time2 was
-# 1.9-2.0x faster than the walk at d_inner 4096 from 4k to 1M on the H200 (kernels/NOTES.md v6).
-# With stored states (training) or (B, L, D) views it is "scan".
+# ``selective_scan_fwd``'s variant without stored states (inference, prefill) on inputs contiguous
+# along L: time2 was 1.9-2.0x faster than the walk at d_inner 4096 from 4k to 1M on the H200
+# (kernels/NOTES.md v6). For (B, L, D) views, segments, or ``store_states`` without a variant it is
+# "scan"; the autograd Function asks for time2 with stored states itself (L-contiguous inputs).
 DEFAULT_VARIANT = "time2"
 
 # The chunk of the v3 walk when it stores states for the v3 backward (strided inputs): the backward

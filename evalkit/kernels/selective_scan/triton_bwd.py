@@ -1,4 +1,10 @@
-"""Triton selective scan (Mamba-1) backward: one kernel, no stored per-step states.
+"""Triton selective scan (Mamba-1) backward: two kernels, no stored per-step states.
+
+Which runs (``triton._SelectiveScanFn``): inputs contiguous along L (u, delta, z) with N <= the
+time block run ``_selective_scan_bwd_tkernel`` (``selective_scan_bwd_time``, after the time2
+forward stored block-entry states and the pre-gate y); others (e.g. (B, L, D) views) the v3 kernel
+``_selective_scan_bwd_kernel`` (``selective_scan_bwd``, after the walk stored chunk-entry states).
+Both use the math below.
 
 Per (batch b, channel d, state n), with Δ = softplus(δ + bias) and the forward
 
@@ -15,13 +21,19 @@ gΔ_t = Σ_n λ_t (u_t B_t + A (h_t − b_t)), gu_t = Σ_n λ_t Δ_t B_t + D gy_
 gB_t = Σ_d λ_t Δ_t u_t, gC_t = Σ_d gy_t h_t, gA = Σ_t λ_t Δ_t (h_t − b_t), gD = Σ_t gy_t u_t,
 gδ = gΔ · sigmoid(δ + bias), g(bias) = Σ gδ, g(h0) = a_0 λ_0.
 
-One program per (batch, block of channels) walks the chunks of ``T`` steps from the last to the
-first. Per chunk it reloads the inputs, recomputes the chunk's states from the state the forward
-stored at the chunk's entry (one forward scan, as in the forward kernel), then runs the reverse
-scan for λ. The reverse recurrence's coefficient a_{t+1} belongs to the *next* step; instead of
+v3 (``_selective_scan_bwd_kernel``): one program per (batch, block of channels) walks the chunks
+of ``T`` steps from the last to the first, (T, channels, N) tiles. Per chunk it reloads the inputs,
+recomputes the chunk's states from the state the forward stored at the chunk's entry (one forward
+scan, as in the forward kernel), then runs the reverse scan for λ. The reverse recurrence's coefficient a_{t+1} belongs to the *next* step; instead of
 shifting a tile, the scan carries it: a segment [i, j] is summarised by (a_i, Q, P) with
 λ_i = P + Q · a_{j+1} λ_{j+1}, which is associative (see ``_combine_rev``). The carry between chunks
 is G = a_first λ_first, ∂L/∂(state before the chunk).
+
+The time kernel (``_selective_scan_bwd_tkernel``) does the same per block of ``TB`` steps in the
+layout of the time2 forward: (channels, TB) tiles, time along the lanes, the N state indices in
+turn (both scans per n, along time), the carry G and gA in columns of (channels, TB) tiles. It reads
+the pre-gate y that the forward stored (so gy is known before the state loop, which then needs no
+Σ_n C_n h_t first), at the cost of one (B, D, L) tensor in u's dtype, as mamba_ssm's CUDA backward.
 
 B and C are shared by all channels: their gradients are sums over channel blocks, added with
 atomics into fp32 buffers (order-dependent rounding, as in mamba_ssm's CUDA backward). A, D and the
@@ -266,7 +278,9 @@ def _selective_scan_bwd_tkernel(
     G[:, n] = ∂L/∂h[:, n] after the block, and the per-n terms: λ B_n and λ A_n (h_t − b_t) summed
     over n in two (BD, TB) tiles (gu and gΔ after the loop), gA[:, n] summed over time, gB_n and
     gC_n summed over the block's channels and added atomically. A (log2 units), G and gA live in
-    columns 0..N-1 of (BD, TB) tiles (N <= TB), as A and the state do in the forward."""
+    columns 0..N-1 of (BD, TB) tiles (N <= TB), as A and the state do in the forward. The state
+    loop (``_bwd_tstate`` per n) is a loop unless UNROLL_N: unrolled, the compiler kept the 16
+    iterations' loads live and spilled (TIME_BWD_CONFIG's note)."""
     b = tl.program_id(0)
     offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
     offs_t = tl.arange(0, TB)
