@@ -148,7 +148,8 @@ def main() -> None:
         print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
     else:
         bench.DEV = "cpu"  # ss_inputs and the tensors here
-        print(f"device: cpu (Triton interpreter: {os.environ.get('TRITON_INTERPRET') == '1'}); torch {torch.__version__}")
+        interp = os.environ.get("TRITON_INTERPRET") == "1"
+        print(f"device: cpu (Triton interpreter: {interp}); torch {torch.__version__}")
     import triton
 
     print(f"triton {triton.__version__}; defaults: time backward (TB, BD, warps) {ss_bwd.TIME_BWD_CONFIG}, "
@@ -171,7 +172,8 @@ def main() -> None:
     print()
     ok = True
     if not a.skip_checks:
-        ok = checks(shapes, dtypes, [ss_bwd.TIME_BWD_CONFIG] + ([(16, 2, 2, True)] if a.smoke else [(128, 32, 8, True)]))
+        other = (16, 2, 2, True) if a.smoke else (128, 32, 8, True)
+        ok = checks(shapes, dtypes, [ss_bwd.TIME_BWD_CONFIG, other])
 
     # ---- backward config sweep
     L1, L2 = sweep_L
@@ -188,7 +190,8 @@ def main() -> None:
         errs = [e for e in (e1, e2)]
         err = next((e for e in errs if isinstance(e, str)), None) or f"{max(errs):.1e}"
         tot = f2 + b2 if f2 is not None and b2 is not None else None
-        print(f"| {cfg[0]} | {cfg[1]} | {cfg[2]} | {cfg[3]} | {fmt(f1)} | {fmt(b1)} | {fmt(f2)} | {fmt(b2)} | {fmt(tot)} | {err} |")
+        print(f"| {cfg[0]} | {cfg[1]} | {cfg[2]} | {cfg[3]} | {fmt(f1)} | {fmt(b1)} | {fmt(f2)} | {fmt(b2)} | "
+              f"{fmt(tot)} | {err} |")
         if tot is not None and not isinstance(e2, str) and e2 < 2e-2 and tot < best_ms:
             best, best_ms = cfg, tot
     if best is None:

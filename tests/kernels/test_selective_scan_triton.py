@@ -194,9 +194,11 @@ def _time_pair(args, TB, BD, softplus, wy, wh, unroll_n=False):
     return y, hT, [dict(zip(names, g))[k] for k in args]
 
 
-@pytest.mark.parametrize("b,d,L,n,TB,BD,full,softplus,h0,dtype,unroll_n", [(*c, dt, un) for c, dt, un in TIME_GRAD_GRID],
+@pytest.mark.parametrize("b,d,L,n,TB,BD,full,softplus,h0,dtype,unroll_n",
+                         [(*c, dt, un) for c, dt, un in TIME_GRAD_GRID],
                          ids=[f"B{c[0]}-D{c[1]}-L{c[2]}-N{c[3]}-TB{c[4]}-BD{c[5]}-{'full' if c[6] else 'bare'}"
-                              f"{'' if c[7] else '-nosp'}{'-h0' if c[8] else ''}-{str(dt)[6:]}{'-unrolled' if un else ''}"
+                              f"{'' if c[7] else '-nosp'}{'-h0' if c[8] else ''}-{str(dt)[6:]}"
+                              f"{'-unrolled' if un else ''}"
                               for c, dt, un in TIME_GRAD_GRID])
 def test_time_backward_matches_reference(b, d, L, n, TB, BD, full, softplus, h0, dtype, unroll_n):
     """Every input's gradient through the time backward against autograd through the reference in
@@ -237,7 +239,8 @@ def test_autograd_picks_time_pair_by_layout(monkeypatch):
             used.append(self.name)
             return self.kernel[grid]
 
-    for mod, attr, name in ((ss_triton, "_selective_scan_tkernel2", "time2"), (ss_triton, "_selective_scan_kernel", "scan"),
+    for mod, attr, name in ((ss_triton, "_selective_scan_tkernel2", "time2"),
+                            (ss_triton, "_selective_scan_kernel", "scan"),
                             (triton_bwd, "_selective_scan_bwd_tkernel", "bwd-time"),
                             (triton_bwd, "_selective_scan_bwd_kernel", "bwd-v3")):
         monkeypatch.setattr(mod, attr, Spy(getattr(mod, attr), name))

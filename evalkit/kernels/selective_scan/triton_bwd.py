@@ -24,10 +24,11 @@ gδ = gΔ · sigmoid(δ + bias), g(bias) = Σ gδ, g(h0) = a_0 λ_0.
 v3 (``_selective_scan_bwd_kernel``): one program per (batch, block of channels) walks the chunks
 of ``T`` steps from the last to the first, (T, channels, N) tiles. Per chunk it reloads the inputs,
 recomputes the chunk's states from the state the forward stored at the chunk's entry (one forward
-scan, as in the forward kernel), then runs the reverse scan for λ. The reverse recurrence's coefficient a_{t+1} belongs to the *next* step; instead of
-shifting a tile, the scan carries it: a segment [i, j] is summarised by (a_i, Q, P) with
-λ_i = P + Q · a_{j+1} λ_{j+1}, which is associative (see ``_combine_rev``). The carry between chunks
-is G = a_first λ_first, ∂L/∂(state before the chunk).
+scan, as in the forward kernel), then runs the reverse scan for λ. The reverse recurrence's
+coefficient a_{t+1} belongs to the *next* step; instead of shifting a tile, the scan carries it:
+a segment [i, j] is summarised by (a_i, Q, P) with λ_i = P + Q · a_{j+1} λ_{j+1}, which is
+associative (see ``_combine_rev``). The carry between chunks is G = a_first λ_first, ∂L/∂(state
+before the chunk).
 
 The time kernel (``_selective_scan_bwd_tkernel``) does the same per block of ``TB`` steps in the
 layout of the time2 forward: (channels, TB) tiles, time along the lanes, the N state indices in
