@@ -533,12 +533,13 @@ class _GraphedStep:
         self.graphs: dict[tuple[int, ...], tuple[Any, ...]] = {}
         self.failed: str | None = None
         self.ready = False  # AdamW's buffers exist (after one eager step)
+        self.loss_fn = _loss  # kernels/train_speed.py swaps in a torch.compile'd one (an experiment)
 
     def _body(self, ids: Any, tgt: Any, update: bool = True) -> tuple[Any, Any]:
         import torch
 
         with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
-            loss = _loss(self.model, ids, tgt, self.cfg.all_token_weight, sync_free=True)
+            loss = self.loss_fn(self.model, ids, tgt, self.cfg.all_token_weight, sync_free=True)
         loss.backward()
         if not update:
             return loss.detach(), None

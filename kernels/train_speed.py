@@ -86,13 +86,66 @@ def profile(model: str, mode: str, reps: int = 5) -> None:
         print(f"| {e.key[:70]} | {e.count / reps:.0f} | {e.self_device_time_total / reps / 1e3:.3f} |")
 
 
+def replay_rate(model: str, mode: str, compiled: bool, reps: int = 30) -> float | str:
+    """Tokens/s of the replayed step alone (``_GraphedStep``, batch 16 x 1024), with the loss (the
+    whole model: glue, norms, projections, head) under ``torch.compile`` or not. An experiment:
+    the trainer does not compile; this says whether fusing the PyTorch glue around the scans would
+    pay (the profile shows it dominating the kernels' step)."""
+    import torch.nn.functional as F  # noqa: F401
+
+    from evalkit.models.native.lm import NativeLM
+    from evalkit.models.native_adapter import NativeAdapter
+    from evalkit.train import _GraphedStep, _loss
+
+    os.environ["EVALKIT_KERNELS"] = mode
+    torch.manual_seed(0)
+    m = NativeLM(NativeAdapter.config(load_model_spec(f"models/{model}.yaml")), seed=0).cuda().train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True, capturable=True)
+    step = _GraphedStep(m, opt, TrainConfig(), Path(os.devnull))
+    if compiled:
+        step.loss_fn = torch.compile(_loss)
+    ids = torch.randint(0, m.cfg.vocab_size, (16, 1024), device="cuda")
+    tgt = torch.full_like(ids, -100)
+    tgt[:, -16:] = ids[:, -16:]
+    try:
+        t0 = time.perf_counter()
+        for s in range(3):
+            step(ids, tgt, 1e-3, s)
+        torch.cuda.synchronize()
+        setup = time.perf_counter() - t0
+        if step.failed:
+            return f"capture failed: {step.failed[:80]}"
+        t0 = time.perf_counter()
+        for s in range(reps):
+            step(ids, tgt, 1e-3, 3 + s)
+        torch.cuda.synchronize()
+        tps = reps * ids.numel() / (time.perf_counter() - t0)
+        print(f"  ({model} {mode} {'compiled' if compiled else 'plain'}: {tps:,.0f} tok/s, setup {setup:.1f} s)",
+              flush=True)
+        return tps
+    except Exception as e:  # noqa: BLE001  (an experiment: report, go on)
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="mamba2,hybrid,mamba")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--compile-only", action="store_true", help="only the torch.compile experiment")
     a = ap.parse_args()
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
+    if a.compile_only:
+        print("\n## replayed step with the loss under torch.compile (experiment), tokens/s, batch 16 x 1024")
+        print("| model | kernels | kernels, compiled | references | references, compiled | kernels compiled ÷ refs compiled |")
+        print("|---|---|---|---|---|---|")
+        for model in a.models.split(","):
+            r = {(mode, c): replay_rate(model, mode, c) for mode in ("auto", "ref") for c in (False, True)}
+            f = lambda x: f"{x:,.0f}" if isinstance(x, float) else x  # noqa: E731
+            kc, rc = r["auto", True], r["ref", True]
+            ratio = f"{kc / rc:.2f}x" if isinstance(kc, float) and isinstance(rc, float) else "–"
+            print(f"| {model} | {f(r['auto', False])} | {f(kc)} | {f(r['ref', False])} | {f(rc)} | {ratio} |")
+        return
     res = {}
     with tempfile.TemporaryDirectory() as d:
         for model in a.models.split(","):
