@@ -104,7 +104,8 @@ def replay_rate(model: str, mode: str, compiled: bool, reps: int = 30) -> float 
     step = _GraphedStep(m, opt, TrainConfig(), Path(os.devnull))
     if compiled:
         step.loss_fn = torch.compile(_loss)
-    ids = torch.randint(0, m.cfg.vocab_size, (16, 1024), device="cuda")
+    # the batch from the CPU generator: a failed capture can leave the CUDA generator unusable
+    ids = torch.randint(0, m.cfg.vocab_size, (16, 1024)).cuda()
     tgt = torch.full_like(ids, -100)
     tgt[:, -16:] = ids[:, -16:]
     try:
@@ -114,7 +115,8 @@ def replay_rate(model: str, mode: str, compiled: bool, reps: int = 30) -> float 
         torch.cuda.synchronize()
         setup = time.perf_counter() - t0
         if step.failed:
-            return f"capture failed: {step.failed[:80]}"
+            print(f"  ({model} {mode} {'compiled' if compiled else 'plain'}: capture failed: {step.failed})", flush=True)
+            return "capture failed"
         t0 = time.perf_counter()
         for s in range(reps):
             step(ids, tgt, 1e-3, 3 + s)
@@ -124,7 +126,8 @@ def replay_rate(model: str, mode: str, compiled: bool, reps: int = 30) -> float 
               flush=True)
         return tps
     except Exception as e:  # noqa: BLE001  (an experiment: report, go on)
-        return f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+        print(f"  ({model} {mode} {'compiled' if compiled else 'plain'}: {type(e).__name__}: {e})"[:600], flush=True)
+        return type(e).__name__
 
 
 def main() -> None:
@@ -140,7 +143,7 @@ def main() -> None:
         print("| model | kernels | kernels, compiled | references | references, compiled | kernels compiled ÷ refs compiled |")
         print("|---|---|---|---|---|---|")
         for model in a.models.split(","):
-            r = {(mode, c): replay_rate(model, mode, c) for mode in ("auto", "ref") for c in (False, True)}
+            r = {(mode, c): replay_rate(model, mode, c) for c in (False, True) for mode in ("auto", "ref")}
             f = lambda x: f"{x:,.0f}" if isinstance(x, float) else x  # noqa: E731
             kc, rc = r["auto", True], r["ref", True]
             ratio = f"{kc / rc:.2f}x" if isinstance(kc, float) and isinstance(rc, float) else "–"

@@ -461,8 +461,9 @@ DEFAULT_VARIANT = "time2"
 BWD_CHUNK = 16
 # The training forward of the time pair (time2 storing states and the pre-gate y): (channels per
 # program, warps); its steps per block are the time backward's (triton_bwd.TIME_BWD_CONFIG), which
-# walks the same blocks. Inference's time2 config, a first guess (to sweep: kernels/scan_bwd_time.py).
-TIME_TRAIN_FWD_CONFIG = (32, 8)
+# walks the same blocks. The H200 sweep at TB 128 (kernels/results-h200-v7.md, run 3): BD 16 / 4 warps
+# 8.55 ms at 64k, BD 32 / 8 warps (inference's) 8.89, others 11.6-20.
+TIME_TRAIN_FWD_CONFIG = (16, 4)
 
 
 def selective_scan(

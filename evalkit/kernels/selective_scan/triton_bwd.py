@@ -368,12 +368,14 @@ def _selective_scan_bwd_tkernel(
 
 
 # The time backward's (steps per block TB, channels per program BD, warps, unrolled state loop); the
-# training forward (time2 storing states) runs with the same TB. A first guess, to be swept on the GPU
-# (kernels/scan_bwd_time.py). Compiled offline for sm_90 (Triton 3.9's ptxas): with the state loop
+# training forward (time2 storing states) runs with the same TB; swept with kernels/scan_bwd_time.py.
+# Compiled offline for sm_90 (Triton 3.9's ptxas): with the state loop
 # unrolled every config spilled (~360 B of stack at TB 64, >1 KB at TB 128: the scheduler keeps the
 # 16 iterations' loads and A columns live); as a loop, TB 64 with BD 16 / 4 warps or BD 32 / 8 warps
 # fit in ~250 registers without spills, TB 128 still spills.
-TIME_BWD_CONFIG = (64, 16, 4, False)
+# The H200 sweep (kernels/results-h200-v7.md, run 3) made TB 128 / BD 16 / 4 warps / loop the fastest
+# despite its offline spill: 11.2 ms at 16k and 45.0 ms at 64k (TB 64 / BD 16: 13.1 / 52.1).
+TIME_BWD_CONFIG = (128, 16, 4, False)
 
 
 def selective_scan_bwd_time(
