@@ -614,11 +614,13 @@ def _cost_table(rows: Sequence[dict[str, Any]], title: str) -> Any:
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (tiny models train fastest with 1).")
 @click.option("--cuda-graph/--no-cuda-graph", default=None,
               help="Replay each training step as a CUDA graph (default: on for CUDA devices).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="Also run the graphed step's model under torch.compile (fuses the code around the scans).")
 def train_cmd(model_spec: str | None, tasks: str | None, recipe: str | None, steps: int | None, out_dir: str | None,
               device: str | None, batch_tokens: int | None, lr: float | None, seed: int | None,
               max_length: int | None, target_acc: float | None, eval_every: int | None, time_limit: float | None,
               save_dtype: str | None, resume: bool, pool: int | None, pool_dir: str | None, pool_workers: int,
-              threads: int | None, cuda_graph: bool | None) -> None:
+              threads: int | None, cuda_graph: bool | None, compile_: bool) -> None:
     """Train a native MODEL_SPEC on --task specs; write a checkpoint, a log and a model card."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -657,7 +659,8 @@ def train_cmd(model_spec: str | None, tasks: str | None, recipe: str | None, ste
 
                 torch.set_num_threads(threads)
             res = train(mspec, specs, cfg, out, device=device or r["device"], resume=resume, command=command,
-                        progress=progress, pool_dir=pool_dir, pool_workers=pool_workers, cuda_graph=cuda_graph)
+                        progress=progress, pool_dir=pool_dir, pool_workers=pool_workers, cuda_graph=cuda_graph,
+                        compile=compile_)
         except KeyboardInterrupt:
             bar.stop()
             console.print(f"interrupted: state saved in {out}; add --resume to continue")

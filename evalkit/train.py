@@ -337,6 +337,7 @@ def train(
     pool_dir: str | Path | None = None,
     pool_workers: int = 1,
     cuda_graph: bool | None = None,
+    compile: bool = False,
 ) -> TrainResult:
     """Train ``model_spec``'s architecture on ``specs``; write the checkpoint into ``out_dir``.
 
@@ -345,6 +346,8 @@ def train(
     With ``cfg.pool``, batches come from fixed training sets (``evalkit.trainpool``) built with
     ``pool_workers`` processes and cached in ``pool_dir`` (None: not cached). ``cuda_graph``:
     replay each step as a CUDA graph (None: on CUDA devices; True off CUDA is a TrainError).
+    ``compile``: run the graphed step's model and loss under ``torch.compile`` (the scans stay
+    outside it: ``evalkit.kernels.dispatch.opaque``); needs the CUDA graph.
     """
     import torch
 
@@ -357,6 +360,8 @@ def train(
     if cuda_graph and not device.startswith("cuda"):
         raise TrainError(f"CUDA graphs need a CUDA device; this run trains on '{device}'")
     graphed = device.startswith("cuda") if cuda_graph is None else cuda_graph
+    if compile and not graphed:
+        raise TrainError("--compile needs the CUDA-graphed step (a CUDA device, without --no-cuda-graph)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ncfg = NativeAdapter.config(model_spec)
@@ -396,8 +401,9 @@ def train(
                     "device_name": device_name, "command": command, "model": model_spec.name,
                     "model_config": ncfg.to_dict(), "tasks": [s.path for s in specs],
                     "train_config": _cfg_dict(cfg), "lengths": lengths, "torch": torch.__version__,
-                    "params": sum(p.numel() for p in model.parameters()), "cuda_graph": graphed})
-    stepper = _GraphedStep(model, opt, cfg, log_path) if graphed else None
+                    "params": sum(p.numel() for p in model.parameters()), "cuda_graph": graphed,
+                    "compile": compile})
+    stepper = _GraphedStep(model, opt, cfg, log_path, compile=compile) if graphed else None
 
     weights = None if cfg.task_weights is None else np.asarray(cfg.task_weights) / sum(cfg.task_weights)
     stopped, last_eval = "steps", {}
@@ -518,12 +524,19 @@ class _GraphedStep:
     shape is warmed up by two forward-backward passes on a side stream (Triton compiles, cuBLAS
     picks its kernels) before capture; neither changes the weights. Autocast runs without its
     weight cache (a cached cast would be frozen into the graph). If a capture fails (an op that
-    syncs with the host), the run logs why and continues eagerly."""
+    syncs with the host), the run logs why and continues eagerly.
+
+    With ``compile`` the loss (the model's forward, and through AOTAutograd its backward) runs under
+    ``torch.compile``: the norms, gates, projections' epilogues and casts around each scan fuse into
+    a few Triton kernels; the scans themselves are graph breaks (``dispatch.opaque``). Compilation
+    happens in the eager first step and the warm-up, never inside a capture."""
 
     WARMUP = 2
 
-    def __init__(self, model: Any, opt: Any, cfg: TrainConfig, log_path: Path) -> None:
+    def __init__(self, model: Any, opt: Any, cfg: TrainConfig, log_path: Path, compile: bool = False) -> None:
         import torch
+
+        from evalkit.kernels import dispatch
 
         self.model, self.opt, self.cfg, self.log_path = model, opt, cfg, log_path
         self.params = [p for g in opt.param_groups for p in g["params"]]
@@ -533,7 +546,10 @@ class _GraphedStep:
         self.graphs: dict[tuple[int, ...], tuple[Any, ...]] = {}
         self.failed: str | None = None
         self.ready = False  # AdamW's buffers exist (after one eager step)
-        self.loss_fn = _loss  # kernels/train_speed.py swaps in a torch.compile'd one (an experiment)
+        self.loss_fn = _loss
+        if compile:  # the PyTorch code around the scans fused by Inductor; the scans run as they are
+            dispatch.prepare_compile()
+            self.loss_fn = torch.compile(_loss)
 
     def _body(self, ids: Any, tgt: Any, update: bool = True) -> tuple[Any, Any]:
         import torch

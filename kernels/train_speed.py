@@ -1,6 +1,7 @@
 """Training throughput of the zoo models in evalkit's own trainer (``evalkit.train.train``) on the
 GPU: the Triton kernels against the PyTorch references, each with the step replayed as a CUDA
-graph (the trainer's CUDA default) and run eagerly; then a GPU profile of one replayed step per
+graph (the trainer's CUDA default), run eagerly, and replayed with the model under torch.compile
+(``--compile``); then a GPU profile of one replayed step per
 path (kernel count and GPU time per step, the top kernels).
 
 Shape: the zoo recipe's (experiments/zoo/*.yaml: batch 16,384 tokens, the four zoo tasks with
@@ -10,6 +11,7 @@ the steps after the first ``SKIP`` (which hold Triton's compiles and the graph c
 trainer's own log windows.
 
     PYTHONPATH=. python kernels/train_speed.py [--models mamba2,hybrid,mamba] [--steps 50]
+        [--compile-models mamba2,hybrid] [--skip-plain mamba2] [--no-profile]
 """
 
 from __future__ import annotations
@@ -36,18 +38,21 @@ def rate(out: Path) -> float:
     return 10 * 16384 * len(rows) / secs
 
 
-def run(model: str, mode: str, graph: bool, steps: int, tmp: Path, device: str = "cuda") -> float:
+def run(model: str, mode: str, graph: bool, steps: int, tmp: Path, device: str = "cuda",
+        compile: bool = False) -> float:
     os.environ["EVALKIT_KERNELS"] = mode
     cfg = TrainConfig(steps=steps, batch_tokens=16384, lr=3e-3, max_length=1024, min_length=1024,
                       task_weights=(2, 1, 1, 1), eval_every=10 * steps, eval_samples=8, save_every=10 * steps,
                       pool=256, seed=0)
-    out = tmp / f"{model}-{mode}-{int(graph)}"
+    out = tmp / f"{model}-{mode}-{int(graph)}-{int(compile)}"
     t0 = time.perf_counter()
     train(load_model_spec(f"models/{model}.yaml"), [load_task_spec(t) for t in TASKS], cfg, out, device=device,
-          cuda_graph=graph, pool_dir=tmp / "pools", pool_workers=8)
+          cuda_graph=graph, compile=compile, pool_dir=tmp / "pools", pool_workers=8)
     tps = rate(out)
-    print(f"  ({model} {mode} {'graph' if graph else 'eager'}: {tps:,.0f} tok/s, run {time.perf_counter() - t0:.1f} s)",
-          flush=True)
+    how = ("graph" if graph else "eager") + (" + compile" if compile else "")
+    fails = [r for r in read_log(out / "train_log.jsonl") if r["event"] == "graph" and "error" in r]
+    print(f"  ({model} {mode} {how}: {tps:,.0f} tok/s, run {time.perf_counter() - t0:.1f} s"
+          + (f"; capture failed, eager: {fails[0]['error']}" if fails else "") + ")", flush=True)
     return tps
 
 
@@ -86,84 +91,50 @@ def profile(model: str, mode: str, reps: int = 5) -> None:
         print(f"| {e.key[:70]} | {e.count / reps:.0f} | {e.self_device_time_total / reps / 1e3:.3f} |")
 
 
-def replay_rate(model: str, mode: str, compiled: bool, reps: int = 30) -> float | str:
-    """Tokens/s of the replayed step alone (``_GraphedStep``, batch 16 x 1024), with the loss (the
-    whole model: glue, norms, projections, head) under ``torch.compile`` or not. An experiment:
-    the trainer does not compile; this says whether fusing the PyTorch glue around the scans would
-    pay (the profile shows it dominating the kernels' step)."""
-    import torch.nn.functional as F  # noqa: F401
-
-    from evalkit.models.native.lm import NativeLM
-    from evalkit.models.native_adapter import NativeAdapter
-    from evalkit.train import _GraphedStep, _loss
-
-    os.environ["EVALKIT_KERNELS"] = mode
-    torch.manual_seed(0)
-    m = NativeLM(NativeAdapter.config(load_model_spec(f"models/{model}.yaml")), seed=0).cuda().train()
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True, capturable=True)
-    step = _GraphedStep(m, opt, TrainConfig(), Path(os.devnull))
-    if compiled:
-        step.loss_fn = torch.compile(_loss)
-    # the batch from the CPU generator: a failed capture can leave the CUDA generator unusable
-    ids = torch.randint(0, m.cfg.vocab_size, (16, 1024)).cuda()
-    tgt = torch.full_like(ids, -100)
-    tgt[:, -16:] = ids[:, -16:]
-    try:
-        t0 = time.perf_counter()
-        for s in range(3):
-            step(ids, tgt, 1e-3, s)
-        torch.cuda.synchronize()
-        setup = time.perf_counter() - t0
-        if step.failed:
-            print(f"  ({model} {mode} {'compiled' if compiled else 'plain'}: capture failed: {step.failed})", flush=True)
-            return "capture failed"
-        t0 = time.perf_counter()
-        for s in range(reps):
-            step(ids, tgt, 1e-3, 3 + s)
-        torch.cuda.synchronize()
-        tps = reps * ids.numel() / (time.perf_counter() - t0)
-        print(f"  ({model} {mode} {'compiled' if compiled else 'plain'}: {tps:,.0f} tok/s, setup {setup:.1f} s)",
-              flush=True)
-        return tps
-    except Exception as e:  # noqa: BLE001  (an experiment: report, go on)
-        print(f"  ({model} {mode} {'compiled' if compiled else 'plain'}: {type(e).__name__}: {e})"[:600], flush=True)
-        return type(e).__name__
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="mamba2,hybrid,mamba")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--no-profile", action="store_true")
-    ap.add_argument("--compile-only", action="store_true", help="only the torch.compile experiment")
+    ap.add_argument("--compile-models", default=None,
+                    help="models also trained with --compile (default: all of --models; '' for none)")
+    ap.add_argument("--skip-plain", default="", help="models whose graph/eager runs are skipped (measured before)")
     a = ap.parse_args()
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
-    if a.compile_only:
-        print("\n## replayed step with the loss under torch.compile (experiment), tokens/s, batch 16 x 1024")
-        print("| model | kernels | kernels, compiled | references | references, compiled | kernels compiled ÷ refs compiled |")
-        print("|---|---|---|---|---|---|")
-        for model in a.models.split(","):
-            r = {(mode, c): replay_rate(model, mode, c) for c in (False, True) for mode in ("auto", "ref")}
-            f = lambda x: f"{x:,.0f}" if isinstance(x, float) else x  # noqa: E731
-            kc, rc = r["auto", True], r["ref", True]
-            ratio = f"{kc / rc:.2f}x" if isinstance(kc, float) and isinstance(rc, float) else "–"
-            print(f"| {model} | {f(r['auto', False])} | {f(kc)} | {f(r['ref', False])} | {f(rc)} | {ratio} |")
-        return
     res = {}
+    models = a.models.split(",")
+    compiled = models if a.compile_models is None else [m for m in a.compile_models.split(",") if m]
+    skip = a.skip_plain.split(",")
     with tempfile.TemporaryDirectory() as d:
-        for model in a.models.split(","):
+        for model in models:
             for mode in ("auto", "ref"):
-                for graph in (True, False):
-                    res[model, mode, graph] = run(model, mode, graph, a.steps, Path(d))
+                for graph, comp in ((True, False), (False, False), (True, True)):
+                    if (comp and model not in compiled) or (not comp and model in skip):
+                        res[model, mode, graph, comp] = None
+                        continue
+                    try:
+                        res[model, mode, graph, comp] = run(model, mode, graph, a.steps, Path(d), compile=comp)
+                    except Exception as e:  # noqa: BLE001  (one failed configuration: report it, go on)
+                        print(f"  ({model} {mode} graph={graph} compile={comp}: {type(e).__name__}: {e})"[:500])
+                        res[model, mode, graph, comp] = None
+    f = lambda x: "–" if x is None else f"{x:,.0f}"  # noqa: E731
+    q = lambda x, y: "–" if x is None or y is None else f"{x / y:.2f}x"  # noqa: E731
     print("\n## training tokens/s in evalkit's trainer (batch 16 x 1024, bf16 autocast, pool), steps "
           f"{SKIP + 1}-{a.steps}")
-    print("| model | kernels, graph | kernels, eager | references, graph | references, eager | "
-          "kernels ÷ refs (both graphed) | kernels ÷ refs (both eager) | kernels graph ÷ refs eager |")
-    print("|---|---|---|---|---|---|---|---|")
-    for model in a.models.split(","):
-        kg, ke, rg, re_ = (res[model, m, g] for m, g in (("auto", True), ("auto", False), ("ref", True), ("ref", False)))
-        print(f"| {model} | {kg:,.0f} | {ke:,.0f} | {rg:,.0f} | {re_:,.0f} | {kg / rg:.2f}x | {ke / re_:.2f}x | "
-              f"{kg / re_:.2f}x |")
+    print("| model | path | graph | eager | graph + compile |")
+    print("|---|---|---|---|---|")
+    for model in models:
+        for mode, name in (("auto", "kernels"), ("ref", "references")):
+            r = [res[model, mode, g, c] for g, c in ((True, False), (False, False), (True, True))]
+            print(f"| {model} | {name} | {' | '.join(f(x) for x in r)} |")
+    print("\n| model | kernels ÷ refs, both graphed | both eager | both graphed + compiled | "
+          "kernels graphed ÷ refs eager |")
+    print("|---|---|---|---|---|")
+    for model in models:
+        k = {(g, c): res[model, "auto", g, c] for g, c in ((True, False), (False, False), (True, True))}
+        r = {(g, c): res[model, "ref", g, c] for g, c in ((True, False), (False, False), (True, True))}
+        print(f"| {model} | {q(k[True, False], r[True, False])} | {q(k[False, False], r[False, False])} | "
+              f"{q(k[True, True], r[True, True])} | {q(k[True, False], r[False, False])} |")
     if not a.no_profile:
         for model in a.models.split(",")[:1]:
             for mode in ("auto", "ref"):

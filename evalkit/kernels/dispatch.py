@@ -9,12 +9,19 @@
   ``TRITON_INTERPRET=1``); float64 still runs the reference (the kernels compute in float32).
 
 Each call is counted by path, so a caller (the cost probe) can say which path ran.
+
+``opaque`` marks the ops' entry points for ``torch.compile``: once ``prepare_compile()`` has run, a
+compiled caller does not trace into an op (its dispatch, its Triton launches or its reference's
+loops) but breaks its graph there and runs the op as plain Python, so compiling a model fuses the
+PyTorch code around the scans and leaves the scans as they are, kernels or references alike.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -76,3 +83,30 @@ def needs_int64(*tensors: torch.Tensor | None) -> bool:
     a variant with 64-bit indices (a ``BIG`` compile-time flag); below it 32-bit arithmetic is cheaper."""
     return any(t is not None and sum((n - 1) * st for n, st in zip(t.shape, t.stride())) >= 2**31 - 1
                for t in tensors)
+
+
+_run_plain: list[Callable[..., Any] | None] = [None]  # torch.compiler.disable'd runner, once prepared
+
+
+def _plain(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    return fn(*args, **kwargs)
+
+
+def opaque(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` as an op that ``torch.compile`` does not trace (see the module docstring). Outside a
+    compiled region the wrapper is one flag test; Dynamo (a 1.4 s import) is only loaded by
+    ``prepare_compile``."""
+
+    @functools.wraps(fn)
+    def op(*args: Any, **kwargs: Any) -> Any:
+        if _run_plain[0] is not None and torch.compiler.is_compiling():
+            return _run_plain[0](fn, args, kwargs)  # a graph break: Dynamo runs it as Python
+        return fn(*args, **kwargs)
+
+    return op
+
+
+def prepare_compile() -> None:
+    """Make every ``opaque`` op a graph break for ``torch.compile`` (call before compiling)."""
+    if _run_plain[0] is None:
+        _run_plain[0] = torch.compiler.disable(_plain)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from evalkit.kernels.dispatch import use_kernel
+from evalkit.kernels.dispatch import opaque, use_kernel
 from evalkit.kernels.gated_delta.ref import gated_delta_naive, gated_delta_ref
 from evalkit.kernels.gated_delta.ref import gated_delta_step as gated_delta_step_ref
 
@@ -15,6 +15,7 @@ __all__ = ["gated_delta_naive", "gated_delta_ref", "gated_delta_rule", "gated_de
            "gated_delta_step_ref"]
 
 
+@opaque
 def gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,

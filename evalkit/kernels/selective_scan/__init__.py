@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from evalkit.kernels.dispatch import use_kernel
+from evalkit.kernels.dispatch import opaque, use_kernel
 from evalkit.kernels.selective_scan.ref import (selective_scan_naive, selective_scan_ref,
                                                 selective_scan_step_ref)
 
@@ -12,6 +12,7 @@ __all__ = ["selective_scan", "selective_scan_naive", "selective_scan_ref", "sele
            "selective_scan_step_ref"]
 
 
+@opaque
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from evalkit.kernels.dispatch import use_kernel
+from evalkit.kernels.dispatch import opaque, use_kernel
 from evalkit.kernels.ssd.ref import ssd_naive, ssd_ref, ssd_step_ref
 
 __all__ = ["ssd", "ssd_naive", "ssd_ref", "ssd_step", "ssd_step_ref"]
 
 
+@opaque
 def ssd(
     x: torch.Tensor,
     dt: torch.Tensor,
