@@ -608,7 +608,16 @@ class _GraphedStep:
                 graph.replay()
                 return loss, gnorm
         self.opt.zero_grad(set_to_none=True)  # eager: the first step, or after a failed capture
-        out = self._body(ids, tgt)
+        try:
+            out = self._body(ids, tgt)
+        except Exception as e:  # noqa: BLE001  (torch.compile failing on a model: go on uncompiled)
+            if self.loss_fn is _loss:
+                raise
+            _log(self.log_path, {"event": "compile", "step": step, "fallback": "uncompiled",
+                                 "error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"})
+            self.loss_fn = _loss
+            self.opt.zero_grad(set_to_none=True)  # nothing was stepped: the failure came before AdamW
+            out = self._body(ids, tgt)
         self.ready = True
         return out
 

@@ -301,8 +301,9 @@ def test_compiled_loss_leaves_the_scans_out_of_the_graph(tmp_path, monkeypatch):
     from evalkit.train import _loss
 
     pytest.importorskip("triton")
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("the kernels need a GPU or Triton's interpreter (tests/conftest.py sets it)")
+    if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") != "1":
+        # on a GPU, test_graphed_step_replays_the_eager_step[True] covers the compiled step
+        pytest.skip("CPU tensors through the kernels need Triton's interpreter (tests/conftest.py sets it)")
     monkeypatch.setenv("EVALKIT_KERNELS", "triton")
     spec = write(tmp_path / "m.yaml", "name: dbg\nkind: native\narch: {flavor: debug, ssm: mamba2, "
                  "attention_fraction: 0.0}\n")
@@ -331,3 +332,34 @@ def test_compiled_loss_leaves_the_scans_out_of_the_graph(tmp_path, monkeypatch):
             assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g0, g1))
     finally:
         torch._dynamo.reset()
+
+
+def test_a_compile_failure_falls_back_to_the_uncompiled_step(specs, tmp_path):
+    """If the compiled model raises (a mixer torch.compile cannot handle), the step runs uncompiled
+    from then on and the log says why, instead of ending the run."""
+    import warnings
+
+    from evalkit.models.native.lm import NativeLM
+    from evalkit.models.native_adapter import NativeAdapter
+    from evalkit.train import _GraphedStep, _targets
+
+    model = NativeLM(NativeAdapter.config(specs[0]), seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    log = tmp_path / "log.jsonl"
+    log.write_text("")
+    step = _GraphedStep(model, opt, quick(), log)
+    step.failed = "no capture on a CPU"  # eager steps only
+
+    def broken(*a, **k):
+        raise RuntimeError("inductor could not lower this op")
+
+    step.loss_fn = broken
+    before = [p.detach().clone() for p in model.parameters()]
+    ids, tgt = _targets(train_batch(specs[1][0], 0, 0, 16, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # autocast("cuda") on a CPU-only machine
+        loss, _ = step(ids, tgt, 1e-2, 0)
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    rows = read_log(log)
+    assert rows and rows[0]["event"] == "compile" and "inductor could not lower" in rows[0]["error"]
