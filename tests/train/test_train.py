@@ -363,3 +363,33 @@ def test_a_compile_failure_falls_back_to_the_uncompiled_step(specs, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     rows = read_log(log)
     assert rows and rows[0]["event"] == "compile" and "inductor could not lower" in rows[0]["error"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("name", ["transformer", "mamba", "mamba2", "swa", "s4d", "gated_deltanet"])
+def test_every_shipped_mixer_trains_graphed(name):
+    """On a GPU: each mixer family of the shipped zoo captures (no fallback to eager) and its
+    replayed steps give the eager steps' weights."""
+    from evalkit.models.native.lm import NativeLM
+    from evalkit.models.native_adapter import NativeAdapter
+    from evalkit.train import _GraphedStep
+
+    cfg = NativeAdapter.config(load_model_spec(f"models/{name}.yaml"))
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randint(0, cfg.vocab_size, (4, 256), generator=gen) for _ in range(5)]
+    weights = []
+    for graph in (False, True):
+        model = NativeLM(cfg, seed=0).cuda().train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True, capturable=True)
+        step = _GraphedStep(model, opt, TrainConfig(), Path("/dev/null"))
+        step.failed = None if graph else "eager by choice"
+        for s, ids in enumerate(batches):
+            tgt = torch.full_like(ids, -100)
+            tgt[:, -8:] = ids[:, -8:]
+            step(ids.cuda(), tgt.cuda(), 1e-3, s)
+        torch.cuda.synchronize()
+        if graph:
+            assert step.failed is None and len(step.graphs) == 1, step.failed
+        weights.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*weights):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
