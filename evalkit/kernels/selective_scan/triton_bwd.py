@@ -178,6 +178,40 @@ def _selective_scan_bwd_kernel(
         tl.store(gbias_ptr + b * Dm + offs_d, gbias, mask=md)
 
 
+def _grad_buffers(u, delta, A, D, z, delta_bias, gy, gfinal):
+    """Both backwards' outputs: gy (zeros when None) and the final state's gradient (fp32, or None)
+    as the kernels read them, then gu, gΔ, gz in their inputs' dtypes, fp32 buffers for gB and gC
+    (atomics over channel blocks) and per-batch fp32 partials of gA, gD, g(bias), and g(h0)."""
+    batch, Dm, L = u.shape
+    N = A.shape[1]
+    dev = u.device
+    f32 = dict(device=dev, dtype=torch.float32)
+    if gy is None:
+        gy = torch.zeros(batch, Dm, L, device=dev, dtype=u.dtype)
+    gT = gfinal.to(torch.float32).contiguous() if gfinal is not None else None
+    bufs = (torch.empty(batch, Dm, L, device=dev, dtype=u.dtype),
+            torch.empty(batch, Dm, L, device=dev, dtype=delta.dtype),
+            torch.empty(batch, Dm, L, device=dev, dtype=z.dtype) if z is not None else None,
+            torch.zeros(batch, N, L, **f32), torch.zeros(batch, N, L, **f32),
+            torch.empty(batch, Dm, N, **f32),
+            torch.empty(batch, Dm, **f32) if D is not None else None,
+            torch.empty(batch, Dm, **f32) if delta_bias is not None else None,
+            torch.empty(batch, Dm, N, **f32))
+    return gy, gT, bufs
+
+
+def _grads_out(bufs, A, B, C, D, delta_bias, initial_state):
+    """The gradients of (u, delta, A, B, C, D, z, delta_bias, initial_state) from ``_grad_buffers``'
+    buffers after a kernel: partials summed over the batch, each in its input's dtype."""
+    gu, gdl, gz, gB, gC, gA, gD, gbias, gh0 = bufs
+    return (
+        gu, gdl, gA.sum(0).to(A.dtype), gB.to(B.dtype), gC.to(C.dtype),
+        gD.sum(0).to(D.dtype) if D is not None else None, gz,
+        gbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
+        gh0.to(initial_state.dtype) if initial_state is not None else None,
+    )
+
+
 def selective_scan_bwd(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
@@ -193,20 +227,7 @@ def selective_scan_bwd(
     N = A.shape[1]
     n_chunks = states.shape[1]
     assert n_chunks == max(1, triton.cdiv(L, chunk)), "states were stored with another chunk"
-    dev = u.device
-    f32 = dict(device=dev, dtype=torch.float32)
-    if gy is None:
-        gy = torch.zeros(batch, Dm, L, device=dev, dtype=u.dtype)
-    gu = torch.empty(batch, Dm, L, device=dev, dtype=u.dtype)
-    gdl = torch.empty(batch, Dm, L, device=dev, dtype=delta.dtype)
-    gz = torch.empty(batch, Dm, L, device=dev, dtype=z.dtype) if z is not None else None
-    gB = torch.zeros(batch, N, L, **f32)
-    gC = torch.zeros(batch, N, L, **f32)
-    gA = torch.empty(batch, Dm, N, **f32)
-    gD = torch.empty(batch, Dm, **f32) if D is not None else None
-    gbias = torch.empty(batch, Dm, **f32) if delta_bias is not None else None
-    gh0 = torch.empty(batch, Dm, N, **f32)
-    gT = gfinal.to(torch.float32).contiguous() if gfinal is not None else None
+    gy, gT, (gu, gdl, gz, gB, gC, gA, gD, gbias, gh0) = _grad_buffers(u, delta, A, D, z, delta_bias, gy, gfinal)
     zt = z if z is not None else u
     gzt = gz if gz is not None else gu
     block_d = min(block_d, triton.next_power_of_2(Dm))
@@ -223,12 +244,7 @@ def selective_scan_bwd(
         SOFTPLUS=delta_softplus, HAS_GT=gT is not None, num_warps=num_warps,
         BIG=needs_int64(u, delta, B, C, zt, gy, gu, gdl, gzt, states),
     )
-    return (
-        gu, gdl, gA.sum(0).to(A.dtype), gB.to(B.dtype), gC.to(C.dtype),
-        gD.sum(0).to(D.dtype) if D is not None else None, gz,
-        gbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
-        gh0.to(initial_state.dtype) if initial_state is not None else None,
-    )
+    return _grads_out((gu, gdl, gz, gB, gC, gA, gD, gbias, gh0), A, B, C, D, delta_bias, initial_state)
 
 
 @triton.jit
@@ -404,20 +420,7 @@ def selective_scan_bwd_time(
     assert n_chunks == max(1, triton.cdiv(L, chunk)), "states were stored with another chunk"
     if z is not None:
         assert ypre is not None and ypre.shape == u.shape, "the time backward needs the pre-gate y"
-    dev = u.device
-    f32 = dict(device=dev, dtype=torch.float32)
-    if gy is None:
-        gy = torch.zeros(batch, Dm, L, device=dev, dtype=u.dtype)
-    gu = torch.empty(batch, Dm, L, device=dev, dtype=u.dtype)
-    gdl = torch.empty(batch, Dm, L, device=dev, dtype=delta.dtype)
-    gz = torch.empty(batch, Dm, L, device=dev, dtype=z.dtype) if z is not None else None
-    gB = torch.zeros(batch, N, L, **f32)
-    gC = torch.zeros(batch, N, L, **f32)
-    gA = torch.empty(batch, Dm, N, **f32)
-    gD = torch.empty(batch, Dm, **f32) if D is not None else None
-    gbias = torch.empty(batch, Dm, **f32) if delta_bias is not None else None
-    gh0 = torch.empty(batch, Dm, N, **f32)
-    gT = gfinal.to(torch.float32).contiguous() if gfinal is not None else None
+    gy, gT, (gu, gdl, gz, gB, gC, gA, gD, gbias, gh0) = _grad_buffers(u, delta, A, D, z, delta_bias, gy, gfinal)
     zt = z if z is not None else u
     yp = ypre if ypre is not None else u
     gzt = gz if gz is not None else gu
@@ -434,9 +437,4 @@ def selective_scan_bwd_time(
         SOFTPLUS=delta_softplus, HAS_GT=gT is not None, num_warps=num_warps, UNROLL_N=unroll_n,
         BIG=needs_int64(u, delta, B, C, zt, yp, gy, gu, gdl, gzt, states),
     )
-    return (
-        gu, gdl, gA.sum(0).to(A.dtype), gB.to(B.dtype), gC.to(C.dtype),
-        gD.sum(0).to(D.dtype) if D is not None else None, gz,
-        gbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
-        gh0.to(initial_state.dtype) if initial_state is not None else None,
-    )
+    return _grads_out((gu, gdl, gz, gB, gC, gA, gD, gbias, gh0), A, B, C, D, delta_bias, initial_state)
