@@ -106,21 +106,23 @@ def test_time_parallel_forward_matches_reference(b, d, L, n, TB, BD, dtype):
     assert _rel(hT, hT_ref) < 1e-5
 
 
+class _Spy:
+    """Stands in for a Triton kernel: records ``name`` in ``used`` at each launch, then launches."""
+
+    def __init__(self, kernel, name, used):
+        self.kernel, self.name, self.used = kernel, name, used
+
+    def __getitem__(self, grid):
+        self.used.append(self.name)
+        return self.kernel[grid]
+
+
 def test_default_variant_by_layout(monkeypatch):
     """Without a variant: time2 for L-contiguous inputs, the v3 walk for (B, L, D) views, when the
     chunk states are stored for the backward and for the segmented forward (two launches)."""
     used = []
-
-    class Spy:
-        def __init__(self, kernel, name):
-            self.kernel, self.name = kernel, name
-
-        def __getitem__(self, grid):
-            used.append(self.name)
-            return self.kernel[grid]
-
-    monkeypatch.setattr(ss_triton, "_selective_scan_tkernel2", Spy(ss_triton._selective_scan_tkernel2, "time2"))
-    monkeypatch.setattr(ss_triton, "_selective_scan_kernel", Spy(ss_triton._selective_scan_kernel, "scan"))
+    for attr, name in (("_selective_scan_tkernel2", "time2"), ("_selective_scan_kernel", "scan")):
+        monkeypatch.setattr(ss_triton, attr, _Spy(getattr(ss_triton, attr), name, used))
     t = _inputs(1, 4, 40, 4, torch.float32, seed=2)
     ss_triton.selective_scan_fwd(**t)
     ss_triton.selective_scan_fwd(**{**t, "delta": t["delta"].transpose(1, 2).contiguous().transpose(1, 2)})
@@ -231,19 +233,11 @@ def test_autograd_picks_time_pair_by_layout(monkeypatch):
 
     used = []
 
-    class Spy:
-        def __init__(self, kernel, name):
-            self.kernel, self.name = kernel, name
-
-        def __getitem__(self, grid):
-            used.append(self.name)
-            return self.kernel[grid]
-
     for mod, attr, name in ((ss_triton, "_selective_scan_tkernel2", "time2"),
                             (ss_triton, "_selective_scan_kernel", "scan"),
                             (triton_bwd, "_selective_scan_bwd_tkernel", "bwd-time"),
                             (triton_bwd, "_selective_scan_bwd_kernel", "bwd-v3")):
-        monkeypatch.setattr(mod, attr, Spy(getattr(mod, attr), name))
+        monkeypatch.setattr(mod, attr, _Spy(getattr(mod, attr), name, used))
     t = _inputs(1, 4, 40, 4, torch.float32, seed=3)
     strided = {**t, "u": t["u"].transpose(1, 2).contiguous().transpose(1, 2)}
     for case, want in ((t, ["time2", "bwd-time"]), (strided, ["scan", "bwd-v3"])):
