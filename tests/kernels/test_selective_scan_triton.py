@@ -232,7 +232,6 @@ def test_autograd_picks_time_pair_by_layout(monkeypatch):
     from evalkit.kernels.selective_scan import triton_bwd
 
     used = []
-
     for mod, attr, name in ((ss_triton, "_selective_scan_tkernel2", "time2"),
                             (ss_triton, "_selective_scan_kernel", "scan"),
                             (triton_bwd, "_selective_scan_bwd_tkernel", "bwd-time"),
