@@ -1,0 +1,96 @@
+"""Offline SASS of the time-layout selective-scan kernels, on a machine without a GPU: compile for
+sm_90 with the ptxas that ships in Triton's wheel, then count registers, stack and, per loop of the
+SASS (a backward branch), the instructions by opcode. Pointer, stride and length arguments are
+marked 16-divisible and the L strides 1, as the GPU's specialisation sees them for contiguous
+(B, D, L) inputs. This is the local Triton (3.9 here), not the GPU's 3.6: read the counts as
+comparisons and as per-element budgets, not as what the H200 runs (kernels/NOTES.md v6, v7).
+
+    PYTHONPATH=. python kernels/sass_count.py bwd 128 16 4      # the time backward (TB, BD, warps)
+    PYTHONPATH=. python kernels/sass_count.py fwd 128 32 8      # time2, inference
+    PYTHONPATH=. python kernels/sass_count.py train 128 16 4    # time2 storing states and the pre-gate y
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import inspect
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+
+from evalkit.kernels.selective_scan import triton as ss_fwd
+from evalkit.kernels.selective_scan import triton_bwd as ss_bwd
+
+BF16 = {"u_ptr", "dl_ptr", "B_ptr", "C_ptr", "z_ptr", "y_ptr", "yp_ptr", "go_ptr", "gu_ptr", "gdl_ptr", "gz_ptr"}
+L_STRIDES = {"sul", "sdl", "szl", "syl", "sgl", "sgul", "sgdl", "sgzl", "sbl", "scl"}
+FLAGS = dict(N=16, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=False, HAS_GT=False, BIG=False,
+             UNROLL_N=False, STORE_STATES=False, STORE_Y=False)
+
+
+def compile_sm90(kern, consts: dict, num_warps: int):
+    names = list(inspect.signature(kern.fn).parameters)
+    sig, const = {}, {}
+    for n in names:
+        if n.endswith("_ptr"):
+            sig[n] = "*bf16" if n in BF16 else "*fp32"
+        elif n in L_STRIDES:
+            sig[n], const[n] = "constexpr", 1
+        elif n in consts:
+            sig[n], const[n] = "constexpr", consts[n]
+        else:
+            sig[n] = "i32"
+    div16 = [i for i, n in enumerate(names) if sig[n] != "constexpr"
+             and (n.endswith("_ptr") or n in ("Dm", "L") or n.startswith("s"))]
+    src = triton.compiler.ASTSource(fn=kern, signature=sig,
+                                    constexprs={(names.index(k),): v for k, v in const.items()},
+                                    attrs={(i,): [["tt.divisibility", 16]] for i in div16})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kernel", choices=("bwd", "fwd", "train"))
+    ap.add_argument("TB", type=int)
+    ap.add_argument("BD", type=int)
+    ap.add_argument("warps", type=int)
+    a = ap.parse_args()
+    consts = {**FLAGS, "TB": a.TB, "BD": a.BD}
+    if a.kernel == "train":
+        consts.update(STORE_STATES=True, STORE_Y=True)
+    kern = ss_bwd._selective_scan_bwd_tkernel if a.kernel == "bwd" else ss_fwd._selective_scan_tkernel2
+    k = compile_sm90(kern, consts, a.warps)
+    tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    with tempfile.TemporaryDirectory() as d:
+        cubin = os.path.join(d, "k.cubin")
+        with open(cubin, "wb") as f:
+            f.write(k.asm["cubin"])
+        res = subprocess.run([os.path.join(tools, "cuobjdump"), "-res-usage", cubin], capture_output=True, text=True)
+        sass = subprocess.run([os.path.join(tools, "cuobjdump"), "-sass", cubin], capture_output=True, text=True).stdout
+    usage = re.search(r"REG:\d+ STACK:\d+ SHARED:\d+ LOCAL:\d+", res.stdout)
+    print(f"{a.kernel} TB {a.TB} BD {a.BD} warps {a.warps} (triton {triton.__version__}, sm_90): "
+          f"{usage.group(0) if usage else res.stdout[-200:]}")
+    ins = []
+    for line in sass.splitlines():
+        m = re.search(r"/\*([0-9a-f]+)\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)([^;]*);", line)
+        if m:
+            ins.append((int(m.group(1), 16), m.group(3).split(".")[0], m.group(4)))
+    per_thread = a.TB * a.BD // (32 * a.warps)  # (t, d) pairs of a block per thread
+    print(f"static instructions {len(ins)}; per block each thread holds {per_thread} (t, d) pairs "
+          f"x {FLAGS['N']} states")
+    for addr, op, rest in ins:
+        t = re.search(r"0x([0-9a-f]+)", rest) if op == "BRA" else None
+        if t and int(t.group(1), 16) < addr:
+            start = int(t.group(1), 16)
+            ops = collections.Counter(o for x, o, _ in ins if start <= x <= addr)
+            n = sum(ops.values())
+            print(f"loop {start:#x}-{addr:#x}: {n} instructions ({n / per_thread:.1f} per (t, d) pair per pass); "
+                  + ", ".join(f"{o} {c}" for o, c in ops.most_common(14)))
+
+
+if __name__ == "__main__":
+    main()
