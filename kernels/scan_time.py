@@ -18,10 +18,12 @@ from evalkit.kernels.selective_scan import triton as ss_triton
 from kernels.bench import ceilings, fmt, ms, rel, ss_floor, ss_inputs
 
 # (variant, steps per block TB, channels per program BD, warps). The runs of 2026-12-03 also swept the
-# variants "time" and "time3" (removed since: slower; kernels/results-h200-v6.md has their numbers).
-CONFIGS = [("time2", 128, 32, 8), ("time2", 128, 16, 4), ("time2", 256, 16, 8), ("time2", 64, 32, 4),
-           ("time2", 128, 64, 8), ("time2", 256, 32, 8), ("time2", 64, 64, 8), ("time2", 32, 64, 4),
-           ("time2", 256, 8, 4)]
+# variants "time" and "time3" (removed since: slower; kernels/results-h200-v6.md has their numbers) and
+# time2 configs holding 16 (t, d) pairs per thread (255 registers; v6 run 2). Session 7 (v8) sweeps the
+# configs holding 8 pairs per thread, which compiled offline (sm_90) to 168-179 registers without stack.
+CONFIGS = [("time2", 128, 32, 8), ("time2", 32, 8, 1), ("time2", 16, 32, 2), ("time2", 16, 16, 1),
+           ("time2", 16, 64, 4), ("time2", 32, 32, 4), ("time2", 64, 16, 4), ("time2", 64, 4, 1),
+           ("time2", 128, 2, 1)]
 
 
 def checks() -> bool:
