@@ -143,6 +143,10 @@ def main() -> None:
     ap.add_argument("--lengths", default="4096,16384,65536")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (under the interpreter on a CPU)")
     ap.add_argument("--skip-checks", action="store_true")
+    ap.add_argument("--configs", default="", help="backward configs to sweep instead of CONFIGS, e.g. "
+                    "128:4:1:0,256:2:1:0 (TB:BD:warps:unrolled)")
+    ap.add_argument("--fwd-configs", default="", help="training-forward configs instead of FWD_CONFIGS, "
+                    "e.g. 4:1,2:1 (BD:warps)")
     a = ap.parse_args()
     cuda = torch.cuda.is_available()
     if cuda:
@@ -167,13 +171,18 @@ def main() -> None:
         shapes, dtypes = [(1, 4096, 4099, 16), (2, 96, 1000, 16), (2, 37, 777, 8)], [torch.float32, torch.bfloat16]
         sweep_L, lengths, cfgs = (16384, 65536), list(map(int, a.lengths.split(","))), CONFIGS
         fwd_cfgs = FWD_CONFIGS
+        if a.configs:
+            cfgs = [tuple(int(v) for v in c.split(":")[:3]) + (c.split(":")[3:] == ["1"],)
+                    for c in a.configs.split(",")]
+        if a.fwd_configs:
+            fwd_cfgs = [tuple(int(v) for v in c.split(":")) for c in a.fwd_configs.split(",")]
     ceil = ceilings() if cuda else None
     if ceil:
         print(f"ceilings: copy {ceil['copy_Bps'] / 1e12:.2f} TB/s, exp2 {ceil['exp2_per_s'] / 1e12:.2f} T/s")
     print()
     ok = True
     if not a.skip_checks:
-        other = (16, 2, 2, True) if a.smoke else (32, 8, 1, False)
+        other = (16, 2, 2, True) if a.smoke else (256, 2, 1, False)
         ok = checks(shapes, dtypes, [ss_bwd.TIME_BWD_CONFIG, other])
 
     # ---- backward config sweep

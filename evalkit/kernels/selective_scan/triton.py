@@ -200,6 +200,23 @@ def _selective_scan_seq_kernel(
 
 
 @triton.jit
+def _tblock_inputs(u_ptr, dl_ptr, b, offs_d, t, mdt, bias, sub, sud, sul, sdb, sdd, sdl,
+                   HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    # One (BD, TB) block of the time-layout kernels (time2 and the time backward): u, the raw
+    # δ (+ bias) x, and Δ = softplus(x) (or x), zero on padded steps (decay 1, input 0).
+    u = tl.load(u_ptr + b * sub + offs_d[:, None] * sud + t[None, :] * sul, mask=mdt, other=0.0)
+    x = tl.load(dl_ptr + b * sdb + offs_d[:, None] * sdd + t[None, :] * sdl, mask=mdt, other=0.0)
+    x = x.to(tl.float32)
+    if HAS_BIAS:
+        x += bias[:, None]
+    if SOFTPLUS:
+        dl = _softplus(x)
+    else:
+        dl = x
+    return u.to(tl.float32), x, tl.where(mdt, dl, 0.0)
+
+
+@triton.jit
 def _selective_scan_tkernel2(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, st_ptr, yp_ptr,
     Dm, L, n_chunks,
@@ -241,6 +258,8 @@ def _selective_scan_tkernel2(
         Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros((BD,), dtype=tl.float32)  # unused (the block loads add no bias)
     hn_offs = offs_d[:, None] * N + offs_t[None, :]
     if HAS_H0:
         H = tl.load(h0_ptr + b * Dm * N + hn_offs, mask=mdn, other=0.0).to(tl.float32)
@@ -253,15 +272,8 @@ def _selective_scan_tkernel2(
         t = c * TB + offs_t
         mt = t < L
         mdt = md[:, None] & mt[None, :]
-        u = tl.load(u_ptr + b * sub + offs_d[:, None] * sud + t[None, :] * sul, mask=mdt, other=0.0)
-        u = u.to(tl.float32)  # (BD, TB)
-        dl = tl.load(dl_ptr + b * sdb + offs_d[:, None] * sdd + t[None, :] * sdl, mask=mdt, other=0.0)
-        dl = dl.to(tl.float32)
-        if HAS_BIAS:
-            dl += bias[:, None]
-        if SOFTPLUS:
-            dl = _softplus(dl)
-        dl = tl.where(mdt, dl, 0.0)
+        u, _, dl = _tblock_inputs(u_ptr, dl_ptr, b, offs_d, t, mdt, bias, sub, sud, sul, sdb, sdd, sdl,
+                                  HAS_BIAS, SOFTPLUS)  # (BD, TB)
         dlu = dl * u
         y = tl.zeros((BD, TB), dtype=tl.float32)
         for n in tl.static_range(N):
@@ -461,9 +473,11 @@ DEFAULT_VARIANT = "time2"
 BWD_CHUNK = 16
 # The training forward of the time pair (time2 storing states and the pre-gate y): (channels per
 # program, warps); its steps per block are the time backward's (triton_bwd.TIME_BWD_CONFIG), which
-# walks the same blocks. The H200 sweep at TB 128 (kernels/results-h200-v7.md, run 3): BD 16 / 4 warps
-# 8.55 ms at 64k, BD 32 / 8 warps (inference's) 8.89, others 11.6-20.
-TIME_TRAIN_FWD_CONFIG = (16, 4)
+# walks the same blocks. H200 sweeps at TB 128 and 64k: session 6 (kernels/results-h200-v7.md, run 3)
+# BD 16 / 4 warps 8.55 ms, BD 32 / 8 warps 8.89; session 7 (results-h200-v8.md, run 1) one-warp
+# programs: BD 4 / 1 warp 6.42 ms (as fast as inference time2's 6.36), BD 8 / 2 warps 7.89,
+# BD 16 / 4 warps 8.29, BD 2 / 1 warp 9.91.
+TIME_TRAIN_FWD_CONFIG = (4, 1)
 
 
 def selective_scan(

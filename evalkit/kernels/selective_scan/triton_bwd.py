@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 
 from evalkit.kernels.dispatch import needs_int64
-from evalkit.kernels.selective_scan.triton import _combine, _softplus
+from evalkit.kernels.selective_scan.triton import _combine, _softplus, _tblock_inputs
 
 _LOG2E = 1.4426950408889634
 
@@ -315,6 +315,8 @@ def _selective_scan_bwd_tkernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
         gbias = tl.zeros((BD,), dtype=tl.float32)
+    else:
+        bias = tl.zeros((BD,), dtype=tl.float32)  # unused (the block loads add no bias)
     hn_offs = offs_d[:, None] * N + offs_t[None, :]
     if HAS_GT:
         G = tl.load(gT_ptr + b * Dm * N + hn_offs, mask=mdn, other=0.0).to(tl.float32)
@@ -326,17 +328,8 @@ def _selective_scan_bwd_tkernel(
         t = c * TB + offs_t
         mt = t < L
         mdt = md[:, None] & mt[None, :]
-        u = tl.load(u_ptr + b * sub + offs_d[:, None] * sud + t[None, :] * sul, mask=mdt, other=0.0)
-        u = u.to(tl.float32)  # (BD, TB)
-        x = tl.load(dl_ptr + b * sdb + offs_d[:, None] * sdd + t[None, :] * sdl, mask=mdt, other=0.0)
-        x = x.to(tl.float32)
-        if HAS_BIAS:
-            x += bias[:, None]
-        if SOFTPLUS:
-            dl = _softplus(x)
-        else:
-            dl = x
-        dl = tl.where(mdt, dl, 0.0)  # padded steps: decay 1, input 0
+        u, x, dl = _tblock_inputs(u_ptr, dl_ptr, b, offs_d, t, mdt, bias, sub, sud, sul, sdb, sdd, sdl,
+                                  HAS_BIAS, SOFTPLUS)  # (BD, TB)
         dlu = dl * u
         gy = tl.load(go_ptr + b * sgb + offs_d[:, None] * sgd + t[None, :] * sgl, mask=mdt, other=0.0)
         gy = gy.to(tl.float32)  # ∂L/∂out, made ∂L/∂y below
@@ -390,8 +383,12 @@ def _selective_scan_bwd_tkernel(
 # 16 iterations' loads and A columns live); as a loop, TB 64 with BD 16 / 4 warps or BD 32 / 8 warps
 # fit in ~250 registers without spills, TB 128 still spills.
 # The H200 sweep (kernels/results-h200-v7.md, run 3) made TB 128 / BD 16 / 4 warps / loop the fastest
-# despite its offline spill: 11.2 ms at 16k and 45.0 ms at 64k (TB 64 / BD 16: 13.1 / 52.1).
-TIME_BWD_CONFIG = (128, 16, 4, False)
+# of 2-8 warps despite its offline spill: 11.2 ms at 16k and 45.0 ms at 64k (TB 64 / BD 16: 13.1 / 52.1).
+# Session 7 (results-h200-v8.md, run 1) swept one-warp programs, whose channel reductions for gB / gC
+# stay in one warp (no block barriers): TB 128 / BD 4 / 1 warp 6.85 / 27.3 ms (offline: 255 registers,
+# 208 B stack, 59.6 instructions per element against 68), TB 128 / BD 2 / 1 warp 42.6 ms at 64k,
+# TB 64 / BD 4 / 1 warp 42.2, TB 32 / BD 8 / 1 warp 75.9.
+TIME_BWD_CONFIG = (128, 4, 1, False)
 
 
 def selective_scan_bwd_time(
