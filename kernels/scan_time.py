@@ -17,13 +17,13 @@ from evalkit.kernels.selective_scan import selective_scan_ref
 from evalkit.kernels.selective_scan import triton as ss_triton
 from kernels.bench import ceilings, fmt, ms, rel, ss_floor, ss_inputs
 
-# (variant, steps per block TB, channels per program BD, warps). The runs of 2026-12-03 also swept the
-# variants "time" and "time3" (removed since: slower; kernels/results-h200-v6.md has their numbers) and
-# time2 configs holding 16 (t, d) pairs per thread (255 registers; v6 run 2). Session 7 (v8) sweeps the
-# configs holding 8 pairs per thread, which compiled offline (sm_90) to 168-179 registers without stack.
-CONFIGS = [("time2", 128, 32, 8), ("time2", 32, 8, 1), ("time2", 16, 32, 2), ("time2", 16, 16, 1),
-           ("time2", 16, 64, 4), ("time2", 32, 32, 4), ("time2", 64, 16, 4), ("time2", 64, 4, 1),
-           ("time2", 128, 2, 1)]
+# (variant, steps per block TB, channels per program BD, warps); the first is VARIANT_CONFIG's default.
+# The runs of 2026-12-03 also swept the variants "time" and "time3" (removed since: slower;
+# kernels/results-h200-v6.md has their numbers) and time2 configs of 2-8 warps (v6 run 2).
+CONFIGS = [("time2", 128, 4, 1), ("time2", 128, 32, 8), ("time2", 256, 2, 1)]
+# Session 7's run 1 swept time2 (128, 32, 8), (32, 8, 1), (16, 32, 2), (16, 16, 1), (16, 64, 4), (32, 32, 4),
+# (64, 16, 4), (64, 4, 1), (128, 2, 1) (8 pairs per thread: all slower); run 2 timed (128, 4, 1) 5.08 ms,
+# (256, 2, 1) 5.60, (128, 8, 2) 6.96, (128, 32, 8) 6.49 at 64k (kernels/results-h200-v8.md).
 
 
 def checks() -> bool:

@@ -460,8 +460,10 @@ class _SelectiveScanFn(torch.autograd.Function):
 
 
 # Per variant: (steps per chunk, channels per program, warps). "scan" and "seq": the fastest of
-# the H100 sweeps (kernels/NOTES.md, v2-v3); the time-parallel ones: the H200 sweep (v6).
-VARIANT_CONFIG = {"scan": (32, 8, 4), "seq": (16, 8, 4), "time2": (128, 32, 8)}
+# the H100 sweeps (kernels/NOTES.md, v2-v3); time2: the H200 sweeps, v6 (TB 128 / BD 32 / 8 warps,
+# 6.4 ms at 64k) then v8 (one-warp programs: TB 128 / BD 4 / 1 warp 5.08 ms, the same 16 (t, d) pairs
+# per thread and registers; configs with 8 pairs per thread were slower).
+VARIANT_CONFIG = {"scan": (32, 8, 4), "seq": (16, 8, 4), "time2": (128, 4, 1)}
 # ``selective_scan_fwd``'s variant without stored states (inference, prefill) on inputs contiguous
 # along L: time2 was 1.9-2.0x faster than the walk at d_inner 4096 from 4k to 1M on the H200
 # (kernels/NOTES.md v6). For (B, L, D) views, segments, or ``store_states`` without a variant it is
