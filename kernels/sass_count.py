@@ -5,9 +5,11 @@ marked 16-divisible and the L strides 1, as the GPU's specialisation sees them f
 (B, D, L) inputs. This is the local Triton (3.9 here), not the GPU's 3.6: read the counts as
 comparisons and as per-element budgets, not as what the H200 runs (kernels/NOTES.md v6, v7).
 
-    PYTHONPATH=. python kernels/sass_count.py bwd 128 16 4      # the time backward (TB, BD, warps)
-    PYTHONPATH=. python kernels/sass_count.py fwd 128 32 8      # time2, inference
-    PYTHONPATH=. python kernels/sass_count.py train 128 16 4    # time2 storing states and the pre-gate y
+    PYTHONPATH=. python kernels/sass_count.py bwd 128 4 1       # the time backward (TB, BD, warps)
+    PYTHONPATH=. python kernels/sass_count.py fwd 128 4 1       # time2, inference
+    PYTHONPATH=. python kernels/sass_count.py train 128 4 1     # time2 storing states and the pre-gate y
+
+SASS_TOP=40 lists the 40 most frequent opcodes per loop instead of 14.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def main() -> None:
             ops = collections.Counter(o for x, o, _ in ins if start <= x <= addr)
             n = sum(ops.values())
             print(f"loop {start:#x}-{addr:#x}: {n} instructions ({n / per_thread:.1f} per (t, d) pair per pass); "
-                  + ", ".join(f"{o} {c}" for o, c in ops.most_common(14)))
+                  + ", ".join(f"{o} {c}" for o, c in ops.most_common(int(os.environ.get("SASS_TOP", 14)))))
 
 
 if __name__ == "__main__":
