@@ -248,13 +248,14 @@ def selective_scan_bwd(
 
 
 @triton.jit
-def _bwd_tstate(n, A2, G, gA, lamB, lamA, dl, dlu, gy, st, B_ptr, C_ptr, gB_ptr, gC_ptr, b, t, mt, md, offs_t, L,
-                sbb, sbn, sbl, scb, scn, scl, N: tl.constexpr):
+def _bwd_tstate(n, a_ptrs, G, gA, lamB, lamA, dl, dlu, gy, st, B_ptr, C_ptr, gB_ptr, gC_ptr, b, t, mt, md, offs_t,
+                L, san, sbb, sbn, sbl, scb, scn, scl, N: tl.constexpr):
     # One state index n of a block of _selective_scan_bwd_tkernel: returns the updated G, gA (column
     # n) and the Σ_n accumulators λ B_n, λ A_n (h_t − b_t); adds gB_n, gC_n atomically.
     sel = (offs_t == n)[None, :]
     first = (offs_t == 0)[None, :]
-    a2 = tl.sum(tl.where(sel, A2, 0.0), axis=1)  # (BD,)
+    # A[:, n] in log2 units, read from A (L1-resident) rather than reduced out of a register tile
+    a2 = tl.load(a_ptrs + n * san, mask=md, other=0.0).to(tl.float32) * 1.4426950408889634  # (BD,)
     g_n = tl.sum(tl.where(sel, G, 0.0), axis=1)  # ∂L/∂h[:, n] after the block
     h_n = tl.load(st + n, mask=md, other=0.0)  # the state entering the block
     Bn = tl.load(B_ptr + b * sbb + n * sbn + t * sbl, mask=mt, other=0.0).to(tl.float32)
@@ -294,8 +295,9 @@ def _selective_scan_bwd_tkernel(
     h_t, the reverse scan (``_combine_rev``) of (exp(Δ A_n), 1, gy C_n) for λ with the carried
     G[:, n] = ∂L/∂h[:, n] after the block, and the per-n terms: λ B_n and λ A_n (h_t − b_t) summed
     over n in two (BD, TB) tiles (gu and gΔ after the loop), gA[:, n] summed over time, gB_n and
-    gC_n summed over the block's channels and added atomically. A (log2 units), G and gA live in
-    columns 0..N-1 of (BD, TB) tiles (N <= TB), as A and the state do in the forward. The state
+    gC_n summed over the block's channels and added atomically. G and gA live in columns 0..N-1 of
+    (BD, TB) tiles (N <= TB), as the state does in the forward; A[:, n] is read per state (L1-resident;
+    offline 5 % fewer instructions than reducing it out of such a tile, kernels/NOTES.md v8). The state
     loop (``_bwd_tstate`` per n) is a loop unless UNROLL_N: unrolled, the compiler kept the 16
     iterations' loads live and spilled (TIME_BWD_CONFIG's note)."""
     b = tl.program_id(0)
@@ -307,8 +309,7 @@ def _selective_scan_bwd_tkernel(
         offs_t = offs_t.to(tl.int64)
     md = offs_d < Dm
     mdn = md[:, None] & (offs_t < N)[None, :]
-    A2 = tl.load(A_ptr + offs_d[:, None] * sad + offs_t[None, :] * san, mask=mdn, other=0.0)
-    A2 = A2.to(tl.float32) * 1.4426950408889634  # (BD, TB): A[:, n] in column n, log2 units
+    a_ptrs = A_ptr + offs_d * sad  # A[d, n] = a_ptrs + n * san, read per state
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
         gD = tl.zeros((BD,), dtype=tl.float32)
@@ -349,12 +350,12 @@ def _selective_scan_bwd_tkernel(
         st = st_ptr + (b * n_chunks + c) * Dm * N + offs_d * N
         if UNROLL_N:  # the state loop unrolled (A's columns loop invariants; more registers)
             for n in tl.static_range(N):
-                G, gA, lamB, lamA = _bwd_tstate(n, A2, G, gA, lamB, lamA, dl, dlu, gy, st, B_ptr, C_ptr, gB_ptr,
-                                                gC_ptr, b, t, mt, md, offs_t, L, sbb, sbn, sbl, scb, scn, scl, N)
+                G, gA, lamB, lamA = _bwd_tstate(n, a_ptrs, G, gA, lamB, lamA, dl, dlu, gy, st, B_ptr, C_ptr, gB_ptr,
+                                                gC_ptr, b, t, mt, md, offs_t, L, san, sbb, sbn, sbl, scb, scn, scl, N)
         else:
             for n in range(N):
-                G, gA, lamB, lamA = _bwd_tstate(n, A2, G, gA, lamB, lamA, dl, dlu, gy, st, B_ptr, C_ptr, gB_ptr,
-                                                gC_ptr, b, t, mt, md, offs_t, L, sbb, sbn, sbl, scb, scn, scl, N)
+                G, gA, lamB, lamA = _bwd_tstate(n, a_ptrs, G, gA, lamB, lamA, dl, dlu, gy, st, B_ptr, C_ptr, gB_ptr,
+                                                gC_ptr, b, t, mt, md, offs_t, L, san, sbb, sbn, sbl, scb, scn, scl, N)
         gu = dl * lamB
         if HAS_D:
             gu += gy * Dv[:, None]
