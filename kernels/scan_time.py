@@ -1,4 +1,5 @@
-"""The time-parallel selective-scan forward (``variant="time2"``, kernels/NOTES.md v6) on the GPU:
+"""The time-parallel selective-scan forwards (``variant="time2"``, kernels/NOTES.md v6, and ``"chain"``, v9) on
+the GPU:
 checks against the reference (fp32 and bf16, odd lengths, an initial state, strided inputs as the
 Mamba mixer passes them), a config sweep at L = 16k and 64k, then a length sweep at the issue's shape
 (batch 1, d_inner 4096, state 16, bf16) against the v3 walk (``variant="scan"``) and the floor
@@ -20,7 +21,15 @@ from kernels.bench import ceilings, fmt, ms, rel, ss_floor, ss_inputs
 # (variant, steps per block TB, channels per program BD, warps); the first is VARIANT_CONFIG's default.
 # The runs of 2026-12-03 also swept the variants "time" and "time3" (removed since: slower;
 # kernels/results-h200-v6.md has their numbers) and time2 configs of 2-8 warps (v6 run 2).
-CONFIGS = [("time2", 128, 4, 1), ("time2", 128, 32, 8), ("time2", 256, 2, 1)]
+CONFIGS = [("time2", 128, 4, 1), ("chain", 512, 2, 1, 2), ("chain", 256, 2, 1, 1), ("chain", 256, 1, 1, 1),
+           ("chain", 512, 1, 1, 2), ("chain", 256, 2, 1, 2), ("chain", 512, 4, 2, 2), ("chain", 512, 2, 2, 2),
+           ("chain", 256, 4, 1, 1), ("time2", 128, 32, 8)]
+N_CHECKED = 6  # the first configs, checked against the reference
+
+
+def _kw(cfg) -> dict:
+    var, TB, BD, nw, *kv = cfg
+    return dict(variant=var, chunk=TB, block_d=BD, num_warps=nw, **({"chain_kv": kv[0]} if kv else {}))
 # Session 7's run 1 swept time2 (128, 32, 8), (32, 8, 1), (16, 32, 2), (16, 16, 1), (16, 64, 4), (32, 32, 4),
 # (64, 16, 4), (64, 4, 1), (128, 2, 1) (8 pairs per thread: all slower); run 2 timed (128, 4, 1) 5.08 ms,
 # (256, 2, 1) 5.60, (128, 8, 2) 6.96, (128, 32, 8) 6.49 at 64k (kernels/results-h200-v8.md).
@@ -36,10 +45,8 @@ def checks() -> bool:
             h0 = torch.randn(b, d, n, device="cuda")
             f = {k: v.float() for k, v in t.items()}
             y_ref, h_ref = selective_scan_ref(**f, initial_state=h0, return_final_state=True)
-            for cfg in CONFIGS[:3]:
-                var, TB, BD, nw = cfg
-                y, hT, _ = ss_triton.selective_scan_fwd(**t, initial_state=h0, variant=var, chunk=TB,
-                                                        block_d=BD, num_warps=nw)
+            for cfg in CONFIGS[:N_CHECKED]:
+                y, hT, _ = ss_triton.selective_scan_fwd(**t, initial_state=h0, **_kw(cfg))
                 ey, eh = rel(y, y_ref), rel(hT, h_ref)
                 good = ey < (1e-5 if dtype == torch.float32 else 1e-2) and eh < 1e-4
                 ok_all &= good
@@ -54,11 +61,12 @@ def checks() -> bool:
     for k in ("B", "C"):
         t[k] = t[k].transpose(1, 2).contiguous().transpose(1, 2)
     y_ref, h_ref = selective_scan_ref(**{k: v.float() for k, v in t.items()}, return_final_state=True)
-    y, hT, _ = ss_triton.selective_scan_fwd(**t, variant="time2")
-    ey, eh = rel(y, y_ref), rel(hT, h_ref)
-    good = ey < 1e-2 and eh < 1e-4
-    ok_all &= good
-    print(f"| strided B{b}-D{d}-L{L}-N{n} | bfloat16 | time2 | {ey:.1e} | {eh:.1e} | {'ok' if good else 'FAIL'} |")
+    for var in ("time2", "chain"):
+        y, hT, _ = ss_triton.selective_scan_fwd(**t, variant=var)
+        ey, eh = rel(y, y_ref), rel(hT, h_ref)
+        good = ey < 1e-2 and eh < 1e-4
+        ok_all &= good
+        print(f"| strided B{b}-D{d}-L{L}-N{n} | bfloat16 | {var} | {ey:.1e} | {eh:.1e} | {'ok' if good else 'FAIL'} |")
     print()
     return ok_all
 
@@ -73,8 +81,9 @@ def quick(ceil, configs: str) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for c in configs.split(","):
         var, TB, BD, nw, *mr = c.split(":")
-        kw = dict(variant=var, chunk=int(TB), block_d=int(BD), num_warps=int(nw),
-                  maxnreg=int(mr[0]) if mr else None)
+        kw = dict(variant=var, chunk=int(TB), block_d=int(BD), num_warps=int(nw))
+        if mr:  # time2: a register cap; chain: vectors per thread
+            kw["chain_kv" if var == "chain" else "maxnreg"] = int(mr[0])
         try:
             y, hT, _ = ss_triton.selective_scan_fwd(**t, **kw)
             k = ms(lambda: ss_triton.selective_scan_fwd(**t, **kw), rep=100)
@@ -89,7 +98,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", default="4096,16384,65536,262144,1048576")
     ap.add_argument("--quick", default="", help="only time these configs at 64k after a check, e.g. "
-                    "time2:128:32:8:168 (variant:TB:BD:warps[:maxnreg])")
+                    "time2:128:32:8:168 (variant:TB:BD:warps[:maxnreg, or chain_kv for chain])")
     a = ap.parse_args()
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
     ceil = ceilings()
@@ -108,8 +117,7 @@ def main() -> None:
         t = ss_inputs(1, d, L, n, torch.bfloat16, seed=L)
         base = ss_triton.selective_scan_fwd(**t, variant="scan")[0]
         for cfg in CONFIGS:
-            var, TB, BD, nw = cfg
-            kw = dict(variant=var, chunk=TB, block_d=BD, num_warps=nw)
+            kw = _kw(cfg)
             try:
                 err = rel(ss_triton.selective_scan_fwd(**t, **kw)[0], base)
                 k = ms(lambda: ss_triton.selective_scan_fwd(**t, **kw), rep=100)
@@ -122,7 +130,7 @@ def main() -> None:
         k16, e16 = res.get((16384, cfg), (None, ""))
         k64, _ = res.get((65536, cfg), (None, ""))
         f16, f64 = ss_floor(ceil, 16384)[0], ss_floor(ceil, 65536)[0]
-        print(f"| {cfg[0]} | {cfg[1]} | {cfg[2]} | {cfg[3]} | {fmt(k16)} | {k16 / f16 if k16 else 0:.2f} | "
+        print(f"| {cfg[0]}{'' if len(cfg) < 5 else f' kv{cfg[4]}'} | {cfg[1]} | {cfg[2]} | {cfg[3]} | {fmt(k16)} | {k16 / f16 if k16 else 0:.2f} | "
               f"{fmt(k64)} | {k64 / f64 if k64 else 0:.2f} | {e16 if isinstance(e16, str) else f'{e16:.1e}'} |")
         if k64 is not None and not isinstance(e16, str) and e16 < 2e-2 and k64 < best_ms:
             best, best_ms = cfg, k64
@@ -130,12 +138,10 @@ def main() -> None:
     print("## selective_scan forward, batch 1, d_inner 4096, state 16, bf16: v3 walk vs the best config")
     print("| L | scan (v3) ms | best ms | speed-up | floor ms (bytes / exps) | time ÷ floor |")
     print("|---|---|---|---|---|---|")
-    var, TB, BD, nw = best
     for L in map(int, a.lengths.split(",")):
         t = ss_inputs(1, d, L, n, torch.bfloat16, seed=L)
         k0 = ms(lambda: ss_triton.selective_scan_fwd(**t, variant="scan"), rep=50)
-        k = ms(lambda: ss_triton.selective_scan_fwd(**t, variant=var, chunk=TB, block_d=BD, num_warps=nw),
-               rep=50)
+        k = ms(lambda: ss_triton.selective_scan_fwd(**t, **_kw(best)), rep=50)
         floor, fb, fe = ss_floor(ceil, L)
         print(f"| {L} | {fmt(k0)} | {fmt(k)} | {k0 / k:.1f}x | {floor:.3f} ({fb:.3f} / {fe:.3f}) | {k / floor:.2f} |")
         del t
