@@ -71,27 +71,66 @@ def checks() -> bool:
     return ok_all
 
 
-def quick(ceil, configs: str) -> None:
-    """Check then time each config at L = 64k (bf16, the issue's shape)."""
+def _parse(c: str) -> dict:
+    var, TB, BD, nw, *mr = c.split(":")
+    kw = dict(variant=var, chunk=int(TB), block_d=int(BD), num_warps=int(nw))
+    if mr:  # time2: a register cap; chain: vectors per thread
+        kw["chain_kv" if var == "chain" else "maxnreg"] = int(mr[0])
+    return kw
+
+
+def warm(config: str, lengths: str) -> None:
+    """Compile one config (run it once at each length, bf16, d_inner 4096): run several of these as
+    background processes to fill Triton's cache in parallel before a timing run."""
+    for L in map(int, lengths.split(",")):
+        t = ss_inputs(1, 4096, L, 16, torch.bfloat16, seed=L)
+        ss_triton.selective_scan_fwd(**t, **_parse(config))
+        torch.cuda.synchronize()
+        del t
+
+
+def lengths_table(ceil, kw: dict, lengths: str, walk: bool = True) -> None:
+    print("## selective_scan forward, batch 1, d_inner 4096, state 16, bf16: v3 walk vs the best config")
+    print(f"config: {kw}")
+    print("| L | scan (v3) ms | best ms | speed-up | floor ms (bytes / exps) | time ÷ floor |")
+    print("|---|---|---|---|---|---|")
+    for L in map(int, lengths.split(",")):
+        t = ss_inputs(1, 4096, L, 16, torch.bfloat16, seed=L)
+        k0 = ms(lambda: ss_triton.selective_scan_fwd(**t, variant="scan"), rep=50) if walk else None
+        k = ms(lambda: ss_triton.selective_scan_fwd(**t, **kw), rep=50)
+        floor, fb, fe = ss_floor(ceil, L)
+        print(f"| {L} | {fmt(k0) if k0 else '–'} | {fmt(k)} | {f'{k0 / k:.1f}x' if k0 else '–'} | "
+              f"{floor:.3f} ({fb:.3f} / {fe:.3f}) | {k / floor:.2f} |")
+        del t
+        torch.cuda.empty_cache()
+
+
+def quick(ceil, configs: str) -> dict | None:
+    """Check then time each config at L = 64k (bf16, the issue's shape); returns the fastest that
+    passed its check."""
     L, d, n = 65536, 4096, 16
     t = ss_inputs(1, d, L, n, torch.bfloat16, seed=L)
     ref = selective_scan_ref(**{k: v.float() for k, v in t.items()}, return_final_state=True)
     floor = ss_floor(ceil, L)[0]
     print("| variant | TB | BD | warps | maxnreg | ms 64k | ÷ floor | y rel | final rel |")
     print("|---|---|---|---|---|---|---|---|---|")
+    best, best_ms = None, float("inf")
     for c in configs.split(","):
         var, TB, BD, nw, *mr = c.split(":")
-        kw = dict(variant=var, chunk=int(TB), block_d=int(BD), num_warps=int(nw))
-        if mr:  # time2: a register cap; chain: vectors per thread
-            kw["chain_kv" if var == "chain" else "maxnreg"] = int(mr[0])
+        kw = _parse(c)
         try:
             y, hT, _ = ss_triton.selective_scan_fwd(**t, **kw)
             k = ms(lambda: ss_triton.selective_scan_fwd(**t, **kw), rep=100)
         except Exception as e:  # noqa: BLE001
             print(f"| {var} | {TB} | {BD} | {nw} | {mr} | failed: {type(e).__name__} | | | |")
             continue
+        ey, eh = rel(y, ref[0]), rel(hT, ref[1])
         print(f"| {var} | {TB} | {BD} | {nw} | {mr[0] if mr else '–'} | {fmt(k)} | {k / floor:.2f} | "
-              f"{rel(y, ref[0]):.1e} | {rel(hT, ref[1]):.1e} |")
+              f"{ey:.1e} | {eh:.1e} |")
+        if ey < 1e-2 and eh < 1e-4 and k < best_ms:
+            best, best_ms = kw, k
+    print(f"\nfastest passing config at 64k: {best}\n")
+    return best
 
 
 def main() -> None:
@@ -99,11 +138,20 @@ def main() -> None:
     ap.add_argument("--lengths", default="4096,16384,65536,262144,1048576")
     ap.add_argument("--quick", default="", help="only time these configs at 64k after a check, e.g. "
                     "time2:128:32:8:168 (variant:TB:BD:warps[:maxnreg, or chain_kv for chain])")
+    ap.add_argument("--quick-lengths", action="store_true",
+                    help="after --quick, the length table (--lengths) for its fastest config, no v3 walk")
+    ap.add_argument("--warm", default="", help="only compile this config (variant:TB:BD:warps[:x])")
+    ap.add_argument("--warm-lengths", default="65536")
     a = ap.parse_args()
+    if a.warm:
+        warm(a.warm, a.warm_lengths)
+        return
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
     ceil = ceilings()
     if a.quick:
-        quick(ceil, a.quick)
+        best = quick(ceil, a.quick)
+        if a.quick_lengths and best:
+            lengths_table(ceil, best, a.lengths, walk=False)
         return
     print(f"ceilings: copy {ceil['copy_Bps'] / 1e12:.2f} TB/s, exp2 {ceil['exp2_per_s'] / 1e12:.2f} T/s")
     ok = checks()
@@ -130,22 +178,13 @@ def main() -> None:
         k16, e16 = res.get((16384, cfg), (None, ""))
         k64, _ = res.get((65536, cfg), (None, ""))
         f16, f64 = ss_floor(ceil, 16384)[0], ss_floor(ceil, 65536)[0]
-        print(f"| {cfg[0]}{'' if len(cfg) < 5 else f' kv{cfg[4]}'} | {cfg[1]} | {cfg[2]} | {cfg[3]} | {fmt(k16)} | {k16 / f16 if k16 else 0:.2f} | "
+        name = cfg[0] if len(cfg) < 5 else f"{cfg[0]} kv{cfg[4]}"
+        print(f"| {name} | {cfg[1]} | {cfg[2]} | {cfg[3]} | {fmt(k16)} | {k16 / f16 if k16 else 0:.2f} | "
               f"{fmt(k64)} | {k64 / f64 if k64 else 0:.2f} | {e16 if isinstance(e16, str) else f'{e16:.1e}'} |")
         if k64 is not None and not isinstance(e16, str) and e16 < 2e-2 and k64 < best_ms:
             best, best_ms = cfg, k64
     print(f"\nbest config at 64k: {best}\n")
-    print("## selective_scan forward, batch 1, d_inner 4096, state 16, bf16: v3 walk vs the best config")
-    print("| L | scan (v3) ms | best ms | speed-up | floor ms (bytes / exps) | time ÷ floor |")
-    print("|---|---|---|---|---|---|")
-    for L in map(int, a.lengths.split(",")):
-        t = ss_inputs(1, d, L, n, torch.bfloat16, seed=L)
-        k0 = ms(lambda: ss_triton.selective_scan_fwd(**t, variant="scan"), rep=50)
-        k = ms(lambda: ss_triton.selective_scan_fwd(**t, **_kw(best)), rep=50)
-        floor, fb, fe = ss_floor(ceil, L)
-        print(f"| {L} | {fmt(k0)} | {fmt(k)} | {k0 / k:.1f}x | {floor:.3f} ({fb:.3f} / {fe:.3f}) | {k / floor:.2f} |")
-        del t
-        torch.cuda.empty_cache()
+    lengths_table(ceil, _kw(best), a.lengths)
     print("checks:", "all passed" if ok else "FAILURES")
 
 
