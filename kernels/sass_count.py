@@ -10,7 +10,7 @@ comparisons and as per-element budgets, not as what the H200 runs (kernels/NOTES
     PYTHONPATH=. python kernels/sass_count.py train 128 4 1     # time2 storing states and the pre-gate y
     PYTHONPATH=. python kernels/sass_count.py chain 512 2 1     # the chain forward (TB = lanes x 8 x CHAIN_KV)
 
-SASS_TOP=40 lists the 40 most frequent opcodes per loop instead of 14.
+SASS_TOP=40 lists the 40 most frequent opcodes per loop instead of 14; SASS_IR=file keeps the TTGIR.
 """
 
 from __future__ import annotations
@@ -71,6 +71,9 @@ def main() -> None:
         kv = int(os.environ.get("CHAIN_KV", ss_fwd.CHAIN_KV))
         consts.update(S=a.TB // (8 * kv), KV=kv)
     k = compile_sm90(kern, consts, a.warps)
+    if os.environ.get("SASS_IR"):  # also keep the TTGIR there (layouts, conversions through shared memory)
+        with open(os.environ["SASS_IR"], "w") as f:
+            f.write(k.asm["ttgir"])
     tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.TemporaryDirectory() as d:
         cubin = os.path.join(d, "k.cubin")
