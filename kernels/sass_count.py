@@ -67,9 +67,9 @@ def main() -> None:
         consts.update(STORE_STATES=True, STORE_Y=True)
     kern = {"bwd": ss_bwd._selective_scan_bwd_tkernel,
             "chain": ss_fwd._selective_scan_ckernel}.get(a.kernel, ss_fwd._selective_scan_tkernel2)
-    if a.kernel == "chain":  # blocks of TB = S lanes x 8·KV steps (env CHAIN_KV, default ss_fwd.CHAIN_KV)
+    if a.kernel == "chain":  # blocks of TB = S lanes x 8·KV steps (env CHAIN_KV / CHAIN_PAIR, defaults ss_fwd's)
         kv = int(os.environ.get("CHAIN_KV", ss_fwd.CHAIN_KV))
-        consts.update(S=a.TB // (8 * kv), KV=kv)
+        consts.update(S=a.TB // (8 * kv), KV=kv, PAIR=os.environ.get("CHAIN_PAIR", str(int(ss_fwd.CHAIN_PAIR))) == "1")
     k = compile_sm90(kern, consts, a.warps)
     if os.environ.get("SASS_IR"):  # also keep the TTGIR there (layouts, conversions through shared memory)
         with open(os.environ["SASS_IR"], "w") as f:

@@ -74,8 +74,10 @@ def checks() -> bool:
 def _parse(c: str) -> dict:
     var, TB, BD, nw, *mr = c.split(":")
     kw = dict(variant=var, chunk=int(TB), block_d=int(BD), num_warps=int(nw))
-    if mr:  # time2: a register cap; chain: vectors per thread
+    if mr:  # time2: a register cap; chain: vectors per thread [, pair 0/1]
         kw["chain_kv" if var == "chain" else "maxnreg"] = int(mr[0])
+    if len(mr) > 1:
+        kw["chain_pair"] = mr[1] == "1"
     return kw
 
 
@@ -118,6 +120,7 @@ def quick(ceil, configs: str) -> dict | None:
     for c in configs.split(","):
         var, TB, BD, nw, *mr = c.split(":")
         kw = _parse(c)
+        mr = [":".join(mr)] if mr else mr
         try:
             y, hT, _ = ss_triton.selective_scan_fwd(**t, **kw)
             k = ms(lambda: ss_triton.selective_scan_fwd(**t, **kw), rep=100)

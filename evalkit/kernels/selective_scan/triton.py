@@ -391,12 +391,61 @@ def _cblock_out(y_ptr, z_ptr, b, od, ot, mdt, y0, y1, y2, y3, y4, y5, y6, y7, sz
 
 
 @triton.jit
+def _combine2(a1, b1, c1, d1, a2, b2, c2, d2):
+    # two independent (decay, state) pairs scanned together
+    return a1 * a2, a2 * b1 + b2, c1 * c2, c2 * d1 + d2
+
+
+@triton.jit
+def _chain_local(A2, H, lane, first, n, B_ptr, b, sbb, sbn, sbl, t, mt, t2, mt2,
+                 d0, d1, d2, d3, d4, d5, d6, d7, w0, w1, w2, w3, w4, w5, w6, w7,
+                 e0, e1, e2, e3, e4, e5, e6, e7, v0, v1, v2, v3, v4, v5, v6, v7,
+                 BD: tl.constexpr, S: tl.constexpr, KV: tl.constexpr):
+    # state n of the chain kernel's block, per thread: the local chains from zero (8·KV steps), the lane
+    # totals with lane 0 starting from the carried state, and that carried state
+    a2 = tl.gather(A2, lane * 0 + n, 1)  # (BD, S): A[:, n] on every lane
+    hc = tl.gather(H, lane * 0 + n, 1)  # the state entering the block
+    Bv = tl.load(B_ptr + b * sbb + n * sbn + t * sbl, mask=mt, other=0.0).to(tl.float32)
+    p0, p1, p2, p3, p4, p5, p6, p7, h0, h1, h2, h3, h4, h5, h6, h7 = _chain8(
+        d0, d1, d2, d3, d4, d5, d6, d7, w0, w1, w2, w3, w4, w5, w6, w7, Bv, a2, a2, a2, BD, S, True)
+    if KV == 2:
+        Bv = tl.load(B_ptr + b * sbb + n * sbn + t2 * sbl, mask=mt2, other=0.0).to(tl.float32)
+        q0, q1, q2, q3, q4, q5, q6, q7, g0, g1, g2, g3, g4, g5, g6, g7 = _chain8(
+            e0, e1, e2, e3, e4, e5, e6, e7, v0, v1, v2, v3, v4, v5, v6, v7, Bv, a2, p7, h7, BD, S, False)
+        pt, ht = q7, g7
+    else:
+        q0, q1, q2, q3, q4, q5, q6, q7 = p0, p1, p2, p3, p4, p5, p6, p7
+        g0, g1, g2, g3, g4, g5, g6, g7 = h0, h1, h2, h3, h4, h5, h6, h7
+        pt, ht = p7, h7
+    ht = tl.where(first, pt * hc + ht, ht)
+    return (p0, p1, p2, p3, p4, p5, p6, p7, h0, h1, h2, h3, h4, h5, h6, h7,
+            q0, q1, q2, q3, q4, q5, q6, q7, g0, g1, g2, g3, g4, g5, g6, g7, pt, ht, hc)
+
+
+@triton.jit
+def _chain_apply(C_ptr, b, scb, scn, scl, n, t, mt, t2, mt2, cin,
+                 y0, y1, y2, y3, y4, y5, y6, y7, x0, x1, x2, x3, x4, x5, x6, x7,
+                 p0, p1, p2, p3, p4, p5, p6, p7, h0, h1, h2, h3, h4, h5, h6, h7,
+                 q0, q1, q2, q3, q4, q5, q6, q7, g0, g1, g2, g3, g4, g5, g6, g7,
+                 BD: tl.constexpr, S: tl.constexpr, KV: tl.constexpr):
+    # state n's entering states applied and contracted with C_n into y (x: the second 8 steps)
+    Cv = tl.load(C_ptr + b * scb + n * scn + t * scl, mask=mt, other=0.0).to(tl.float32)
+    y0, y1, y2, y3, y4, y5, y6, y7 = _apply8(y0, y1, y2, y3, y4, y5, y6, y7, Cv, p0, p1, p2, p3, p4, p5, p6,
+                                             p7, h0, h1, h2, h3, h4, h5, h6, h7, cin, BD, S)
+    if KV == 2:
+        Cv = tl.load(C_ptr + b * scb + n * scn + t2 * scl, mask=mt2, other=0.0).to(tl.float32)
+        x0, x1, x2, x3, x4, x5, x6, x7 = _apply8(x0, x1, x2, x3, x4, x5, x6, x7, Cv, q0, q1, q2, q3, q4, q5,
+                                                 q6, q7, g0, g1, g2, g3, g4, g5, g6, g7, cin, BD, S)
+    return y0, y1, y2, y3, y4, y5, y6, y7, x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
 def _selective_scan_ckernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
     Dm, L, n_chunks,
     sub, sud, sul, sdb, sdd, sdl, sad, san, sbb, sbn, sbl, scb, scn, scl, szb, szd, szl,
     syb, syd, syl,
-    N: tl.constexpr, S: tl.constexpr, BD: tl.constexpr, KV: tl.constexpr,
+    N: tl.constexpr, S: tl.constexpr, BD: tl.constexpr, KV: tl.constexpr, PAIR: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, BIG: tl.constexpr = False,
 ):
@@ -446,6 +495,10 @@ def _selective_scan_ckernel(
         (d0, d1, d2, d3, d4, d5, d6, d7, w0, w1, w2, w3, w4, w5, w6, w7,
          y0, y1, y2, y3, y4, y5, y6, y7) = _cblock_inputs(u_ptr, dl_ptr, b, od, t, mdt, bias, Dv, sub, sud, sul,
                                                           sdb, sdd, sdl, BD, S, HAS_D, HAS_BIAS, SOFTPLUS)
+        t2, mt2 = t, mt  # (KV 1: unused placeholders)
+        e0, e1, e2, e3, e4, e5, e6, e7 = d0, d1, d2, d3, d4, d5, d6, d7
+        v0, v1, v2, v3, v4, v5, v6, v7 = w0, w1, w2, w3, w4, w5, w6, w7
+        x0, x1, x2, x3, x4, x5, x6, x7 = y0, y1, y2, y3, y4, y5, y6, y7
         if KV == 2:  # the thread's second 8 steps
             t2 = t + 8
             mt2 = t2 < L
@@ -453,31 +506,40 @@ def _selective_scan_ckernel(
             (e0, e1, e2, e3, e4, e5, e6, e7, v0, v1, v2, v3, v4, v5, v6, v7,
              x0, x1, x2, x3, x4, x5, x6, x7) = _cblock_inputs(u_ptr, dl_ptr, b, od, t2, mdt2, bias, Dv, sub, sud,
                                                               sul, sdb, sdd, sdl, BD, S, HAS_D, HAS_BIAS, SOFTPLUS)
-        for n in tl.static_range(N):
-            a2 = tl.gather(A2, lane * 0 + n, 1)  # (BD, S): A[:, n] on every lane
-            hc = tl.gather(H, lane * 0 + n, 1)  # the state entering the block
-            Bv = tl.load(B_ptr + b * sbb + n * sbn + t * sbl, mask=mt, other=0.0).to(tl.float32)
-            p0, p1, p2, p3, p4, p5, p6, p7, h0, h1, h2, h3, h4, h5, h6, h7 = _chain8(
-                d0, d1, d2, d3, d4, d5, d6, d7, w0, w1, w2, w3, w4, w5, w6, w7, Bv, a2, a2, a2, BD, S, True)
-            if KV == 2:
-                Bv = tl.load(B_ptr + b * sbb + n * sbn + t2 * sbl, mask=mt2, other=0.0).to(tl.float32)
-                q0, q1, q2, q3, q4, q5, q6, q7, g0, g1, g2, g3, g4, g5, g6, g7 = _chain8(
-                    e0, e1, e2, e3, e4, e5, e6, e7, v0, v1, v2, v3, v4, v5, v6, v7, Bv, a2, p7, h7, BD, S, False)
-                pt, ht = q7, g7
+        for m in tl.static_range(N // (1 + PAIR)):
+            # one state index, or two (n, n + 1) whose lane scans run interleaved (more independent work
+            # in flight per thread while the shuffles wait)
+            n = m * (1 + PAIR)
+            (p0, p1, p2, p3, p4, p5, p6, p7, h0, h1, h2, h3, h4, h5, h6, h7,
+             q0, q1, q2, q3, q4, q5, q6, q7, g0, g1, g2, g3, g4, g5, g6, g7, pt, ht, hc) = _chain_local(
+                A2, H, lane, first, n, B_ptr, b, sbb, sbn, sbl, t, mt, t2, mt2,
+                d0, d1, d2, d3, d4, d5, d6, d7, w0, w1, w2, w3, w4, w5, w6, w7,
+                e0, e1, e2, e3, e4, e5, e6, e7, v0, v1, v2, v3, v4, v5, v6, v7, BD, S, KV)
+            if PAIR:
+                (pb0, pb1, pb2, pb3, pb4, pb5, pb6, pb7, hb0, hb1, hb2, hb3, hb4, hb5, hb6, hb7,
+                 qb0, qb1, qb2, qb3, qb4, qb5, qb6, qb7, gb0, gb1, gb2, gb3, gb4, gb5, gb6, gb7, ptb, htb, hcb) = \
+                    _chain_local(A2, H, lane, first, n + 1, B_ptr, b, sbb, sbn, sbl, t, mt, t2, mt2,
+                                 d0, d1, d2, d3, d4, d5, d6, d7, w0, w1, w2, w3, w4, w5, w6, w7,
+                                 e0, e1, e2, e3, e4, e5, e6, e7, v0, v1, v2, v3, v4, v5, v6, v7, BD, S, KV)
+                _, hi, _, hib = tl.associative_scan((pt, ht, ptb, htb), 1, _combine2)
             else:
-                pt, ht = p7, h7
-            # lane totals (lane 0 starts from the carried state) scanned across the lanes
-            ht = tl.where(first, pt * hc + ht, ht)
-            _, hi = tl.associative_scan((pt, ht), 1, _combine)
+                _, hi = tl.associative_scan((pt, ht), 1, _combine)
+            # lane totals (lane 0 started from the carried state) scanned across the lanes
             H = tl.where(lane == n, tl.gather(hi, lastl, 1), H)
             cin = tl.where(first, hc, tl.gather(hi, left, 1))  # the state entering each lane
-            Cv = tl.load(C_ptr + b * scb + n * scn + t * scl, mask=mt, other=0.0).to(tl.float32)
-            y0, y1, y2, y3, y4, y5, y6, y7 = _apply8(y0, y1, y2, y3, y4, y5, y6, y7, Cv, p0, p1, p2, p3, p4, p5, p6,
-                                                     p7, h0, h1, h2, h3, h4, h5, h6, h7, cin, BD, S)
-            if KV == 2:
-                Cv = tl.load(C_ptr + b * scb + n * scn + t2 * scl, mask=mt2, other=0.0).to(tl.float32)
-                x0, x1, x2, x3, x4, x5, x6, x7 = _apply8(x0, x1, x2, x3, x4, x5, x6, x7, Cv, q0, q1, q2, q3, q4, q5,
-                                                         q6, q7, g0, g1, g2, g3, g4, g5, g6, g7, cin, BD, S)
+            (y0, y1, y2, y3, y4, y5, y6, y7, x0, x1, x2, x3, x4, x5, x6, x7) = _chain_apply(
+                C_ptr, b, scb, scn, scl, n, t, mt, t2, mt2, cin,
+                y0, y1, y2, y3, y4, y5, y6, y7, x0, x1, x2, x3, x4, x5, x6, x7,
+                p0, p1, p2, p3, p4, p5, p6, p7, h0, h1, h2, h3, h4, h5, h6, h7,
+                q0, q1, q2, q3, q4, q5, q6, q7, g0, g1, g2, g3, g4, g5, g6, g7, BD, S, KV)
+            if PAIR:
+                H = tl.where(lane == n + 1, tl.gather(hib, lastl, 1), H)
+                cin = tl.where(first, hcb, tl.gather(hib, left, 1))
+                (y0, y1, y2, y3, y4, y5, y6, y7, x0, x1, x2, x3, x4, x5, x6, x7) = _chain_apply(
+                    C_ptr, b, scb, scn, scl, n + 1, t, mt, t2, mt2, cin,
+                    y0, y1, y2, y3, y4, y5, y6, y7, x0, x1, x2, x3, x4, x5, x6, x7,
+                    pb0, pb1, pb2, pb3, pb4, pb5, pb6, pb7, hb0, hb1, hb2, hb3, hb4, hb5, hb6, hb7,
+                    qb0, qb1, qb2, qb3, qb4, qb5, qb6, qb7, gb0, gb1, gb2, gb3, gb4, gb5, gb6, gb7, BD, S, KV)
         _cblock_out(y_ptr, z_ptr, b, od, t, mdt, y0, y1, y2, y3, y4, y5, y6, y7, szb, szd, szl, syb, syd, syl,
                     BD, S, HAS_Z)
         if KV == 2:
@@ -493,6 +555,7 @@ def selective_scan_fwd(
     initial_state: torch.Tensor | None = None, chunk: int | None = None, block_d: int | None = None,
     num_warps: int | None = None, store_states: bool = False, variant: str | None = None, segments: int = 1,
     maxnreg: int | None = None, ypre: torch.Tensor | None = None, chain_kv: int | None = None,
+    chain_pair: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Forward only (no autograd): y (B, D, L) in u's dtype, the final state (B, D, N) fp32 and,
     with ``store_states``, the state entering each chunk of ``chunk`` steps, (B, chunks, D, N)
@@ -576,7 +639,9 @@ def selective_scan_fwd(
             if store_states or N > chunk // (8 * kv):
                 raise ValueError("variant 'chain' is inference only and needs N <= chunk / (8 * CHAIN_KV)")
             _selective_scan_ckernel[grid](*args[:8], h0, y, final, Dm, L, n_chunks, *strides,
-                                          N=N, S=chunk // (8 * kv), BD=BD, KV=kv, HAS_D=D is not None, HAS_Z=z is not None,
+                                          N=N, S=chunk // (8 * kv), BD=BD, KV=kv,
+                                          PAIR=(CHAIN_PAIR if chain_pair is None else chain_pair) and N % 2 == 0,
+                                          HAS_D=D is not None, HAS_Z=z is not None,
                                           HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
                                           HAS_H0=initial_state is not None, BIG=big, num_warps=num_warps)
         elif variant == "seq":
@@ -669,6 +734,8 @@ VARIANT_CONFIG = {"scan": (32, 8, 4), "seq": (16, 8, 4), "time2": (128, 4, 1), "
 DEFAULT_VARIANT = "time2"
 # The chain kernel's 16-byte vectors per thread and block (1 or 2: 8 or 16 consecutive steps).
 CHAIN_KV = 2
+# Whether the chain kernel scans two state indices at once (even N only).
+CHAIN_PAIR = True
 
 # The chunk of the v3 walk when it stores states for the v3 backward (strided inputs): the backward
 # walks the same chunks (its tile of T x channels x N is the size limit: see kernels/NOTES.md).
