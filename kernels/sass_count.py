@@ -8,7 +8,6 @@ comparisons and as per-element budgets, not as what the H200 runs (kernels/NOTES
     PYTHONPATH=. python kernels/sass_count.py bwd 128 4 1       # the time backward (TB, BD, warps)
     PYTHONPATH=. python kernels/sass_count.py fwd 128 4 1       # time2, inference
     PYTHONPATH=. python kernels/sass_count.py train 128 4 1     # time2 storing states and the pre-gate y
-    PYTHONPATH=. python kernels/sass_count.py chain 512 2 1     # the chain forward (TB = lanes x 8 x CHAIN_KV)
 
 SASS_TOP=40 lists the 40 most frequent opcodes per loop instead of 14; SASS_IR=file keeps the TTGIR.
 """
@@ -57,7 +56,7 @@ def compile_sm90(kern, consts: dict, num_warps: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("kernel", choices=("bwd", "fwd", "train", "chain"))
+    ap.add_argument("kernel", choices=("bwd", "fwd", "train"))
     ap.add_argument("TB", type=int)
     ap.add_argument("BD", type=int)
     ap.add_argument("warps", type=int)
@@ -65,11 +64,7 @@ def main() -> None:
     consts = {**FLAGS, "TB": a.TB, "BD": a.BD}
     if a.kernel == "train":
         consts.update(STORE_STATES=True, STORE_Y=True)
-    kern = {"bwd": ss_bwd._selective_scan_bwd_tkernel,
-            "chain": ss_fwd._selective_scan_ckernel}.get(a.kernel, ss_fwd._selective_scan_tkernel2)
-    if a.kernel == "chain":  # blocks of TB = S lanes x 8·KV steps (env CHAIN_KV / CHAIN_PAIR, defaults ss_fwd's)
-        kv = int(os.environ.get("CHAIN_KV", ss_fwd.CHAIN_KV))
-        consts.update(S=a.TB // (8 * kv), KV=kv, PAIR=os.environ.get("CHAIN_PAIR", str(int(ss_fwd.CHAIN_PAIR))) == "1")
+    kern = ss_bwd._selective_scan_bwd_tkernel if a.kernel == "bwd" else ss_fwd._selective_scan_tkernel2
     k = compile_sm90(kern, consts, a.warps)
     if os.environ.get("SASS_IR"):  # also keep the TTGIR there (layouts, conversions through shared memory)
         with open(os.environ["SASS_IR"], "w") as f:

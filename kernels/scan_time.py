@@ -1,5 +1,4 @@
-"""The time-parallel selective-scan forwards (``variant="time2"``, kernels/NOTES.md v6, and ``"chain"``, v9) on
-the GPU:
+"""The time-parallel selective-scan forward (``variant="time2"``, kernels/NOTES.md v6) on the GPU:
 checks against the reference (fp32 and bf16, odd lengths, an initial state, strided inputs as the
 Mamba mixer passes them), a config sweep at L = 16k and 64k, then a length sweep at the issue's shape
 (batch 1, d_inner 4096, state 16, bf16) against the v3 walk (``variant="scan"``) and the floor
@@ -21,18 +20,17 @@ from kernels.bench import ceilings, fmt, ms, rel, ss_floor, ss_inputs
 # (variant, steps per block TB, channels per program BD, warps); the first is VARIANT_CONFIG's default.
 # The runs of 2026-12-03 also swept the variants "time" and "time3" (removed since: slower;
 # kernels/results-h200-v6.md has their numbers) and time2 configs of 2-8 warps (v6 run 2).
-CONFIGS = [("time2", 128, 4, 1), ("chain", 512, 2, 1, 2), ("chain", 256, 2, 1, 1), ("chain", 256, 1, 1, 1),
-           ("chain", 512, 1, 1, 2), ("chain", 256, 2, 1, 2), ("chain", 512, 4, 2, 2), ("chain", 512, 2, 2, 2),
-           ("chain", 256, 4, 1, 1), ("time2", 128, 32, 8)]
-N_CHECKED = 6  # the first configs, checked against the reference
-
-
-def _kw(cfg) -> dict:
-    var, TB, BD, nw, *kv = cfg
-    return dict(variant=var, chunk=TB, block_d=BD, num_warps=nw, **({"chain_kv": kv[0]} if kv else {}))
+CONFIGS = [("time2", 128, 4, 1), ("time2", 128, 32, 8), ("time2", 256, 2, 1)]
 # Session 7's run 1 swept time2 (128, 32, 8), (32, 8, 1), (16, 32, 2), (16, 16, 1), (16, 64, 4), (32, 32, 4),
 # (64, 16, 4), (64, 4, 1), (128, 2, 1) (8 pairs per thread: all slower); run 2 timed (128, 4, 1) 5.08 ms,
 # (256, 2, 1) 5.60, (128, 8, 2) 6.96, (128, 32, 8) 6.49 at 64k (kernels/results-h200-v8.md).
+# Session 8 (v9) timed a "chain" variant with this script (kernels/results-h200-v9.md; removed since: slower).
+N_CHECKED = 3  # the first configs, checked against the reference
+
+
+def _kw(cfg) -> dict:
+    var, TB, BD, nw = cfg
+    return dict(variant=var, chunk=TB, block_d=BD, num_warps=nw)
 
 
 def checks() -> bool:
@@ -61,12 +59,11 @@ def checks() -> bool:
     for k in ("B", "C"):
         t[k] = t[k].transpose(1, 2).contiguous().transpose(1, 2)
     y_ref, h_ref = selective_scan_ref(**{k: v.float() for k, v in t.items()}, return_final_state=True)
-    for var in ("time2", "chain"):
-        y, hT, _ = ss_triton.selective_scan_fwd(**t, variant=var)
-        ey, eh = rel(y, y_ref), rel(hT, h_ref)
-        good = ey < 1e-2 and eh < 1e-4
-        ok_all &= good
-        print(f"| strided B{b}-D{d}-L{L}-N{n} | bfloat16 | {var} | {ey:.1e} | {eh:.1e} | {'ok' if good else 'FAIL'} |")
+    y, hT, _ = ss_triton.selective_scan_fwd(**t, variant="time2")
+    ey, eh = rel(y, y_ref), rel(hT, h_ref)
+    good = ey < 1e-2 and eh < 1e-4
+    ok_all &= good
+    print(f"| strided B{b}-D{d}-L{L}-N{n} | bfloat16 | time2 | {ey:.1e} | {eh:.1e} | {'ok' if good else 'FAIL'} |")
     print()
     return ok_all
 
@@ -74,10 +71,8 @@ def checks() -> bool:
 def _parse(c: str) -> dict:
     var, TB, BD, nw, *mr = c.split(":")
     kw = dict(variant=var, chunk=int(TB), block_d=int(BD), num_warps=int(nw))
-    if mr:  # time2: a register cap; chain: vectors per thread [, pair 0/1]
-        kw["chain_kv" if var == "chain" else "maxnreg"] = int(mr[0])
-    if len(mr) > 1:
-        kw["chain_pair"] = mr[1] == "1"
+    if mr:  # time2: a register cap
+        kw["maxnreg"] = int(mr[0])
     return kw
 
 
@@ -120,7 +115,6 @@ def quick(ceil, configs: str) -> dict | None:
     for c in configs.split(","):
         var, TB, BD, nw, *mr = c.split(":")
         kw = _parse(c)
-        mr = [":".join(mr)] if mr else mr
         try:
             y, hT, _ = ss_triton.selective_scan_fwd(**t, **kw)
             k = ms(lambda: ss_triton.selective_scan_fwd(**t, **kw), rep=100)
@@ -140,7 +134,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", default="4096,16384,65536,262144,1048576")
     ap.add_argument("--quick", default="", help="only time these configs at 64k after a check, e.g. "
-                    "time2:128:32:8:168 (variant:TB:BD:warps[:maxnreg, or chain_kv for chain])")
+                    "time2:128:32:8:168 (variant:TB:BD:warps[:maxnreg])")
     ap.add_argument("--quick-lengths", action="store_true",
                     help="after --quick, the length table (--lengths) for its fastest config, no v3 walk")
     ap.add_argument("--warm", default="", help="only compile this config (variant:TB:BD:warps[:x])")
@@ -181,8 +175,7 @@ def main() -> None:
         k16, e16 = res.get((16384, cfg), (None, ""))
         k64, _ = res.get((65536, cfg), (None, ""))
         f16, f64 = ss_floor(ceil, 16384)[0], ss_floor(ceil, 65536)[0]
-        name = cfg[0] if len(cfg) < 5 else f"{cfg[0]} kv{cfg[4]}"
-        print(f"| {name} | {cfg[1]} | {cfg[2]} | {cfg[3]} | {fmt(k16)} | {k16 / f16 if k16 else 0:.2f} | "
+        print(f"| {cfg[0]} | {cfg[1]} | {cfg[2]} | {cfg[3]} | {fmt(k16)} | {k16 / f16 if k16 else 0:.2f} | "
               f"{fmt(k64)} | {k64 / f64 if k64 else 0:.2f} | {e16 if isinstance(e16, str) else f'{e16:.1e}'} |")
         if k64 is not None and not isinstance(e16, str) and e16 < 2e-2 and k64 < best_ms:
             best, best_ms = cfg, k64

@@ -106,38 +106,6 @@ def test_time_parallel_forward_matches_reference(b, d, L, n, TB, BD, dtype):
     assert _rel(hT, hT_ref) < 1e-5
 
 
-# The chain forward (variant "chain"): (batch, channels, L, state, steps per block, channels per program,
-# 16-byte vectors per thread); lengths that end mid-thread and mid-block, one block, several blocks,
-# channels not a multiple of BD, N = the lane count, N < 16, both vector counts.
-CHAIN_CASES = [(1, 4, 63, 16, 128, 2, 1), (1, 3, 1000, 16, 512, 2, 2), (2, 5, 300, 8, 256, 4, 2),
-               (1, 2, 700, 32, 256, 1, 1), (2, 3, 37, 4, 64, 2, 1), (1, 2, 520, 16, 256, 2, 2)]
-
-
-@pytest.mark.parametrize("b,d,L,n,TB,BD,kv", CHAIN_CASES,
-                         ids=[f"B{c[0]}-D{c[1]}-L{c[2]}-N{c[3]}-TB{c[4]}-BD{c[5]}-KV{c[6]}" for c in CHAIN_CASES])
-@pytest.mark.parametrize("dtype", DTYPES, ids=[str(dt)[6:] for dt in DTYPES])
-def test_chain_forward_matches_reference(b, d, L, n, TB, BD, kv, dtype):
-    t = _inputs(b, d, L, n, dtype, seed=L * 7 + d + TB, full=L % 2 == 1)
-    h0 = torch.randn(b, d, n, device=DEV) if L % 3 != 1 else None
-    y_ref, hT_ref = _ref(t, initial_state=h0)
-    y, hT, _ = ss_triton.selective_scan_fwd(**t, initial_state=h0, variant="chain", chunk=TB, block_d=BD,
-                                            chain_kv=kv, chain_pair=L % 2 == 0)  # two states per scan, or one
-    assert y.dtype == dtype and y.shape == (b, d, L)
-    assert _rel(y, y_ref) < TOL[dtype]
-    assert _rel(hT, hT_ref) < 1e-5
-
-
-def test_chain_rejects_what_it_cannot_run():
-    """The chain kernel is inference only and needs N <= its lanes; asked otherwise it says so."""
-    t = _inputs(1, 2, 40, 16, torch.float32, seed=2)
-    with pytest.raises(ValueError, match="chain"):
-        ss_triton.selective_scan_fwd(**t, variant="chain", chunk=128, chain_kv=2)  # 8 lanes < N 16
-    with pytest.raises(ValueError, match="store_states"):
-        ss_triton.selective_scan_fwd(**t, variant="chain", store_states=True)
-    with pytest.raises(ValueError, match="chain_kv"):
-        ss_triton.selective_scan_fwd(**t, variant="chain", chain_kv=3)
-
-
 class _Spy:
     """Stands in for a Triton kernel: records ``name`` in ``used`` at each launch, then launches."""
 
@@ -299,8 +267,8 @@ def test_int64_indexing_path(monkeypatch):
     monkeypatch.setattr(triton_bwd, "needs_int64", lambda *t: True)
     t = _inputs(2, 3, 45, 4, torch.float32, seed=11, requires_grad=True)
     y_ref, hT_ref = _ref({k: v.detach() for k, v in t.items()})
-    for variant, chunk in (("scan", 16), ("seq", 16), ("time2", 16), ("chain", 128)):
-        y, hT, _ = ss_triton.selective_scan_fwd(**{k: v.detach() for k, v in t.items()}, variant=variant, chunk=chunk)
+    for variant in ("scan", "seq", "time2"):
+        y, hT, _ = ss_triton.selective_scan_fwd(**{k: v.detach() for k, v in t.items()}, variant=variant, chunk=16)
         assert _rel(y, y_ref) < 1e-5 and _rel(hT, hT_ref) < 1e-5, variant
     y_r = selective_scan_ref(**t)
     g_r = torch.autograd.grad(y_r.sum(), [t["u"], t["A"]])
@@ -328,7 +296,7 @@ def test_no_softplus_and_strided_inputs():
     t["delta"] = torch.rand(b, L, d, device=DEV).transpose(1, 2)  # Δ > 0 already, strided
     t["z"] = t["z"].transpose(1, 2).contiguous().transpose(1, 2)
     y_ref, hT_ref = _ref(t, delta_softplus=False)
-    for variant in ("scan", "time2", "chain"):
+    for variant in ("scan", "time2"):
         y, hT, _ = ss_triton.selective_scan_fwd(**t, delta_softplus=False, variant=variant)
         assert _rel(y, y_ref) < 1e-5 and _rel(hT, hT_ref) < 1e-5, variant
 

@@ -200,16 +200,15 @@ def _selective_scan_seq_kernel(
 
 
 @triton.jit
-def _tblock_inputs(u_ptr, dl_ptr, b, od, ot, mdt, bias, sub, sud, sul, sdb, sdd, sdl,
+def _tblock_inputs(u_ptr, dl_ptr, b, offs_d, t, mdt, bias, sub, sud, sul, sdb, sdd, sdl,
                    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    # One block of the time-layout kernels (time2, chain and the time backward): u, the raw
-    # δ (+ bias) x, and Δ = softplus(x) (or x), zero on padded steps (decay 1, input 0). od, ot
-    # and bias are the channel offsets, steps and bias, shaped to broadcast to the block's shape.
-    u = tl.load(u_ptr + b * sub + od * sud + ot * sul, mask=mdt, other=0.0)
-    x = tl.load(dl_ptr + b * sdb + od * sdd + ot * sdl, mask=mdt, other=0.0)
+    # One (BD, TB) block of the time-layout kernels (time2 and the time backward): u, the raw
+    # δ (+ bias) x, and Δ = softplus(x) (or x), zero on padded steps (decay 1, input 0).
+    u = tl.load(u_ptr + b * sub + offs_d[:, None] * sud + t[None, :] * sul, mask=mdt, other=0.0)
+    x = tl.load(dl_ptr + b * sdb + offs_d[:, None] * sdd + t[None, :] * sdl, mask=mdt, other=0.0)
     x = x.to(tl.float32)
     if HAS_BIAS:
-        x += bias
+        x += bias[:, None]
     if SOFTPLUS:
         dl = _softplus(x)
     else:
@@ -273,8 +272,8 @@ def _selective_scan_tkernel2(
         t = c * TB + offs_t
         mt = t < L
         mdt = md[:, None] & mt[None, :]
-        u, _, dl = _tblock_inputs(u_ptr, dl_ptr, b, offs_d[:, None], t[None, :], mdt, bias[:, None],
-                                  sub, sud, sul, sdb, sdd, sdl, HAS_BIAS, SOFTPLUS)  # (BD, TB)
+        u, _, dl = _tblock_inputs(u_ptr, dl_ptr, b, offs_d, t, mdt, bias, sub, sud, sul, sdb, sdd, sdl,
+                                  HAS_BIAS, SOFTPLUS)  # (BD, TB)
         dlu = dl * u
         y = tl.zeros((BD, TB), dtype=tl.float32)
         for n in tl.static_range(N):
@@ -302,260 +301,13 @@ def _selective_scan_tkernel2(
     tl.store(hT_ptr + b * Dm * N + hn_offs, H, mask=mdn)
 
 
-@triton.jit
-def _split8(x, BD: tl.constexpr, S: tl.constexpr):
-    # (BD, S, 8) with the 8 in-thread -> its 8 (BD, S) slices, k = 0..7 (register renaming only)
-    e, o = tl.split(tl.reshape(x, (BD, S, 4, 2)))
-    e0, e1 = tl.split(tl.reshape(e, (BD, S, 2, 2)))
-    o0, o1 = tl.split(tl.reshape(o, (BD, S, 2, 2)))
-    x0, x4 = tl.split(e0)
-    x2, x6 = tl.split(e1)
-    x1, x5 = tl.split(o0)
-    x3, x7 = tl.split(o1)
-    return x0, x1, x2, x3, x4, x5, x6, x7
-
-
-@triton.jit
-def _join8(x0, x1, x2, x3, x4, x5, x6, x7, BD: tl.constexpr, S: tl.constexpr):
-    # the inverse of _split8
-    e = tl.reshape(tl.join(tl.join(x0, x4), tl.join(x2, x6)), (BD, S, 4))
-    o = tl.reshape(tl.join(tl.join(x1, x5), tl.join(x3, x7)), (BD, S, 4))
-    return tl.reshape(tl.join(e, o), (BD, S, 8))
-
-
-@triton.jit
-def _chain8(dl0, dl1, dl2, dl3, dl4, dl5, dl6, dl7, w0, w1, w2, w3, w4, w5, w6, w7, Bv, a2, p_in, h_in,
-            BD: tl.constexpr, S: tl.constexpr, FIRST: tl.constexpr):
-    # 8 consecutive steps of one thread for one state index: the local states h_k (from zero when
-    # FIRST, else continuing from h_in) and the decay products p_k = (p_in) a_0 ... a_k; w = Δ u,
-    # Bv the (1, S, 8) tile of B_n, broadcast over the channels
-    B0, B1, B2, B3, B4, B5, B6, B7 = _split8(Bv, 1, S)
-    a = tl.exp2(dl0 * a2)
-    if FIRST:
-        p0, h0 = a, w0 * B0
-    else:
-        p0, h0 = p_in * a, a * h_in + w0 * B0
-    a = tl.exp2(dl1 * a2)
-    p1, h1 = p0 * a, a * h0 + w1 * B1
-    a = tl.exp2(dl2 * a2)
-    p2, h2 = p1 * a, a * h1 + w2 * B2
-    a = tl.exp2(dl3 * a2)
-    p3, h3 = p2 * a, a * h2 + w3 * B3
-    a = tl.exp2(dl4 * a2)
-    p4, h4 = p3 * a, a * h3 + w4 * B4
-    a = tl.exp2(dl5 * a2)
-    p5, h5 = p4 * a, a * h4 + w5 * B5
-    a = tl.exp2(dl6 * a2)
-    p6, h6 = p5 * a, a * h5 + w6 * B6
-    a = tl.exp2(dl7 * a2)
-    p7, h7 = p6 * a, a * h6 + w7 * B7
-    return p0, p1, p2, p3, p4, p5, p6, p7, h0, h1, h2, h3, h4, h5, h6, h7
-
-
-@triton.jit
-def _apply8(y0, y1, y2, y3, y4, y5, y6, y7, Cv, p0, p1, p2, p3, p4, p5, p6, p7,
-            h0, h1, h2, h3, h4, h5, h6, h7, cin, BD: tl.constexpr, S: tl.constexpr):
-    # the state entering the lane (cin) applied to the 8 local states, contracted with C_n into y
-    C0, C1, C2, C3, C4, C5, C6, C7 = _split8(Cv, 1, S)
-    return (y0 + C0 * (h0 + p0 * cin), y1 + C1 * (h1 + p1 * cin), y2 + C2 * (h2 + p2 * cin),
-            y3 + C3 * (h3 + p3 * cin), y4 + C4 * (h4 + p4 * cin), y5 + C5 * (h5 + p5 * cin),
-            y6 + C6 * (h6 + p6 * cin), y7 + C7 * (h7 + p7 * cin))
-
-
-@triton.jit
-def _cblock_inputs(u_ptr, dl_ptr, b, od, ot, mdt, bias, Dv, sub, sud, sul, sdb, sdd, sdl,
-                   BD: tl.constexpr, S: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   SOFTPLUS: tl.constexpr):
-    # one (BD, S, 8) tile of the chain kernel, split into its 8 steps: Δ, Δ u and y's D skip
-    u, _, dl = _tblock_inputs(u_ptr, dl_ptr, b, od, ot, mdt, bias, sub, sud, sul, sdb, sdd, sdl,
-                              HAS_BIAS, SOFTPLUS)
-    if HAS_D:
-        y = u * Dv
-    else:
-        y = tl.zeros(u.shape, dtype=tl.float32)
-    d0, d1, d2, d3, d4, d5, d6, d7 = _split8(dl, BD, S)
-    w0, w1, w2, w3, w4, w5, w6, w7 = _split8(dl * u, BD, S)
-    y0, y1, y2, y3, y4, y5, y6, y7 = _split8(y, BD, S)
-    return (d0, d1, d2, d3, d4, d5, d6, d7, w0, w1, w2, w3, w4, w5, w6, w7,
-            y0, y1, y2, y3, y4, y5, y6, y7)
-
-
-@triton.jit
-def _cblock_out(y_ptr, z_ptr, b, od, ot, mdt, y0, y1, y2, y3, y4, y5, y6, y7, szb, szd, szl, syb, syd, syl,
-                BD: tl.constexpr, S: tl.constexpr, HAS_Z: tl.constexpr):
-    y = _join8(y0, y1, y2, y3, y4, y5, y6, y7, BD, S)
-    if HAS_Z:
-        zz = tl.load(z_ptr + b * szb + od * szd + ot * szl, mask=mdt, other=0.0).to(tl.float32)
-        y *= zz / (1.0 + tl.exp(-zz))
-    tl.store(y_ptr + b * syb + od * syd + ot * syl, y.to(y_ptr.dtype.element_ty), mask=mdt)
-
-
-@triton.jit
-def _combine2(a1, b1, c1, d1, a2, b2, c2, d2):
-    # two independent (decay, state) pairs scanned together
-    return a1 * a2, a2 * b1 + b2, c1 * c2, c2 * d1 + d2
-
-
-@triton.jit
-def _chain_local(A2, H, lane, first, n, B_ptr, b, sbb, sbn, sbl, t, mt, t2, mt2,
-                 d0, d1, d2, d3, d4, d5, d6, d7, w0, w1, w2, w3, w4, w5, w6, w7,
-                 e0, e1, e2, e3, e4, e5, e6, e7, v0, v1, v2, v3, v4, v5, v6, v7,
-                 BD: tl.constexpr, S: tl.constexpr, KV: tl.constexpr):
-    # state n of the chain kernel's block, per thread: the local chains from zero (8·KV steps), the lane
-    # totals with lane 0 starting from the carried state, and that carried state
-    a2 = tl.gather(A2, lane * 0 + n, 1)  # (BD, S): A[:, n] on every lane
-    hc = tl.gather(H, lane * 0 + n, 1)  # the state entering the block
-    Bv = tl.load(B_ptr + b * sbb + n * sbn + t * sbl, mask=mt, other=0.0).to(tl.float32)
-    p0, p1, p2, p3, p4, p5, p6, p7, h0, h1, h2, h3, h4, h5, h6, h7 = _chain8(
-        d0, d1, d2, d3, d4, d5, d6, d7, w0, w1, w2, w3, w4, w5, w6, w7, Bv, a2, a2, a2, BD, S, True)
-    if KV == 2:
-        Bv = tl.load(B_ptr + b * sbb + n * sbn + t2 * sbl, mask=mt2, other=0.0).to(tl.float32)
-        q0, q1, q2, q3, q4, q5, q6, q7, g0, g1, g2, g3, g4, g5, g6, g7 = _chain8(
-            e0, e1, e2, e3, e4, e5, e6, e7, v0, v1, v2, v3, v4, v5, v6, v7, Bv, a2, p7, h7, BD, S, False)
-        pt, ht = q7, g7
-    else:
-        q0, q1, q2, q3, q4, q5, q6, q7 = p0, p1, p2, p3, p4, p5, p6, p7
-        g0, g1, g2, g3, g4, g5, g6, g7 = h0, h1, h2, h3, h4, h5, h6, h7
-        pt, ht = p7, h7
-    ht = tl.where(first, pt * hc + ht, ht)
-    return (p0, p1, p2, p3, p4, p5, p6, p7, h0, h1, h2, h3, h4, h5, h6, h7,
-            q0, q1, q2, q3, q4, q5, q6, q7, g0, g1, g2, g3, g4, g5, g6, g7, pt, ht, hc)
-
-
-@triton.jit
-def _chain_apply(C_ptr, b, scb, scn, scl, n, t, mt, t2, mt2, cin,
-                 y0, y1, y2, y3, y4, y5, y6, y7, x0, x1, x2, x3, x4, x5, x6, x7,
-                 p0, p1, p2, p3, p4, p5, p6, p7, h0, h1, h2, h3, h4, h5, h6, h7,
-                 q0, q1, q2, q3, q4, q5, q6, q7, g0, g1, g2, g3, g4, g5, g6, g7,
-                 BD: tl.constexpr, S: tl.constexpr, KV: tl.constexpr):
-    # state n's entering states applied and contracted with C_n into y (x: the second 8 steps)
-    Cv = tl.load(C_ptr + b * scb + n * scn + t * scl, mask=mt, other=0.0).to(tl.float32)
-    y0, y1, y2, y3, y4, y5, y6, y7 = _apply8(y0, y1, y2, y3, y4, y5, y6, y7, Cv, p0, p1, p2, p3, p4, p5, p6,
-                                             p7, h0, h1, h2, h3, h4, h5, h6, h7, cin, BD, S)
-    if KV == 2:
-        Cv = tl.load(C_ptr + b * scb + n * scn + t2 * scl, mask=mt2, other=0.0).to(tl.float32)
-        x0, x1, x2, x3, x4, x5, x6, x7 = _apply8(x0, x1, x2, x3, x4, x5, x6, x7, Cv, q0, q1, q2, q3, q4, q5,
-                                                 q6, q7, g0, g1, g2, g3, g4, g5, g6, g7, cin, BD, S)
-    return y0, y1, y2, y3, y4, y5, y6, y7, x0, x1, x2, x3, x4, x5, x6, x7
-
-
-@triton.jit
-def _selective_scan_ckernel(
-    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
-    Dm, L, n_chunks,
-    sub, sud, sul, sdb, sdd, sdl, sad, san, sbb, sbn, sbl, scb, scn, scl, szb, szd, szl,
-    syb, syd, syl,
-    N: tl.constexpr, S: tl.constexpr, BD: tl.constexpr, KV: tl.constexpr, PAIR: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, BIG: tl.constexpr = False,
-):
-    """The selective scan as per-thread chains (mamba-ssm's CUDA scheme, written without layout
-    control): a program owns ``BD`` channels and walks the sequence in blocks of S x 8·KV steps;
-    lane s holds steps 8·KV·s ... 8·KV·s + 8·KV - 1 of the block, as KV (BD, S, 8) tiles (one
-    16-byte bf16 vector each) split into (BD, S) tensors. For each state index n in turn, each
-    thread runs its 8·KV steps as a plain recurrence from zero (one exp, a multiply and a
-    multiply-add per step, plus the decay product); only the per-thread totals go through a scan
-    across the S lanes (the block's carried state folded into lane 0); the state entering each lane
-    comes from its left neighbour (``tl.gather``, a shuffle), and one multiply-add per step applies
-    it before C's in-thread contraction. A and the carried state sit in lanes 0..N-1 of (BD, S)
-    tiles (N <= S)."""
-    b = tl.program_id(0)
-    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
-    offs_s = tl.arange(0, S)
-    offs_k = tl.arange(0, 8)
-    if BIG:
-        b = b.to(tl.int64)
-        offs_d = offs_d.to(tl.int64)
-        offs_s = offs_s.to(tl.int64)
-    md = offs_d < Dm
-    lane = offs_s[None, :] + 0 * offs_d[:, None]  # (BD, S) lane index
-    mdn = md[:, None] & (lane < N)
-    A2 = tl.load(A_ptr + offs_d[:, None] * sad + lane * san, mask=mdn, other=0.0)
-    A2 = A2.to(tl.float32) * 1.4426950408889634  # (BD, S): A[:, n] * log2(e) in lane n
-    Dv = tl.zeros((BD, 1, 1), dtype=tl.float32)
-    if HAS_D:
-        Dv += tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)[:, None, None]
-    bias = tl.zeros((BD, 1, 1), dtype=tl.float32)
-    if HAS_BIAS:
-        bias += tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)[:, None, None]
-    hn_offs = offs_d[:, None] * N + lane
-    if HAS_H0:
-        H = tl.load(h0_ptr + b * Dm * N + hn_offs, mask=mdn, other=0.0).to(tl.float32)
-    else:
-        H = tl.zeros((BD, S), dtype=tl.float32)  # h[:, n] in lane n
-    first = lane == 0
-    left = tl.maximum(lane - 1, 0).to(tl.int32)
-    lastl = (lane * 0 + S - 1).to(tl.int32)
-    od = offs_d[:, None, None]
-    ts = (offs_s[:, None] * (8 * KV) + offs_k[None, :])[None, :, :]  # (1, S, 8): steps of the first tile
-    for c in range(n_chunks):
-        t = c * (S * 8 * KV) + ts
-        mt = t < L
-        mdt = md[:, None, None] & mt
-        (d0, d1, d2, d3, d4, d5, d6, d7, w0, w1, w2, w3, w4, w5, w6, w7,
-         y0, y1, y2, y3, y4, y5, y6, y7) = _cblock_inputs(u_ptr, dl_ptr, b, od, t, mdt, bias, Dv, sub, sud, sul,
-                                                          sdb, sdd, sdl, BD, S, HAS_D, HAS_BIAS, SOFTPLUS)
-        t2, mt2 = t, mt  # (KV 1: unused placeholders)
-        e0, e1, e2, e3, e4, e5, e6, e7 = d0, d1, d2, d3, d4, d5, d6, d7
-        v0, v1, v2, v3, v4, v5, v6, v7 = w0, w1, w2, w3, w4, w5, w6, w7
-        x0, x1, x2, x3, x4, x5, x6, x7 = y0, y1, y2, y3, y4, y5, y6, y7
-        if KV == 2:  # the thread's second 8 steps
-            t2 = t + 8
-            mt2 = t2 < L
-            mdt2 = md[:, None, None] & mt2
-            (e0, e1, e2, e3, e4, e5, e6, e7, v0, v1, v2, v3, v4, v5, v6, v7,
-             x0, x1, x2, x3, x4, x5, x6, x7) = _cblock_inputs(u_ptr, dl_ptr, b, od, t2, mdt2, bias, Dv, sub, sud,
-                                                              sul, sdb, sdd, sdl, BD, S, HAS_D, HAS_BIAS, SOFTPLUS)
-        for m in tl.static_range(N // (1 + PAIR)):
-            # one state index, or two (n, n + 1) whose lane scans run interleaved (more independent work
-            # in flight per thread while the shuffles wait)
-            n = m * (1 + PAIR)
-            (p0, p1, p2, p3, p4, p5, p6, p7, h0, h1, h2, h3, h4, h5, h6, h7,
-             q0, q1, q2, q3, q4, q5, q6, q7, g0, g1, g2, g3, g4, g5, g6, g7, pt, ht, hc) = _chain_local(
-                A2, H, lane, first, n, B_ptr, b, sbb, sbn, sbl, t, mt, t2, mt2,
-                d0, d1, d2, d3, d4, d5, d6, d7, w0, w1, w2, w3, w4, w5, w6, w7,
-                e0, e1, e2, e3, e4, e5, e6, e7, v0, v1, v2, v3, v4, v5, v6, v7, BD, S, KV)
-            if PAIR:
-                (pb0, pb1, pb2, pb3, pb4, pb5, pb6, pb7, hb0, hb1, hb2, hb3, hb4, hb5, hb6, hb7,
-                 qb0, qb1, qb2, qb3, qb4, qb5, qb6, qb7, gb0, gb1, gb2, gb3, gb4, gb5, gb6, gb7, ptb, htb, hcb) = \
-                    _chain_local(A2, H, lane, first, n + 1, B_ptr, b, sbb, sbn, sbl, t, mt, t2, mt2,
-                                 d0, d1, d2, d3, d4, d5, d6, d7, w0, w1, w2, w3, w4, w5, w6, w7,
-                                 e0, e1, e2, e3, e4, e5, e6, e7, v0, v1, v2, v3, v4, v5, v6, v7, BD, S, KV)
-                _, hi, _, hib = tl.associative_scan((pt, ht, ptb, htb), 1, _combine2)
-            else:
-                _, hi = tl.associative_scan((pt, ht), 1, _combine)
-            # lane totals (lane 0 started from the carried state) scanned across the lanes
-            H = tl.where(lane == n, tl.gather(hi, lastl, 1), H)
-            cin = tl.where(first, hc, tl.gather(hi, left, 1))  # the state entering each lane
-            (y0, y1, y2, y3, y4, y5, y6, y7, x0, x1, x2, x3, x4, x5, x6, x7) = _chain_apply(
-                C_ptr, b, scb, scn, scl, n, t, mt, t2, mt2, cin,
-                y0, y1, y2, y3, y4, y5, y6, y7, x0, x1, x2, x3, x4, x5, x6, x7,
-                p0, p1, p2, p3, p4, p5, p6, p7, h0, h1, h2, h3, h4, h5, h6, h7,
-                q0, q1, q2, q3, q4, q5, q6, q7, g0, g1, g2, g3, g4, g5, g6, g7, BD, S, KV)
-            if PAIR:
-                H = tl.where(lane == n + 1, tl.gather(hib, lastl, 1), H)
-                cin = tl.where(first, hcb, tl.gather(hib, left, 1))
-                (y0, y1, y2, y3, y4, y5, y6, y7, x0, x1, x2, x3, x4, x5, x6, x7) = _chain_apply(
-                    C_ptr, b, scb, scn, scl, n + 1, t, mt, t2, mt2, cin,
-                    y0, y1, y2, y3, y4, y5, y6, y7, x0, x1, x2, x3, x4, x5, x6, x7,
-                    pb0, pb1, pb2, pb3, pb4, pb5, pb6, pb7, hb0, hb1, hb2, hb3, hb4, hb5, hb6, hb7,
-                    qb0, qb1, qb2, qb3, qb4, qb5, qb6, qb7, gb0, gb1, gb2, gb3, gb4, gb5, gb6, gb7, BD, S, KV)
-        _cblock_out(y_ptr, z_ptr, b, od, t, mdt, y0, y1, y2, y3, y4, y5, y6, y7, szb, szd, szl, syb, syd, syl,
-                    BD, S, HAS_Z)
-        if KV == 2:
-            _cblock_out(y_ptr, z_ptr, b, od, t2, mdt2, x0, x1, x2, x3, x4, x5, x6, x7, szb, szd, szl, syb, syd, syl,
-                        BD, S, HAS_Z)
-    tl.store(hT_ptr + b * Dm * N + hn_offs, H, mask=mdn)
-
-
 def selective_scan_fwd(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None = None, z: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None, delta_softplus: bool = True,
     initial_state: torch.Tensor | None = None, chunk: int | None = None, block_d: int | None = None,
     num_warps: int | None = None, store_states: bool = False, variant: str | None = None, segments: int = 1,
-    maxnreg: int | None = None, ypre: torch.Tensor | None = None, chain_kv: int | None = None,
-    chain_pair: bool | None = None,
+    maxnreg: int | None = None, ypre: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Forward only (no autograd): y (B, D, L) in u's dtype, the final state (B, D, N) fp32 and,
     with ``store_states``, the state entering each chunk of ``chunk`` steps, (B, chunks, D, N)
@@ -572,9 +324,6 @@ def selective_scan_fwd(
     step by step) or "time2" (``_selective_scan_tkernel2``: time along the lanes, the N state
     indices in turn; the fastest). Two other time-parallel variants ("time", "time3") were measured
     slower and removed (kernels/NOTES.md v6).
-    "chain" (``_selective_scan_ckernel``, inference only, N <= chunk / (8 · ``chain_kv``)): time along the
-    lanes with 8 · ``chain_kv`` consecutive steps per thread walked as a plain recurrence, only the
-    per-thread totals scanned across lanes (``chain_kv`` 1 or 2, default ``CHAIN_KV``).
     ``chunk`` / ``block_d`` / ``num_warps`` default to ``VARIANT_CONFIG`` (kernels/NOTES.md has the
     sweeps behind them); ``maxnreg`` caps time2's registers per thread (a tuning knob).
 
@@ -632,18 +381,6 @@ def selective_scan_fwd(
                                            HAS_H0=initial_state is not None, BIG=big, num_warps=num_warps,
                                            **extra,
                                            **({"maxnreg": maxnreg} if maxnreg and not _INTERPRET else {}))
-        elif variant == "chain":
-            kv = chain_kv or CHAIN_KV
-            if kv not in (1, 2):
-                raise ValueError(f"chain_kv must be 1 or 2, got {kv}")
-            if store_states or N > chunk // (8 * kv):
-                raise ValueError("variant 'chain' is inference only and needs N <= chunk / (8 * CHAIN_KV)")
-            _selective_scan_ckernel[grid](*args[:8], h0, y, final, Dm, L, n_chunks, *strides,
-                                          N=N, S=chunk // (8 * kv), BD=BD, KV=kv,
-                                          PAIR=(CHAIN_PAIR if chain_pair is None else chain_pair) and N % 2 == 0,
-                                          HAS_D=D is not None, HAS_Z=z is not None,
-                                          HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-                                          HAS_H0=initial_state is not None, BIG=big, num_warps=num_warps)
         elif variant == "seq":
             _selective_scan_seq_kernel[grid](*args, h0, y, final, states if states is not None else final,
                                              Dm, L, N, n_chunks, *strides, HAS_H0=initial_state is not None,
@@ -726,16 +463,12 @@ class _SelectiveScanFn(torch.autograd.Function):
 # the H100 sweeps (kernels/NOTES.md, v2-v3); time2: the H200 sweeps, v6 (TB 128 / BD 32 / 8 warps,
 # 6.4 ms at 64k) then v8 (one-warp programs: TB 128 / BD 4 / 1 warp 5.08 ms, the same 16 (t, d) pairs
 # per thread and registers; configs with 8 pairs per thread were slower).
-VARIANT_CONFIG = {"scan": (32, 8, 4), "seq": (16, 8, 4), "time2": (128, 4, 1), "chain": (512, 2, 1)}
+VARIANT_CONFIG = {"scan": (32, 8, 4), "seq": (16, 8, 4), "time2": (128, 4, 1)}
 # ``selective_scan_fwd``'s variant without stored states (inference, prefill) on inputs contiguous
 # along L: time2 was 1.9-2.0x faster than the walk at d_inner 4096 from 4k to 1M on the H200
 # (kernels/NOTES.md v6). For (B, L, D) views, segments, or ``store_states`` without a variant it is
 # "scan"; the autograd Function asks for time2 with stored states itself (L-contiguous inputs).
 DEFAULT_VARIANT = "time2"
-# The chain kernel's 16-byte vectors per thread and block (1 or 2: 8 or 16 consecutive steps).
-CHAIN_KV = 2
-# Whether the chain kernel scans two state indices at once (even N only).
-CHAIN_PAIR = True
 
 # The chunk of the v3 walk when it stores states for the v3 backward (strided inputs): the backward
 # walks the same chunks (its tile of T x channels x N is the size limit: see kernels/NOTES.md).

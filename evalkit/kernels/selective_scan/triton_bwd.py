@@ -329,8 +329,8 @@ def _selective_scan_bwd_tkernel(
         t = c * TB + offs_t
         mt = t < L
         mdt = md[:, None] & mt[None, :]
-        u, x, dl = _tblock_inputs(u_ptr, dl_ptr, b, offs_d[:, None], t[None, :], mdt, bias[:, None],
-                                  sub, sud, sul, sdb, sdd, sdl, HAS_BIAS, SOFTPLUS)  # (BD, TB)
+        u, x, dl = _tblock_inputs(u_ptr, dl_ptr, b, offs_d, t, mdt, bias, sub, sud, sul, sdb, sdd, sdl,
+                                  HAS_BIAS, SOFTPLUS)  # (BD, TB)
         dlu = dl * u
         gy = tl.load(go_ptr + b * sgb + offs_d[:, None] * sgd + t[None, :] * sgl, mask=mdt, other=0.0)
         gy = gy.to(tl.float32)  # ∂L/∂out, made ∂L/∂y below
