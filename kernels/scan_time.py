@@ -71,10 +71,8 @@ def checks() -> bool:
 def _parse(c: str) -> dict:
     var, TB, BD, nw, *mr = c.split(":")
     kw = dict(variant=var, chunk=int(TB), block_d=int(BD), num_warps=int(nw))
-    if mr and int(mr[0]):  # time2: a register cap (0: none)
+    if mr:  # time2: a register cap
         kw["maxnreg"] = int(mr[0])
-    if len(mr) > 1:  # time2: the state loop unrolled (1) or at run time (0)
-        kw["unroll_states"] = mr[1] == "1"
     return kw
 
 
@@ -117,7 +115,6 @@ def quick(ceil, configs: str) -> dict | None:
     for c in configs.split(","):
         var, TB, BD, nw, *mr = c.split(":")
         kw = _parse(c)
-        mr = [":".join(mr)] if mr else mr
         try:
             y, hT, _ = ss_triton.selective_scan_fwd(**t, **kw)
             k = ms(lambda: ss_triton.selective_scan_fwd(**t, **kw), rep=100)
@@ -137,7 +134,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", default="4096,16384,65536,262144,1048576")
     ap.add_argument("--quick", default="", help="only time these configs at 64k after a check, e.g. "
-                    "time2:128:32:8:168 (variant:TB:BD:warps[:maxnreg[:unroll 0/1]])")
+                    "time2:128:32:8:168 (variant:TB:BD:warps[:maxnreg])")
     ap.add_argument("--quick-lengths", action="store_true",
                     help="after --quick, the length table (--lengths) for its fastest config, no v3 walk")
     ap.add_argument("--warm", default="", help="only compile this config (variant:TB:BD:warps[:x])")

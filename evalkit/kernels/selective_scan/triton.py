@@ -217,22 +217,6 @@ def _tblock_inputs(u_ptr, dl_ptr, b, offs_d, t, mdt, bias, sub, sud, sul, sdb, s
 
 
 @triton.jit
-def _time2_state(n, A2, H, y, dl, dlu, t, mt, offs_t, last, B_ptr, C_ptr, b, sbb, sbn, sbl, scb, scn, scl):
-    # time2's work for state index n on a (BD, TB) block: scan, carried state applied, C_n contraction
-    sel = (offs_t == n)[None, :]
-    a2 = tl.sum(tl.where(sel, A2, 0.0), axis=1)  # (BD,), loop-invariant when unrolled
-    h_n = tl.sum(tl.where(sel, H, 0.0), axis=1)
-    Bn = tl.load(B_ptr + b * sbb + n * sbn + t * sbl, mask=mt, other=0.0).to(tl.float32)
-    Cn = tl.load(C_ptr + b * scb + n * scn + t * scl, mask=mt, other=0.0).to(tl.float32)
-    dA = tl.exp2(dl * a2[:, None])
-    aa, bb = tl.associative_scan((dA, dlu * Bn[None, :]), 1, _combine)
-    hs = aa * h_n[:, None] + bb
-    y += hs * Cn[None, :]
-    H = tl.where(sel, tl.sum(tl.where(last, hs, 0.0), axis=1)[:, None], H)
-    return y, H
-
-
-@triton.jit
 def _selective_scan_tkernel2(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, st_ptr, yp_ptr,
     Dm, L, n_chunks,
@@ -241,7 +225,7 @@ def _selective_scan_tkernel2(
     N: tl.constexpr, TB: tl.constexpr, BD: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, BIG: tl.constexpr = False, STORE_STATES: tl.constexpr = False,
-    STORE_Y: tl.constexpr = False, UNROLL_N: tl.constexpr = True,
+    STORE_Y: tl.constexpr = False,
 ):
     """The selective scan with time across the threads (mamba-ssm's CUDA layout): a program owns
     ``BD`` channels and walks the sequence in blocks of ``TB`` steps; the (BD, TB) tile puts TB along
@@ -292,14 +276,17 @@ def _selective_scan_tkernel2(
                                   HAS_BIAS, SOFTPLUS)  # (BD, TB)
         dlu = dl * u
         y = tl.zeros((BD, TB), dtype=tl.float32)
-        if UNROLL_N:
-            for n in tl.static_range(N):
-                y, H = _time2_state(n, A2, H, y, dl, dlu, t, mt, offs_t, last, B_ptr, C_ptr, b, sbb, sbn, sbl,
-                                    scb, scn, scl)
-        else:  # a runtime state loop: fewer live values per thread (more warps per SM), same arithmetic
-            for n in range(N):
-                y, H = _time2_state(n, A2, H, y, dl, dlu, t, mt, offs_t, last, B_ptr, C_ptr, b, sbb, sbn, sbl,
-                                    scb, scn, scl)
+        for n in tl.static_range(N):
+            sel = (offs_t == n)[None, :]
+            a2 = tl.sum(tl.where(sel, A2, 0.0), axis=1)  # (BD,), loop-invariant
+            h_n = tl.sum(tl.where(sel, H, 0.0), axis=1)
+            Bn = tl.load(B_ptr + b * sbb + n * sbn + t * sbl, mask=mt, other=0.0).to(tl.float32)
+            Cn = tl.load(C_ptr + b * scb + n * scn + t * scl, mask=mt, other=0.0).to(tl.float32)
+            dA = tl.exp2(dl * a2[:, None])
+            aa, bb = tl.associative_scan((dA, dlu * Bn[None, :]), 1, _combine)
+            hs = aa * h_n[:, None] + bb
+            y += hs * Cn[None, :]
+            H = tl.where(sel, tl.sum(tl.where(last, hs, 0.0), axis=1)[:, None], H)
         if HAS_D:
             y += u * Dv[:, None]
         if HAS_Z:
@@ -320,7 +307,7 @@ def selective_scan_fwd(
     delta_bias: torch.Tensor | None = None, delta_softplus: bool = True,
     initial_state: torch.Tensor | None = None, chunk: int | None = None, block_d: int | None = None,
     num_warps: int | None = None, store_states: bool = False, variant: str | None = None, segments: int = 1,
-    maxnreg: int | None = None, ypre: torch.Tensor | None = None, unroll_states: bool = True,
+    maxnreg: int | None = None, ypre: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Forward only (no autograd): y (B, D, L) in u's dtype, the final state (B, D, N) fp32 and,
     with ``store_states``, the state entering each chunk of ``chunk`` steps, (B, chunks, D, N)
@@ -338,8 +325,7 @@ def selective_scan_fwd(
     indices in turn; the fastest). Two other time-parallel variants ("time", "time3") were measured
     slower and removed (kernels/NOTES.md v6).
     ``chunk`` / ``block_d`` / ``num_warps`` default to ``VARIANT_CONFIG`` (kernels/NOTES.md has the
-    sweeps behind them); ``maxnreg`` caps time2's registers per thread and ``unroll_states=False`` runs
-    its state loop at run time (fewer registers; tuning knobs).
+    sweeps behind them); ``maxnreg`` caps time2's registers per thread (a tuning knob).
 
     ``segments`` (scan variant, without ``store_states``): cut the sequence into that many runs
     of chunks and scan them in parallel, in two passes (each segment's state from zero and its
@@ -393,7 +379,7 @@ def selective_scan_fwd(
                                            N=N, TB=chunk, BD=BD, HAS_D=D is not None, HAS_Z=z is not None,
                                            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
                                            HAS_H0=initial_state is not None, BIG=big, num_warps=num_warps,
-                                           UNROLL_N=unroll_states, **extra,
+                                           **extra,
                                            **({"maxnreg": maxnreg} if maxnreg and not _INTERPRET else {}))
         elif variant == "seq":
             _selective_scan_seq_kernel[grid](*args, h0, y, final, states if states is not None else final,
