@@ -56,11 +56,21 @@ def compile_sm90(kern, consts: dict, num_warps: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("kernel", choices=("bwd", "fwd", "train"))
+    ap.add_argument("kernel", choices=("bwd", "fwd", "train", "cuda"))
     ap.add_argument("TB", type=int)
     ap.add_argument("BD", type=int)
     ap.add_argument("warps", type=int)
+    ap.add_argument("unroll_n", type=int, nargs="?", default=1, help="cuda: the state loop's unroll")
     a = ap.parse_args()
+    if a.kernel == "cuda":  # TB = steps per lane K, BD = channels per warp
+        from evalkit.kernels.selective_scan import cuda as ss_cuda
+        import torch
+
+        tbc = torch.float32 if os.environ.get("SASS_BC32") else torch.bfloat16  # B, C pre-converted
+        src = ss_cuda.source(torch.bfloat16, tbc, a.TB, a.BD, a.warps, a.unroll_n, has_d=True,
+                             has_z=True, has_bias=True, softplus=True, has_h0=False)
+        return report(a, ss_cuda.compile_source(src, "90"), f"cuda K {a.TB} ROWS {a.BD} warps {a.warps} "
+                      f"unroll {a.unroll_n} (NVRTC, sm_90)", a.TB * a.BD)
     consts = {**FLAGS, "TB": a.TB, "BD": a.BD}
     if a.kernel == "train":
         consts.update(STORE_STATES=True, STORE_Y=True)
@@ -69,22 +79,25 @@ def main() -> None:
     if os.environ.get("SASS_IR"):  # also keep the TTGIR there (layouts, conversions through shared memory)
         with open(os.environ["SASS_IR"], "w") as f:
             f.write(k.asm["ttgir"])
+    report(a, k.asm["cubin"], f"{a.kernel} TB {a.TB} BD {a.BD} warps {a.warps} (triton {triton.__version__}, sm_90)",
+           a.TB * a.BD // (32 * a.warps))
+
+
+def report(a, image: bytes, title: str, per_thread: int) -> None:
     tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.TemporaryDirectory() as d:
         cubin = os.path.join(d, "k.cubin")
         with open(cubin, "wb") as f:
-            f.write(k.asm["cubin"])
+            f.write(image)
         res = subprocess.run([os.path.join(tools, "cuobjdump"), "-res-usage", cubin], capture_output=True, text=True)
         sass = subprocess.run([os.path.join(tools, "cuobjdump"), "-sass", cubin], capture_output=True, text=True).stdout
     usage = re.search(r"REG:\d+ STACK:\d+ SHARED:\d+ LOCAL:\d+", res.stdout)
-    print(f"{a.kernel} TB {a.TB} BD {a.BD} warps {a.warps} (triton {triton.__version__}, sm_90): "
-          f"{usage.group(0) if usage else res.stdout[-200:]}")
+    print(f"{title}: {usage.group(0) if usage else res.stdout[-200:]}")
     ins = []
     for line in sass.splitlines():
         m = re.search(r"/\*([0-9a-f]+)\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)([^;]*);", line)
         if m:
             ins.append((int(m.group(1), 16), m.group(3).split(".")[0], m.group(4)))
-    per_thread = a.TB * a.BD // (32 * a.warps)  # (t, d) pairs of a block per thread
     print(f"static instructions {len(ins)}; per block each thread holds {per_thread} (t, d) pairs "
           f"x {FLAGS['N']} states")
     for addr, op, rest in ins:

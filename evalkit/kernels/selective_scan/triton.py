@@ -318,8 +318,9 @@ def selective_scan_fwd(
     ``store_states`` and z): a contiguous (B, D, L) buffer in u's dtype that receives the pre-gate
     output (after the D skip, before the SiLU(z) gate), which the time backward reads for gz and gy.
 
-    ``variant`` (None: ``DEFAULT_VARIANT`` for inputs contiguous along L without stored states or
-    segments, else "scan"): "scan" (``_selective_scan_kernel``: channels x N across the threads, chunks of
+    ``variant`` (None: "cuda" where ``cuda.available`` holds, else ``DEFAULT_VARIANT``, for inputs
+    contiguous along L without stored states or segments; otherwise "scan"): "cuda" (the CUDA C++
+    inference forward compiled by NVRTC, ``cuda.py``: the fastest on the H200, NOTES.md v10), "scan" (``_selective_scan_kernel``: channels x N across the threads, chunks of
     time scanned in-thread), "seq" (``_selective_scan_seq_kernel``,
     step by step) or "time2" (``_selective_scan_tkernel2``: time along the lanes, the N state
     indices in turn; the fastest). Two other time-parallel variants ("time", "time3") were measured
@@ -338,6 +339,20 @@ def selective_scan_fwd(
         # Function does); the time kernels read (B, L, D) views with stride D (slower: NOTES.md v6)
         contiguous_l = all(t is None or t.stride(-1) == 1 for t in (u, delta, z))
         variant = DEFAULT_VARIANT if contiguous_l and not store_states and segments == 1 else "scan"
+        if variant == DEFAULT_VARIANT and not _INTERPRET:
+            from evalkit.kernels.selective_scan import cuda as _cuda
+
+            if _cuda.available(u, delta, A, B, C, z):  # the CUDA C++ forward (NVRTC): NOTES.md v10
+                variant = "cuda"
+    if variant == "cuda":
+        if store_states or segments != 1 or ypre is not None:
+            raise ValueError("variant 'cuda' is the inference forward: no stored states, segments or ypre")
+        from evalkit.kernels.selective_scan import cuda as _cuda
+
+        note_variant("selective_scan", "cuda")
+        y, final = _cuda.selective_scan_fwd_cuda(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                                 delta_softplus=delta_softplus, initial_state=initial_state)
+        return y, final, None
     if store_states and variant not in ("scan", "time2"):
         raise ValueError("store_states needs variant 'scan' or 'time2'")
     if ypre is not None and not (store_states and variant == "time2" and z is not None):

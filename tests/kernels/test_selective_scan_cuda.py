@@ -1,0 +1,140 @@
+"""The CUDA C++ selective-scan forward (evalkit/kernels/selective_scan/cuda.py, compiled by NVRTC)
+against selective_scan_ref. It has no interpreter: the numerical tests need a GPU (they ran on the
+H200, kernels/results-h200-v10.md); without one, only the dispatch rules and the source generation
+are checked, and the Triton kernels (test_selective_scan_triton.py) cover the CPU path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evalkit.kernels import dispatch
+from evalkit.kernels.selective_scan import cuda as ss_cuda
+from evalkit.kernels.selective_scan import selective_scan, selective_scan_ref
+
+ON_GPU = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not ON_GPU, reason="the CUDA C++ kernel needs a GPU (no interpreter)")
+TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
+# (batch, channels, L, state): ragged and 16-byte-aligned lengths, N up to 32, channels not a
+# multiple of ROWS · WARPS
+CASES = [(1, 8, 63, 16), (2, 5, 500, 8), (1, 4, 1000, 16), (2, 3, 37, 4), (2, 130, 4096, 16), (1, 7, 2048, 32)]
+CONFIGS = [ss_cuda.CONFIG, (8, 1, 1, 1, False), (16, 2, 4, 2, False), (8, 2, 2, 1, True)]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    assert torch.isfinite(a).all()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _inputs(b, d, L, n, dtype, seed, full=True, dev="cuda"):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    t = dict(u=r(b, d, L).to(dtype), delta=(r(b, d, L) - 1.0).to(dtype),
+             A=-torch.rand(d, n, generator=gen) * 4 - 0.1, B=r(b, n, L).to(dtype), C=r(b, n, L).to(dtype))
+    if full:
+        t.update(D=r(d), z=r(b, d, L).to(dtype), delta_bias=r(d) * 0.5)
+    return {k: v.to(dev) for k, v in t.items()}
+
+
+def _ref(t, **kw):
+    return selective_scan_ref(**{k: v.float() for k, v in t.items()}, return_final_state=True, **kw)
+
+
+def test_not_available_off_gpu_or_out_of_range(monkeypatch):
+    """CPU tensors, N > 32, strided L, mixed u / delta dtypes or the switch: the Triton kernels run."""
+    t = _inputs(1, 4, 40, 4, torch.float32, seed=1, dev="cpu")
+    assert not ss_cuda.available(t["u"], t["delta"], t["A"], t["B"], t["C"], t["z"])
+    if ON_GPU:
+        g = _inputs(1, 4, 40, 4, torch.float32, seed=1)
+        assert ss_cuda.available(g["u"], g["delta"], g["A"], g["B"], g["C"], g["z"])
+        wide = torch.zeros(4, 33, device="cuda")
+        assert not ss_cuda.available(g["u"], g["delta"], wide, g["B"], g["C"], g["z"])
+        strided = g["delta"].transpose(1, 2).contiguous().transpose(1, 2)
+        assert not ss_cuda.available(g["u"], strided, g["A"], g["B"], g["C"], g["z"])
+        assert not ss_cuda.available(g["u"], g["delta"].half(), g["A"], g["B"], g["C"], g["z"])
+        monkeypatch.setenv("EVALKIT_SCAN_CUDA", "0")
+        assert not ss_cuda.available(g["u"], g["delta"], g["A"], g["B"], g["C"], g["z"])
+
+
+def test_source_specialises_by_defines():
+    src = ss_cuda.source(torch.bfloat16, torch.float32, 16, 2, 4, 1, has_d=True, has_z=False, has_bias=True,
+                         softplus=True, has_h0=False, vec=False)
+    head = src.split("typedef", 1)[0]
+    for line in ("#define TU bf16_t", "#define TBC float", "#define K 16", "#define ROWS 2", "#define WARPS 4",
+                 "#define HAS_Z 0", "#define VEC 0"):
+        assert line in head
+    assert "evalkit_selective_scan_fwd" in src
+
+
+def test_cuda_variant_is_inference_only():
+    from evalkit.kernels.selective_scan import triton as ss_triton
+
+    t = _inputs(1, 4, 40, 4, torch.float32, seed=1, dev="cpu")
+    with pytest.raises(ValueError, match="inference"):
+        ss_triton.selective_scan_fwd(**t, variant="cuda", store_states=True)
+
+
+@gpu
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-D{}-L{}-N{}".format(*c))
+def test_forward_matches_reference(case, dtype, cfg):
+    b, d, L, n = case
+    t = _inputs(b, d, L, n, dtype, seed=L + d)
+    h0 = torch.randn(b, d, n, device="cuda")
+    y_ref, h_ref = _ref(t, initial_state=h0)
+    y, hT = ss_cuda.selective_scan_fwd_cuda(**t, initial_state=h0, config=cfg)
+    assert y.dtype == dtype and hT.dtype == torch.float32
+    assert _rel(y, y_ref) < TOL[dtype] and _rel(hT, h_ref) < 1e-4
+    bare = _inputs(b, d, L, n, dtype, seed=L + d, full=False)
+    y_ref, h_ref = _ref(bare, delta_softplus=False)
+    y, hT = ss_cuda.selective_scan_fwd_cuda(**bare, delta_softplus=False, config=cfg)
+    assert _rel(y, y_ref) < TOL[dtype] and _rel(hT, h_ref) < 1e-4
+
+
+@gpu
+def test_mixer_views_and_mixed_dtypes():
+    """z a half of the in-projection's output and B, C slices of x_proj's (the native Mamba mixer's
+    layout), and float32 u with bfloat16 B, C."""
+    b, d, L, n = 2, 64, 1024, 16
+    t = _inputs(b, d, L, n, torch.bfloat16, seed=3)
+    xz = torch.randn(b, 2 * d, L, device="cuda", dtype=torch.bfloat16)
+    t["u"], t["z"] = xz.chunk(2, dim=1)
+    dbc = torch.randn(b, 8 + 2 * n, L, device="cuda", dtype=torch.bfloat16)
+    _, t["B"], t["C"] = dbc.split([8, n, n], dim=1)
+    y_ref, h_ref = _ref(t)
+    for cfg in CONFIGS:
+        y, hT = ss_cuda.selective_scan_fwd_cuda(**t, config=cfg)
+        assert _rel(y, y_ref) < 1e-2 and _rel(hT, h_ref) < 1e-4, cfg
+    m = _inputs(2, 33, 777, 16, torch.float32, seed=4)
+    m["B"], m["C"] = m["B"].bfloat16(), m["C"].bfloat16()
+    y_ref, h_ref = _ref(m)
+    y, hT = ss_cuda.selective_scan_fwd_cuda(**m)
+    assert _rel(y, y_ref) < 2e-5 and _rel(hT, h_ref) < 1e-4
+
+
+@gpu
+def test_default_dispatch_and_graph_replay():
+    """selective_scan (no grad, L-contiguous) runs this kernel and says so; a captured CUDA graph
+    replays it on new inputs."""
+    t = _inputs(1, 64, 2048, 16, torch.bfloat16, seed=7)
+    before = dispatch.variant_calls().get("selective_scan:cuda", 0)
+    with torch.no_grad():
+        y = selective_scan(**t)
+    assert dispatch.variant_calls().get("selective_scan:cuda", 0) == before + 1
+    assert _rel(y, _ref(t)[0]) < 1e-2
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        ss_cuda.selective_scan_fwd_cuda(**t)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y_g, h_g = ss_cuda.selective_scan_fwd_cuda(**t)
+    new = _inputs(1, 64, 2048, 16, torch.bfloat16, seed=8)
+    for k in t:
+        t[k].copy_(new[k])
+    g.replay()
+    torch.cuda.synchronize()
+    y_ref, h_ref = _ref(new)
+    assert _rel(y_g, y_ref) < 1e-2 and _rel(h_g, h_ref) < 1e-4
