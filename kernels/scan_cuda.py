@@ -20,14 +20,15 @@ from evalkit.kernels.selective_scan import selective_scan_ref
 from evalkit.kernels.selective_scan import triton as ss_triton
 from kernels.bench import ceilings, fmt, ms, rel, ss_floor, ss_inputs
 
-# (K steps per lane, ROWS channels per warp, WARPS per block, state-loop unroll, B/C as fp32)
-CONFIGS = [(K, R, W, 1, bc) for K in (8, 16) for R in (1, 2) for W in (1, 2, 4) for bc in (True, False)]
+# (K steps per lane, ROWS channels per warp, WARPS per block, state-loop unroll, B/C as fp32, two passes)
+CONFIGS = [(K, R, W, 1, bc, tp) for K in (8, 16) for R in (1, 2) for W in (1, 2, 4)
+           for bc, tp in ((True, False), (True, True), (False, False))]
 TOL_Y = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 
 
 def _cfg(s: str) -> tuple:
-    K, R, W, U, bc = (int(x) for x in s.split(":"))
-    return (K, R, W, U, bool(bc))
+    K, R, W, U, bc, tp = (int(x) for x in s.split(":"))
+    return (K, R, W, U, bool(bc), bool(tp))
 
 
 def checks(configs) -> bool:
@@ -96,10 +97,10 @@ def sweep(ceil, configs) -> tuple | None:
     y_ref, h_ref = selective_scan_ref(**{k: v.float() for k, v in t.items()}, return_final_state=True)
     floor = ss_floor(ceil, L)[0]
     print("## config sweep at L = 64k (batch 1, d_inner 4096, N 16, bf16)")
-    print("| kernel | K | ROWS | WARPS | unroll | B,C fp32 | regs | ms 64k | ÷ floor | y rel | final rel |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| kernel | K | ROWS | WARPS | unroll | B,C fp32 | two-pass | regs | ms 64k | ÷ floor | y rel | final rel |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     k0 = ms(lambda: ss_triton.selective_scan_fwd(**t, variant="time2"), rep=100)
-    print(f"| triton time2 {ss_triton.VARIANT_CONFIG['time2']} | | | | | | | {fmt(k0)} | {k0 / floor:.2f} | | |")
+    print(f"| triton time2 {ss_triton.VARIANT_CONFIG['time2']} | | | | | | | | {fmt(k0)} | {k0 / floor:.2f} | | |")
     best, best_ms = None, float("inf")
     for cfg in configs:
         try:
@@ -119,7 +120,7 @@ def sweep(ceil, configs) -> tuple | None:
 
 def _regs(t, cfg) -> int:
     """Registers per thread of the compiled specialisation (cuFuncGetAttribute NUM_REGS = 4)."""
-    src = ss_cuda.source(torch.bfloat16, torch.float32 if cfg[4] else torch.bfloat16, *cfg[:4], has_d=True,
+    src = ss_cuda.source(torch.bfloat16, torch.float32 if cfg[4] else torch.bfloat16, *cfg[:4], cfg[5], has_d=True,
                          has_z=True, has_bias=True, softplus=True, has_h0=False, vec=True)
     f = ss_cuda._function(t["u"].device, src)
     v = ctypes.c_int()
@@ -143,7 +144,7 @@ def lengths_table(ceil, cfg, lengths: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--configs", default="", help="K:ROWS:WARPS:UNROLL:BC32,... (default: the sweep list)")
+    ap.add_argument("--configs", default="", help="K:ROWS:WARPS:UNROLL:BC32:TWOPASS,... (default: the sweep list)")
     ap.add_argument("--lengths", default="4096,16384,65536,262144,1048576")
     ap.add_argument("--no-checks", action="store_true")
     a = ap.parse_args()
@@ -154,7 +155,8 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; NVRTC {ver[0].value}.{ver[1].value}")
     ceil = ceilings()
     print(f"ceilings: copy {ceil['copy_Bps'] / 1e12:.2f} TB/s, exp2 {ceil['exp2_per_s'] / 1e12:.2f} T/s\n")
-    ok = True if a.no_checks else checks([ss_cuda.CONFIG, (8, 1, 1, 1, False), (16, 2, 1, 1, False)])
+    ok = True if a.no_checks else checks([ss_cuda.CONFIG, (8, 1, 1, 1, False, False), (16, 2, 1, 1, False, True),
+                                          (16, 1, 4, 2, True, True)])
     best = sweep(ceil, configs)
     if best:
         lengths_table(ceil, best, a.lengths)

@@ -36,8 +36,8 @@ import torch
 _LOG2E = 1.4426950408889634
 
 # (steps per lane K, channels per warp ROWS, warps per block, state loop unroll, B and C converted to
-# float32 before the kernel): kernels/NOTES.md v10.
-CONFIG = (16, 1, 2, 1, True)
+# float32 before the kernel, two passes over a lane's steps instead of a fix-up): kernels/NOTES.md v10.
+CONFIG = (16, 1, 2, 1, True, False)
 
 SOURCE = r"""
 typedef unsigned short u16;
@@ -103,9 +103,10 @@ __device__ __forceinline__ void scan_block(const Args& g, long long b, long long
                                            const float (&dbias)[ROWS]) {
     const unsigned FULL = 0xffffffffu;
     const long long L = g.L;
-    float dlt[ROWS][K], dlu[ROWS][K], acc[ROWS][K];
+    float dlt[ROWS][K], dlu[ROWS][K], acc[ROWS][K], sdt[ROWS];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
+        sdt[r] = 0.f;
         TU uq[K], xq[K];
         load_raw<FULLV>(g.u + b * g.sub + dd[r] * g.sud, t0, L, uq);
         load_raw<FULLV>(g.dl + b * g.sdb + dd[r] * g.sdd, t0, L, xq);
@@ -122,6 +123,7 @@ __device__ __forceinline__ void scan_block(const Args& g, long long b, long long
             }
             if (!FULLV) dt = (t0 + k < L) ? dt : 0.f;  // padded steps: decay 1, input 0
             dlt[r][k] = dt;
+            sdt[r] += dt;
             dlu[r][k] = dt * uu;
             acc[r][k] = dskip[r] * uu;
         }
@@ -137,6 +139,18 @@ __device__ __forceinline__ void scan_block(const Args& g, long long b, long long
         for (int r = 0; r < ROWS; ++r) {
             const float an = __shfl_sync(FULL, a2[r], n);
             const float cn = __shfl_sync(FULL, carry[r], n);
+#if TWO_PASS
+            // pass 1: the lane's total from zero; its decay product is exp2(A_n · ΣΔ) (one exp per lane)
+            float E[K], Bu[K];
+            float h = 0.f;
+#pragma unroll
+            for (int k = 0; k < K; ++k) {
+                E[k] = ex2(dlt[r][k] * an);
+                Bu[k] = dlu[r][k] * f32_of(bq[k]);
+                h = fmaf(E[k], h, Bu[k]);
+            }
+            float p = ex2(sdt[r] * an);
+#else
             float P[K], H[K];
             float p = 1.f, h = 0.f;
 #pragma unroll
@@ -147,6 +161,7 @@ __device__ __forceinline__ void scan_block(const Args& g, long long b, long long
                 P[k] = p;
                 H[k] = h;
             }
+#endif
 #pragma unroll
             for (int off = 1; off < 32; off <<= 1) {  // inclusive scan of the lane totals
                 const float p2 = __shfl_up_sync(FULL, p, off);
@@ -160,9 +175,19 @@ __device__ __forceinline__ void scan_block(const Args& g, long long b, long long
             const float pt = __shfl_sync(FULL, p, 31);
             const float ht = __shfl_sync(FULL, h, 31);
             if (lane == n) carry[r] = fmaf(pt, cn, ht);
+#if TWO_PASS
+            // pass 2: the recurrence again from the true entering state
+            float hh = hin;
+#pragma unroll
+            for (int k = 0; k < K; ++k) {
+                hh = fmaf(E[k], hh, Bu[k]);
+                acc[r][k] = fmaf(f32_of(cq[k]), hh, acc[r][k]);
+            }
+#else
 #pragma unroll
             for (int k = 0; k < K; ++k)
                 acc[r][k] = fmaf(f32_of(cq[k]), fmaf(P[k], hin, H[k]), acc[r][k]);
+#endif
         }
     }
 #pragma unroll
@@ -211,13 +236,13 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
 _CODES = {torch.float32: "float", torch.float16: "f16_t", torch.bfloat16: "bf16_t"}
 
 
-def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, unroll_n: int, *, has_d: bool,
-           has_z: bool, has_bias: bool, softplus: bool, has_h0: bool, vec: bool = True) -> str:
+def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, unroll_n: int, two_pass: bool = False,
+           *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool, has_h0: bool, vec: bool = True) -> str:
     """The kernel's source for one specialisation (the compile-time constants as #defines). ``vec``:
     every row of u, delta, z, B, C and y starts 16-byte aligned, so whole blocks use 16-byte accesses."""
     defs = dict(TU=_CODES[tu], TBC=_CODES[tbc], K=K, ROWS=rows, WARPS=warps, UNROLL_N=unroll_n,
                 HAS_D=int(has_d), HAS_Z=int(has_z), HAS_BIAS=int(has_bias), SOFTPLUS=int(softplus),
-                HAS_H0=int(has_h0), VEC=int(vec))
+                HAS_H0=int(has_h0), VEC=int(vec), TWO_PASS=int(two_pass))
     return "".join(f"#define {k} {v}\n" for k, v in defs.items()) + SOURCE
 
 
@@ -361,11 +386,11 @@ def selective_scan_fwd_cuda(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None = None, z: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = True, initial_state: torch.Tensor | None = None,
-    config: tuple[int, int, int, int, bool] | None = None,
+    config: tuple[int, int, int, int, bool, bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """y (B, D, L) in u's dtype and the final state (B, D, N) fp32; the caller checked ``available``.
-    ``config``: (K, ROWS, WARPS, UNROLL_N, bc32) as ``CONFIG``."""
-    K, rows, warps, unroll_n, bc32 = config or CONFIG
+    ``config``: (K, ROWS, WARPS, UNROLL_N, bc32, two_pass) as ``CONFIG``."""
+    K, rows, warps, unroll_n, bc32, two_pass = config or CONFIG
     if bc32:  # B, C read as float32 (2·L·N floats, small next to u, Δ, z, y): no conversions per state
         B, C = B.to(torch.float32).contiguous(), C.to(torch.float32).contiguous()
     batch, Dm, L = u.shape
@@ -378,7 +403,7 @@ def selective_scan_fwd_cuda(
     h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
     zt = z if z is not None else u
     vec = _vec_ok(u.element_size(), u, delta, z, y) and _vec_ok(B.element_size(), B, C)
-    src = source(u.dtype, B.dtype, K, rows, warps, unroll_n, has_d=D is not None, has_z=z is not None,
+    src = source(u.dtype, B.dtype, K, rows, warps, unroll_n, two_pass, has_d=D is not None, has_z=z is not None,
                  has_bias=delta_bias is not None, softplus=delta_softplus, has_h0=initial_state is not None,
                  vec=vec)
     f = _function(u.device, src)
