@@ -20,15 +20,18 @@ from evalkit.kernels.selective_scan import selective_scan_ref
 from evalkit.kernels.selective_scan import triton as ss_triton
 from kernels.bench import ceilings, fmt, ms, rel, ss_floor, ss_inputs
 
-# (K steps per lane, ROWS channels per warp, WARPS per block, state-loop unroll, B/C as fp32, two passes)
-CONFIGS = [(K, R, W, 1, bc, tp) for K in (8, 16) for R in (1, 2) for W in (1, 2, 4)
-           for bc, tp in ((True, False), (True, True), (False, False))]
+# (K steps per lane, ROWS channels per warp, WARPS per block, state-loop unroll, B/C as fp32, two passes,
+# B / C / z prefetched). Run 1 (results-h200-v10.md) swept K 8 / 16, ROWS 1 / 2, WARPS 1 / 2 / 4, B/C fp32
+# with and without two passes and bf16 without, no prefetch.
+CONFIGS = ([(K, R, W, 1, bc, tp, True) for K in (8, 16) for R in (1, 2) for W in (2, 4)
+            for bc, tp in ((False, False), (False, True), (True, False))]
+           + [(16, 2, 4, 1, False, False, False), (16, 1, 2, 1, False, False, False)])
 TOL_Y = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 
 
 def _cfg(s: str) -> tuple:
-    K, R, W, U, bc, tp = (int(x) for x in s.split(":"))
-    return (K, R, W, U, bool(bc), bool(tp))
+    K, R, W, U, bc, tp, pf = (int(x) for x in s.split(":"))
+    return (K, R, W, U, bool(bc), bool(tp), bool(pf))
 
 
 def checks(configs) -> bool:
@@ -54,7 +57,8 @@ def checks(configs) -> bool:
             h0 = torch.randn(b, d, n, device="cuda")
             for cfg in configs:
                 one(f"B{b}-D{d}-L{L}-N{n} h0", t, dtype, cfg, initial_state=h0)
-            bare = {k: t[k] for k in ("u", "delta", "A", "B", "C")}
+            bare = {k: t[k] for k in ("u", "delta", "A", "B", "C")}  # without softplus Δ is taken as given: > 0
+            bare["delta"] = torch.nn.functional.softplus(bare["delta"].float()).to(dtype)
             one(f"B{b}-D{d}-L{L}-N{n} no D/z/bias/softplus", bare, dtype, configs[0], delta_softplus=False)
     # u fp32 with bf16 B / C, and the native mixer's layout (z a half of xz, B / C slices of x_proj's output)
     t = ss_inputs(2, 256, 3000, 16, torch.float32, seed=5)
@@ -97,10 +101,10 @@ def sweep(ceil, configs) -> tuple | None:
     y_ref, h_ref = selective_scan_ref(**{k: v.float() for k, v in t.items()}, return_final_state=True)
     floor = ss_floor(ceil, L)[0]
     print("## config sweep at L = 64k (batch 1, d_inner 4096, N 16, bf16)")
-    print("| kernel | K | ROWS | WARPS | unroll | B,C fp32 | two-pass | regs | ms 64k | ÷ floor | y rel | final rel |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| kernel | K | ROWS | WARPS | unroll | B,C fp32 | two-pass | prefetch | regs | ms 64k | ÷ floor | y rel | final rel |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     k0 = ms(lambda: ss_triton.selective_scan_fwd(**t, variant="time2"), rep=100)
-    print(f"| triton time2 {ss_triton.VARIANT_CONFIG['time2']} | | | | | | | | {fmt(k0)} | {k0 / floor:.2f} | | |")
+    print(f"| triton time2 {ss_triton.VARIANT_CONFIG['time2']} | | | | | | | | | {fmt(k0)} | {k0 / floor:.2f} | | |")
     best, best_ms = None, float("inf")
     for cfg in configs:
         try:
@@ -120,7 +124,7 @@ def sweep(ceil, configs) -> tuple | None:
 
 def _regs(t, cfg) -> int:
     """Registers per thread of the compiled specialisation (cuFuncGetAttribute NUM_REGS = 4)."""
-    src = ss_cuda.source(torch.bfloat16, torch.float32 if cfg[4] else torch.bfloat16, *cfg[:4], cfg[5], has_d=True,
+    src = ss_cuda.source(torch.bfloat16, torch.float32 if cfg[4] else torch.bfloat16, *cfg[:4], cfg[5], cfg[6], has_d=True,
                          has_z=True, has_bias=True, softplus=True, has_h0=False, vec=True)
     f = ss_cuda._function(t["u"].device, src)
     v = ctypes.c_int()
@@ -144,7 +148,7 @@ def lengths_table(ceil, cfg, lengths: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--configs", default="", help="K:ROWS:WARPS:UNROLL:BC32:TWOPASS,... (default: the sweep list)")
+    ap.add_argument("--configs", default="", help="K:ROWS:WARPS:UNROLL:BC32:TWOPASS:PREFETCH,... (default: the sweep list)")
     ap.add_argument("--lengths", default="4096,16384,65536,262144,1048576")
     ap.add_argument("--no-checks", action="store_true")
     a = ap.parse_args()
@@ -155,8 +159,8 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; NVRTC {ver[0].value}.{ver[1].value}")
     ceil = ceilings()
     print(f"ceilings: copy {ceil['copy_Bps'] / 1e12:.2f} TB/s, exp2 {ceil['exp2_per_s'] / 1e12:.2f} T/s\n")
-    ok = True if a.no_checks else checks([ss_cuda.CONFIG, (8, 1, 1, 1, False, False), (16, 2, 1, 1, False, True),
-                                          (16, 1, 4, 2, True, True)])
+    ok = True if a.no_checks else checks([ss_cuda.CONFIG, (8, 1, 1, 1, False, False, False),
+                                          (16, 2, 1, 1, False, True, True), (16, 1, 4, 2, True, True, False)])
     best = sweep(ceil, configs)
     if best:
         lengths_table(ceil, best, a.lengths)

@@ -36,8 +36,9 @@ import torch
 _LOG2E = 1.4426950408889634
 
 # (steps per lane K, channels per warp ROWS, warps per block, state loop unroll, B and C converted to
-# float32 before the kernel, two passes over a lane's steps instead of a fix-up): kernels/NOTES.md v10.
-CONFIG = (16, 1, 2, 1, True, False)
+# float32 before the kernel, two passes over a lane's steps instead of a fix-up, B / C / z prefetched):
+# kernels/NOTES.md v10.
+CONFIG = (16, 2, 4, 1, False, False, True)
 
 SOURCE = r"""
 typedef unsigned short u16;
@@ -94,15 +95,91 @@ struct Args {
     long long sub, sud, sdb, sdd, sad, san, sbb, sbn, scb, scn, szb, szd, syb, syd;
 };
 
+// State n for this warp's rows over one block: the lane's K steps from zero, the warp scan of the lane
+// totals, the entering state, and C_n's contraction into acc; lane n's carry moves on by the block.
+__device__ __forceinline__ void state_step(int n, int lane, const TBC (&bq)[K], const TBC (&cq)[K],
+                                           const float (&a2)[ROWS], float (&carry)[ROWS],
+                                           const float (&dlt)[ROWS][K], const float (&dlu)[ROWS][K],
+                                           const float (&sdt)[ROWS], float (&acc)[ROWS][K]) {
+    const unsigned FULL = 0xffffffffu;
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const float an = __shfl_sync(FULL, a2[r], n);
+        const float cn = __shfl_sync(FULL, carry[r], n);
+#if TWO_PASS
+        // pass 1: the lane's total from zero; its decay product is exp2(A_n · ΣΔ) (one exp per lane)
+        float E[K], Bu[K];
+        float h = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            E[k] = ex2(dlt[r][k] * an);
+            Bu[k] = dlu[r][k] * f32_of(bq[k]);
+            h = fmaf(E[k], h, Bu[k]);
+        }
+        float p = ex2(sdt[r] * an);
+#else
+        float P[K], H[K];
+        float p = 1.f, h = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {  // this lane's steps from a zero state
+            const float a = ex2(dlt[r][k] * an);
+            h = fmaf(a, h, dlu[r][k] * f32_of(bq[k]));
+            p *= a;
+            P[k] = p;
+            H[k] = h;
+        }
+#endif
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {  // inclusive scan of the lane totals
+            const float p2 = __shfl_up_sync(FULL, p, off);
+            const float h2 = __shfl_up_sync(FULL, h, off);
+            if (lane >= off) { h = fmaf(p, h2, h); p *= p2; }
+        }
+        float pe = __shfl_up_sync(FULL, p, 1);
+        float he = __shfl_up_sync(FULL, h, 1);
+        if (lane == 0) { pe = 1.f; he = 0.f; }
+        const float hin = fmaf(pe, cn, he);  // the state entering this lane's steps
+        const float pt = __shfl_sync(FULL, p, 31);
+        const float ht = __shfl_sync(FULL, h, 31);
+        if (lane == n) carry[r] = fmaf(pt, cn, ht);
+#if TWO_PASS
+        // pass 2: the recurrence again from the true entering state
+        float hh = hin;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            hh = fmaf(E[k], hh, Bu[k]);
+            acc[r][k] = fmaf(f32_of(cq[k]), hh, acc[r][k]);
+        }
+#else
+#pragma unroll
+        for (int k = 0; k < K; ++k)
+            acc[r][k] = fmaf(f32_of(cq[k]), fmaf(P[k], hin, H[k]), acc[r][k]);
+#endif
+    }
+}
+
 // One block of 32·K steps for this warp's ROWS channels (t0: this lane's first step). FULLV: every
 // step in range and the 16-byte loads aligned (all blocks but a ragged last one, when VEC).
+// PREFETCH: B_n+1, C_n+1 are loaded while state n computes (two buffers, the state loop unrolled by
+// two) and z at the block's start, so that no state waits for its loads.
 template <bool FULLV>
 __device__ __forceinline__ void scan_block(const Args& g, long long b, long long t0, int lane, int d0,
                                            const long long (&dd)[ROWS], const float (&a2)[ROWS],
                                            float (&carry)[ROWS], const float (&dskip)[ROWS],
                                            const float (&dbias)[ROWS]) {
-    const unsigned FULL = 0xffffffffu;
     const long long L = g.L;
+    const TBC* Bb = g.Bm + b * g.sbb;
+    const TBC* Cb = g.Cm + b * g.scb;
+#if PREFETCH
+    TBC bq0[K], cq0[K], bq1[K], cq1[K];
+    load_raw<FULLV>(Bb, t0, L, bq0);
+    load_raw<FULLV>(Cb, t0, L, cq0);
+    TU zq[ROWS][K];
+    if (HAS_Z) {
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) load_raw<FULLV>(g.z + b * g.szb + dd[r] * g.szd, t0, L, zq[r]);
+    }
+#endif
     float dlt[ROWS][K], dlu[ROWS][K], acc[ROWS][K], sdt[ROWS];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
@@ -128,77 +205,42 @@ __device__ __forceinline__ void scan_block(const Args& g, long long b, long long
             acc[r][k] = dskip[r] * uu;
         }
     }
-    const TBC* Bb = g.Bm + b * g.sbb;
-    const TBC* Cb = g.Cm + b * g.scb;
+#if PREFETCH
+    for (int n = 0; n < g.N; n += 2) {
+        const bool has1 = n + 1 < g.N;
+        if (has1) {
+            load_raw<FULLV>(Bb + (n + 1) * g.sbn, t0, L, bq1);
+            load_raw<FULLV>(Cb + (n + 1) * g.scn, t0, L, cq1);
+        }
+        state_step(n, lane, bq0, cq0, a2, carry, dlt, dlu, sdt, acc);
+        if (has1) {
+            if (n + 2 < g.N) {
+                load_raw<FULLV>(Bb + (n + 2) * g.sbn, t0, L, bq0);
+                load_raw<FULLV>(Cb + (n + 2) * g.scn, t0, L, cq0);
+            }
+            state_step(n + 1, lane, bq1, cq1, a2, carry, dlt, dlu, sdt, acc);
+        }
+    }
+#else
 #pragma unroll (kUnrollN)
     for (int n = 0; n < g.N; ++n) {
         TBC bq[K], cq[K];
         load_raw<FULLV>(Bb + n * g.sbn, t0, L, bq);
         load_raw<FULLV>(Cb + n * g.scn, t0, L, cq);
-#pragma unroll
-        for (int r = 0; r < ROWS; ++r) {
-            const float an = __shfl_sync(FULL, a2[r], n);
-            const float cn = __shfl_sync(FULL, carry[r], n);
-#if TWO_PASS
-            // pass 1: the lane's total from zero; its decay product is exp2(A_n · ΣΔ) (one exp per lane)
-            float E[K], Bu[K];
-            float h = 0.f;
-#pragma unroll
-            for (int k = 0; k < K; ++k) {
-                E[k] = ex2(dlt[r][k] * an);
-                Bu[k] = dlu[r][k] * f32_of(bq[k]);
-                h = fmaf(E[k], h, Bu[k]);
-            }
-            float p = ex2(sdt[r] * an);
-#else
-            float P[K], H[K];
-            float p = 1.f, h = 0.f;
-#pragma unroll
-            for (int k = 0; k < K; ++k) {  // this lane's steps from a zero state
-                const float a = ex2(dlt[r][k] * an);
-                h = fmaf(a, h, dlu[r][k] * f32_of(bq[k]));
-                p *= a;
-                P[k] = p;
-                H[k] = h;
-            }
-#endif
-#pragma unroll
-            for (int off = 1; off < 32; off <<= 1) {  // inclusive scan of the lane totals
-                const float p2 = __shfl_up_sync(FULL, p, off);
-                const float h2 = __shfl_up_sync(FULL, h, off);
-                if (lane >= off) { h = fmaf(p, h2, h); p *= p2; }
-            }
-            float pe = __shfl_up_sync(FULL, p, 1);
-            float he = __shfl_up_sync(FULL, h, 1);
-            if (lane == 0) { pe = 1.f; he = 0.f; }
-            const float hin = fmaf(pe, cn, he);  // the state entering this lane's steps
-            const float pt = __shfl_sync(FULL, p, 31);
-            const float ht = __shfl_sync(FULL, h, 31);
-            if (lane == n) carry[r] = fmaf(pt, cn, ht);
-#if TWO_PASS
-            // pass 2: the recurrence again from the true entering state
-            float hh = hin;
-#pragma unroll
-            for (int k = 0; k < K; ++k) {
-                hh = fmaf(E[k], hh, Bu[k]);
-                acc[r][k] = fmaf(f32_of(cq[k]), hh, acc[r][k]);
-            }
-#else
-#pragma unroll
-            for (int k = 0; k < K; ++k)
-                acc[r][k] = fmaf(f32_of(cq[k]), fmaf(P[k], hin, H[k]), acc[r][k]);
-#endif
-        }
+        state_step(n, lane, bq, cq, a2, carry, dlt, dlu, sdt, acc);
     }
+#endif
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         if (d0 + r >= g.Dm) continue;
         if (HAS_Z) {
-            TU zq[K];
-            load_raw<FULLV>(g.z + b * g.szb + dd[r] * g.szd, t0, L, zq);
+#if !PREFETCH
+            TU zq[ROWS][K];
+            load_raw<FULLV>(g.z + b * g.szb + dd[r] * g.szd, t0, L, zq[r]);
+#endif
 #pragma unroll
             for (int k = 0; k < K; ++k) {
-                const float zz = f32_of(zq[k]);
+                const float zz = f32_of(zq[r][k]);
                 acc[r][k] *= __fdividef(zz, 1.f + __expf(-zz));
             }
         }
@@ -237,12 +279,13 @@ _CODES = {torch.float32: "float", torch.float16: "f16_t", torch.bfloat16: "bf16_
 
 
 def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, unroll_n: int, two_pass: bool = False,
-           *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool, has_h0: bool, vec: bool = True) -> str:
+           prefetch: bool = True, *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool, has_h0: bool, vec: bool = True) -> str:
     """The kernel's source for one specialisation (the compile-time constants as #defines). ``vec``:
     every row of u, delta, z, B, C and y starts 16-byte aligned, so whole blocks use 16-byte accesses."""
     defs = dict(TU=_CODES[tu], TBC=_CODES[tbc], K=K, ROWS=rows, WARPS=warps, UNROLL_N=unroll_n,
                 HAS_D=int(has_d), HAS_Z=int(has_z), HAS_BIAS=int(has_bias), SOFTPLUS=int(softplus),
-                HAS_H0=int(has_h0), VEC=int(vec), TWO_PASS=int(two_pass))
+                HAS_H0=int(has_h0), VEC=int(vec), TWO_PASS=int(two_pass),
+                PREFETCH=int(prefetch))
     return "".join(f"#define {k} {v}\n" for k, v in defs.items()) + SOURCE
 
 
@@ -386,11 +429,11 @@ def selective_scan_fwd_cuda(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None = None, z: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = True, initial_state: torch.Tensor | None = None,
-    config: tuple[int, int, int, int, bool, bool] | None = None,
+    config: tuple[int, int, int, int, bool, bool, bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """y (B, D, L) in u's dtype and the final state (B, D, N) fp32; the caller checked ``available``.
-    ``config``: (K, ROWS, WARPS, UNROLL_N, bc32, two_pass) as ``CONFIG``."""
-    K, rows, warps, unroll_n, bc32, two_pass = config or CONFIG
+    ``config``: (K, ROWS, WARPS, UNROLL_N, bc32, two_pass, prefetch) as ``CONFIG``."""
+    K, rows, warps, unroll_n, bc32, two_pass, prefetch = config or CONFIG
     if bc32:  # B, C read as float32 (2·L·N floats, small next to u, Δ, z, y): no conversions per state
         B, C = B.to(torch.float32).contiguous(), C.to(torch.float32).contiguous()
     batch, Dm, L = u.shape
@@ -403,7 +446,7 @@ def selective_scan_fwd_cuda(
     h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
     zt = z if z is not None else u
     vec = _vec_ok(u.element_size(), u, delta, z, y) and _vec_ok(B.element_size(), B, C)
-    src = source(u.dtype, B.dtype, K, rows, warps, unroll_n, two_pass, has_d=D is not None, has_z=z is not None,
+    src = source(u.dtype, B.dtype, K, rows, warps, unroll_n, two_pass, prefetch, has_d=D is not None, has_z=z is not None,
                  has_bias=delta_bias is not None, softplus=delta_softplus, has_h0=initial_state is not None,
                  vec=vec)
     f = _function(u.device, src)
