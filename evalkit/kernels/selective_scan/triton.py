@@ -479,9 +479,10 @@ class _SelectiveScanFn(torch.autograd.Function):
 # 6.4 ms at 64k) then v8 (one-warp programs: TB 128 / BD 4 / 1 warp 5.08 ms, the same 16 (t, d) pairs
 # per thread and registers; configs with 8 pairs per thread were slower).
 VARIANT_CONFIG = {"scan": (32, 8, 4), "seq": (16, 8, 4), "time2": (128, 4, 1)}
-# ``selective_scan_fwd``'s variant without stored states (inference, prefill) on inputs contiguous
+# ``selective_scan_fwd``'s Triton variant without stored states (inference, prefill) on inputs contiguous
 # along L: time2 was 1.9-2.0x faster than the walk at d_inner 4096 from 4k to 1M on the H200
-# (kernels/NOTES.md v6). For (B, L, D) views, segments, or ``store_states`` without a variant it is
+# (kernels/NOTES.md v6). Where ``cuda.available`` holds (a GPU, NVRTC, N <= 32, unit L strides) the CUDA
+# C++ forward runs instead: 1.5x faster than time2 on the H200 (NOTES.md v10). For (B, L, D) views, segments, or ``store_states`` without a variant it is
 # "scan"; the autograd Function asks for time2 with stored states itself (L-contiguous inputs).
 DEFAULT_VARIANT = "time2"
 
