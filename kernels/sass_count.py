@@ -68,7 +68,7 @@ def main() -> None:
 
         tbc = torch.float32 if os.environ.get("SASS_BC32") else torch.bfloat16  # B, C pre-converted
         src = ss_cuda.source(torch.bfloat16, tbc, a.TB, a.BD, a.warps, a.unroll_n, bool(os.environ.get("SASS_TWO_PASS")),
-                             not os.environ.get("SASS_NO_PREFETCH"), has_d=True,
+                             int(os.environ.get("SASS_PREFETCH", 1)), has_d=True,
                              has_z=True, has_bias=True, softplus=True, has_h0=False)
         return report(a, ss_cuda.compile_source(src, "90"), f"cuda K {a.TB} ROWS {a.BD} warps {a.warps} "
                       f"unroll {a.unroll_n} (NVRTC, sm_90)", a.TB * a.BD)

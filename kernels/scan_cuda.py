@@ -21,17 +21,19 @@ from evalkit.kernels.selective_scan import triton as ss_triton
 from kernels.bench import ceilings, fmt, ms, rel, ss_floor, ss_inputs
 
 # (K steps per lane, ROWS channels per warp, WARPS per block, state-loop unroll, B/C as fp32, two passes,
-# B / C / z prefetched). Run 1 (results-h200-v10.md) swept K 8 / 16, ROWS 1 / 2, WARPS 1 / 2 / 4, B/C fp32
-# with and without two passes and bf16 without, no prefetch.
-CONFIGS = ([(K, R, W, 1, bc, tp, True) for K in (8, 16) for R in (1, 2) for W in (2, 4)
-            for bc, tp in ((False, False), (False, True), (True, False))]
-           + [(16, 2, 4, 1, False, False, False), (16, 1, 2, 1, False, False, False)])
+# prefetch: 0 none, 1 B / C / z in registers, 2 also u / Δ / z of the next block through shared memory).
+# Run 1 (results-h200-v10.md) swept K 8 / 16, ROWS 1 / 2, WARPS 1 / 2 / 4, B/C fp32 with and without two
+# passes and bf16 without, no prefetch; run 2 the same with prefetch 1 (bf16 and fp32 B/C, two passes).
+CONFIGS = [(16, 2, 4, 1, False, False, 1), (16, 2, 4, 1, False, False, 2), (16, 2, 2, 1, False, False, 2),
+           (16, 2, 1, 1, False, False, 2), (16, 1, 4, 1, False, False, 2), (24, 1, 4, 1, False, False, 1),
+           (24, 1, 4, 1, False, False, 2), (8, 3, 4, 1, False, False, 1), (8, 3, 4, 1, False, False, 2),
+           (8, 4, 4, 1, False, False, 1), (8, 4, 4, 1, False, False, 2), (16, 2, 4, 1, False, True, 2)]
 TOL_Y = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 
 
 def _cfg(s: str) -> tuple:
     K, R, W, U, bc, tp, pf = (int(x) for x in s.split(":"))
-    return (K, R, W, U, bool(bc), bool(tp), bool(pf))
+    return (K, R, W, U, bool(bc), bool(tp), pf)
 
 
 def checks(configs) -> bool:
@@ -159,8 +161,9 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; NVRTC {ver[0].value}.{ver[1].value}")
     ceil = ceilings()
     print(f"ceilings: copy {ceil['copy_Bps'] / 1e12:.2f} TB/s, exp2 {ceil['exp2_per_s'] / 1e12:.2f} T/s\n")
-    ok = True if a.no_checks else checks([ss_cuda.CONFIG, (8, 1, 1, 1, False, False, False),
-                                          (16, 2, 1, 1, False, True, True), (16, 1, 4, 2, True, True, False)])
+    ok = True if a.no_checks else checks([ss_cuda.CONFIG, (8, 1, 1, 1, False, False, 0), (16, 2, 1, 1, False, True, 1),
+                                          (16, 1, 4, 2, True, True, 0), (16, 2, 4, 1, False, False, 2),
+                                          (8, 3, 2, 1, True, True, 2)])
     best = sweep(ceil, configs)
     if best:
         lengths_table(ceil, best, a.lengths)
