@@ -8,6 +8,9 @@ comparisons and as per-element budgets, not as what the H200 runs (kernels/NOTES
     PYTHONPATH=. python kernels/sass_count.py bwd 128 4 1       # the time backward (TB, BD, warps)
     PYTHONPATH=. python kernels/sass_count.py fwd 128 4 1       # time2, inference
     PYTHONPATH=. python kernels/sass_count.py train 128 4 1     # time2 storing states and the pre-gate y
+    PYTHONPATH=.:<dir with nvidia/cuda_nvrtc> python kernels/sass_count.py cuda 16 2 4   # the CUDA C++ forward
+        (K, ROWS, warps; compiled by NVRTC: unzip the nvidia-cuda-nvrtc-cu12 wheel into that dir;
+        SASS_BC32=1 fp32 B/C, SASS_TWO_PASS=1, SASS_NO_PREFETCH=1)
 
 SASS_TOP=40 lists the 40 most frequent opcodes per loop instead of 14; SASS_IR=file keeps the TTGIR.
 """
@@ -68,7 +71,7 @@ def main() -> None:
 
         tbc = torch.float32 if os.environ.get("SASS_BC32") else torch.bfloat16  # B, C pre-converted
         src = ss_cuda.source(torch.bfloat16, tbc, a.TB, a.BD, a.warps, a.unroll_n, bool(os.environ.get("SASS_TWO_PASS")),
-                             int(os.environ.get("SASS_PREFETCH", 1)), has_d=True,
+                             not os.environ.get("SASS_NO_PREFETCH"), has_d=True,
                              has_z=True, has_bias=True, softplus=True, has_h0=False)
         return report(a, ss_cuda.compile_source(src, "90"), f"cuda K {a.TB} ROWS {a.BD} warps {a.warps} "
                       f"unroll {a.unroll_n} (NVRTC, sm_90)", a.TB * a.BD)

@@ -18,8 +18,8 @@ TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 # (batch, channels, L, state): ragged and 16-byte-aligned lengths, N up to 32, channels not a
 # multiple of ROWS · WARPS
 CASES = [(1, 8, 63, 16), (2, 5, 500, 8), (1, 4, 1000, 16), (2, 3, 37, 4), (2, 130, 4096, 16), (1, 7, 2048, 32)]
-CONFIGS = [ss_cuda.CONFIG, (8, 1, 1, 1, False, False, 0), (16, 2, 4, 2, False, True, 0), (8, 2, 2, 1, True, True, 1),
-           (16, 1, 1, 1, False, False, 1), (16, 2, 4, 1, False, False, 2), (8, 3, 2, 1, True, True, 2)]
+CONFIGS = [ss_cuda.CONFIG, (8, 1, 1, 1, False, False, False), (16, 2, 4, 2, False, True, False),
+           (8, 2, 2, 1, True, True, True), (16, 1, 1, 1, False, False, True), (8, 3, 2, 1, True, False, True)]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -59,7 +59,7 @@ def test_not_available_off_gpu_or_out_of_range(monkeypatch):
 
 
 def test_source_specialises_by_defines():
-    src = ss_cuda.source(torch.bfloat16, torch.float32, 16, 2, 4, 1, True, 0, has_d=True, has_z=False, has_bias=True,
+    src = ss_cuda.source(torch.bfloat16, torch.float32, 16, 2, 4, 1, True, False, has_d=True, has_z=False, has_bias=True,
                          softplus=True, has_h0=False, vec=False)
     head = src.split("typedef", 1)[0]
     for line in ("#define TU bf16_t", "#define TBC float", "#define K 16", "#define ROWS 2", "#define WARPS 4",

@@ -38,7 +38,7 @@ _LOG2E = 1.4426950408889634
 # (steps per lane K, channels per warp ROWS, warps per block, state loop unroll, B and C converted to
 # float32 before the kernel, two passes over a lane's steps instead of a fix-up, B / C / z prefetched):
 # kernels/NOTES.md v10.
-CONFIG = (16, 2, 4, 1, False, False, 1)
+CONFIG = (16, 2, 4, 1, False, False, True)
 
 SOURCE = r"""
 typedef unsigned short u16;
@@ -52,12 +52,6 @@ __device__ __forceinline__ float out_of(float f, float*) { return f; }
 __device__ __forceinline__ bf16_t out_of(float f, bf16_t*) { bf16_t r; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.x) : "f"(f)); return r; }
 __device__ __forceinline__ f16_t out_of(float f, f16_t*) { f16_t r; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.x) : "f"(f)); return r; }
 __device__ __forceinline__ float ex2(float x) { float r; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"(s), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 // K items of one row starting at step t0: 16-byte loads (FULLV: the whole run in range and aligned),
 // else element by element with zeros past L.
@@ -164,43 +158,15 @@ __device__ __forceinline__ void state_step(int n, int lane, const TBC (&bq)[K], 
     }
 }
 
-// The per-warp shared-memory stage of PREFETCH 2: [ROWS][u, Δ, z][32 lanes][K] elements of TU.
-__device__ __forceinline__ void stage_read(const TU* st, int r, int a, int lane, TU (&q)[K]) {
-    constexpr int V = 16 / sizeof(TU);
-    const TU* p = st + ((r * 3 + a) * 32 + lane) * K;
-#pragma unroll
-    for (int v = 0; v < K / V; ++v)
-        *reinterpret_cast<uint4*>(&q[v * V]) = *reinterpret_cast<const uint4*>(p + v * V);
-}
-
-__device__ __forceinline__ void stage_issue(const Args& g, long long b, const long long (&dd)[ROWS], long long t0,
-                                            int lane, TU* st) {
-    constexpr int V = 16 / sizeof(TU);
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-#pragma unroll
-        for (int a = 0; a < (HAS_Z ? 3 : 2); ++a) {
-            const TU* src = a == 0 ? g.u + b * g.sub + dd[r] * g.sud
-                          : a == 1 ? g.dl + b * g.sdb + dd[r] * g.sdd : g.z + b * g.szb + dd[r] * g.szd;
-            TU* dst = st + ((r * 3 + a) * 32 + lane) * K;
-#pragma unroll
-            for (int v = 0; v < K / V; ++v) cp_async16(dst + v * V, src + t0 + v * V);
-        }
-    }
-    cp_async_commit();
-}
-
 // One block of 32·K steps for this warp's ROWS channels (t0: this lane's first step). FULLV: every
 // step in range and the 16-byte loads aligned (all blocks but a ragged last one, when VEC).
-// PREFETCH >= 1: B_n+1, C_n+1 are loaded while state n computes (two buffers, the state loop unrolled
-// by two) and z at the block's start, so that no state waits for its loads. PREFETCH 2 (ASYNC blocks):
-// u, Δ and z of the next block are copied to this warp's shared memory (cp.async, each lane its own
-// steps) while this block computes, so a block starts without waiting for global memory either.
-template <bool FULLV, bool ASYNC>
+// PREFETCH: B_n+1, C_n+1 are loaded while state n computes (two buffers, the state loop unrolled by
+// two) and z at the block's start, so that no state waits for its loads.
+template <bool FULLV>
 __device__ __forceinline__ void scan_block(const Args& g, long long b, long long t0, int lane, int d0,
                                            const long long (&dd)[ROWS], const float (&a2)[ROWS],
                                            float (&carry)[ROWS], const float (&dskip)[ROWS],
-                                           const float (&dbias)[ROWS], TU* cur, TU* nxt, bool issue_next) {
+                                           const float (&dbias)[ROWS]) {
     const long long L = g.L;
     const TBC* Bb = g.Bm + b * g.sbb;
     const TBC* Cb = g.Cm + b * g.scb;
@@ -209,24 +175,18 @@ __device__ __forceinline__ void scan_block(const Args& g, long long b, long long
     load_raw<FULLV>(Bb, t0, L, bq0);
     load_raw<FULLV>(Cb, t0, L, cq0);
     TU zq[ROWS][K];
-    if (HAS_Z && !ASYNC) {
+    if (HAS_Z) {
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) load_raw<FULLV>(g.z + b * g.szb + dd[r] * g.szd, t0, L, zq[r]);
     }
 #endif
-    if (ASYNC) cp_async_wait_all();  // this lane's copies of this block (issued a block ago) have landed
     float dlt[ROWS][K], dlu[ROWS][K], acc[ROWS][K], sdt[ROWS];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         sdt[r] = 0.f;
         TU uq[K], xq[K];
-        if (ASYNC) {
-            stage_read(cur, r, 0, lane, uq);
-            stage_read(cur, r, 1, lane, xq);
-        } else {
-            load_raw<FULLV>(g.u + b * g.sub + dd[r] * g.sud, t0, L, uq);
-            load_raw<FULLV>(g.dl + b * g.sdb + dd[r] * g.sdd, t0, L, xq);
-        }
+        load_raw<FULLV>(g.u + b * g.sub + dd[r] * g.sud, t0, L, uq);
+        load_raw<FULLV>(g.dl + b * g.sdb + dd[r] * g.sdd, t0, L, xq);
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             float uu = f32_of(uq[k]);
@@ -245,7 +205,6 @@ __device__ __forceinline__ void scan_block(const Args& g, long long b, long long
             acc[r][k] = dskip[r] * uu;
         }
     }
-    if (ASYNC && issue_next) stage_issue(g, b, dd, t0 + 32 * K, lane, nxt);
 #if PREFETCH
     for (int n = 0; n < g.N; n += 2) {
         const bool has1 = n + 1 < g.N;
@@ -279,7 +238,6 @@ __device__ __forceinline__ void scan_block(const Args& g, long long b, long long
             TU zq[ROWS][K];
             load_raw<FULLV>(g.z + b * g.szb + dd[r] * g.szd, t0, L, zq[r]);
 #endif
-            if (ASYNC) stage_read(cur, r, 2, lane, zq[r]);
 #pragma unroll
             for (int k = 0; k < K; ++k) {
                 const float zz = f32_of(zq[r][k]);
@@ -306,25 +264,11 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
         dbias[r] = HAS_BIAS ? g.bias[dd[r]] : 0.f;
     }
     long long tb = 0;
-#if PREFETCH == 2 && VEC
-    __shared__ __align__(16) TU stage[WARPS][2][ROWS * 3 * 32 * K];
-    TU* st0 = stage[threadIdx.x >> 5][0];
-    TU* st1 = stage[threadIdx.x >> 5][1];
-    if (32 * K <= g.L) stage_issue(g, b, dd, lane * K, lane, st0);
-    for (; tb + 32 * K <= g.L; tb += 32 * K) {
-        scan_block<true, true>(g, b, tb + lane * K, lane, d0, dd, a2, carry, dskip, dbias, st0, st1,
-                               tb + 64 * K <= g.L);
-        TU* t = st0; st0 = st1; st1 = t;
-    }
-#else
     if (VEC)
         for (; tb + 32 * K <= g.L; tb += 32 * K)
-            scan_block<true, false>(g, b, tb + lane * K, lane, d0, dd, a2, carry, dskip, dbias, nullptr, nullptr,
-                                    false);
-#endif
+            scan_block<true>(g, b, tb + lane * K, lane, d0, dd, a2, carry, dskip, dbias);
     for (; tb < g.L; tb += 32 * K)
-        scan_block<false, false>(g, b, tb + lane * K, lane, d0, dd, a2, carry, dskip, dbias, nullptr, nullptr,
-                                 false);
+        scan_block<false>(g, b, tb + lane * K, lane, d0, dd, a2, carry, dskip, dbias);
 #pragma unroll
     for (int r = 0; r < ROWS; ++r)
         if (d0 + r < g.Dm && lane < g.N) g.hT[(b * g.Dm + dd[r]) * g.N + lane] = carry[r];
@@ -335,15 +279,13 @@ _CODES = {torch.float32: "float", torch.float16: "f16_t", torch.bfloat16: "bf16_
 
 
 def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, unroll_n: int, two_pass: bool = False,
-           prefetch: int = 1, *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool, has_h0: bool, vec: bool = True) -> str:
+           prefetch: bool = True, *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool, has_h0: bool, vec: bool = True) -> str:
     """The kernel's source for one specialisation (the compile-time constants as #defines). ``vec``:
     every row of u, delta, z, B, C and y starts 16-byte aligned, so whole blocks use 16-byte accesses."""
-    if prefetch == 2 and warps * 2 * rows * 3 * 32 * K * tu.itemsize > 48 * 1024:
-        prefetch = 1  # the shared-memory stage would pass the 48 KB of static shared memory
     defs = dict(TU=_CODES[tu], TBC=_CODES[tbc], K=K, ROWS=rows, WARPS=warps, UNROLL_N=unroll_n,
                 HAS_D=int(has_d), HAS_Z=int(has_z), HAS_BIAS=int(has_bias), SOFTPLUS=int(softplus),
                 HAS_H0=int(has_h0), VEC=int(vec), TWO_PASS=int(two_pass),
-                PREFETCH=int(prefetch))  # 0, 1 or 2
+                PREFETCH=int(prefetch))
     return "".join(f"#define {k} {v}\n" for k, v in defs.items()) + SOURCE
 
 
@@ -487,7 +429,7 @@ def selective_scan_fwd_cuda(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None = None, z: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = True, initial_state: torch.Tensor | None = None,
-    config: tuple[int, int, int, int, bool, bool, int] | None = None,
+    config: tuple[int, int, int, int, bool, bool, bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """y (B, D, L) in u's dtype and the final state (B, D, N) fp32; the caller checked ``available``.
     ``config``: (K, ROWS, WARPS, UNROLL_N, bc32, two_pass, prefetch) as ``CONFIG``."""
