@@ -141,3 +141,31 @@ def test_default_dispatch_and_graph_replay():
     torch.cuda.synchronize()
     y_ref, h_ref = _ref(new)
     assert _rel(y_g, y_ref) < 1e-2 and _rel(h_g, h_ref) < 1e-4
+
+
+def test_compile_failure_falls_back_to_triton_once(monkeypatch):
+    """When NVRTC or the driver refuses the module, the automatically chosen CUDA forward warns once,
+    switches itself off and time2 runs (on CPU: under the interpreter, with the dispatch's interpreter
+    guard lifted and ``available`` forced); asked for by name, the error stands."""
+    pytest.importorskip("triton")
+    from evalkit.kernels.selective_scan import triton as ss_triton  # (conftest: the interpreter without a GPU)
+
+    calls = []
+
+    def refuse(*a, **k):
+        calls.append(1)
+        raise ss_cuda.CompileError("NVRTC compile failed: test")
+
+    monkeypatch.setattr(ss_triton, "_INTERPRET", False)
+    monkeypatch.setattr(ss_cuda, "_DISABLED", [])
+    monkeypatch.setattr(ss_cuda, "available", lambda *a: not ss_cuda._DISABLED)
+    monkeypatch.setattr(ss_cuda, "selective_scan_fwd_cuda", refuse)
+    t = _inputs(1, 4, 40, 4, torch.float32, seed=2, dev="cuda" if ON_GPU else "cpu")
+    y_ref, h_ref = _ref(t)
+    with pytest.warns(RuntimeWarning, match="Triton kernel runs instead"):
+        y, hT, _ = ss_triton.selective_scan_fwd(**t)
+    assert _rel(y, y_ref) < 1e-5 and _rel(hT, h_ref) < 1e-5
+    y, hT, _ = ss_triton.selective_scan_fwd(**t)  # switched off: no second try
+    assert calls == [1] and ss_cuda._DISABLED
+    with pytest.raises(ss_cuda.CompileError):
+        ss_triton.selective_scan_fwd(**t, variant="cuda")

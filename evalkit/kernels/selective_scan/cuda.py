@@ -21,7 +21,8 @@ No CUDA toolkit is needed: NVRTC ships with PyTorch's CUDA wheels (the nvidia-cu
 and the compiled module is launched through the driver API (ctypes) on PyTorch's current stream, so
 CUDA graph capture works. This path has no Triton-interpreter equivalent: its tests run on a GPU only;
 CI checks the Triton kernels, which remain the fallback (``available()`` false: no NVRTC, compute
-capability < 8.0, N > 32, or strides this kernel does not take).
+capability < 8.0, N > 32, or strides this kernel does not take; or, once, NVRTC or the driver refused
+the module: ``disable`` warns and the Triton kernel runs from then on).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import ctypes
 import functools
 import os
 import sys
+import warnings
 
 import torch
 
@@ -293,6 +295,21 @@ def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, unr
 # NVRTC and the driver API through ctypes
 
 
+class CompileError(RuntimeError):
+    """NVRTC could not compile the kernel, or the driver could not load the module."""
+
+
+_DISABLED: list[str] = []  # why the kernel was switched off in this process (``disable``)
+
+
+def disable(reason: str) -> None:
+    """Switch this kernel off for the rest of the process (``available`` false), warning once."""
+    if not _DISABLED:
+        warnings.warn(f"evalkit: the CUDA selective-scan forward is off, the Triton kernel runs instead: {reason}",
+                      RuntimeWarning, stacklevel=3)
+    _DISABLED.append(reason)
+
+
 @functools.cache
 def _nvrtc() -> ctypes.CDLL:
     try:  # PyTorch's own loader knows its wheel's NVRTC
@@ -312,9 +329,8 @@ def _nvrtc() -> ctypes.CDLL:
 
 def _check_nvrtc(lib: ctypes.CDLL, res: int, what: str) -> None:
     if res != 0:
-        msg = ctypes.c_char_p()
         lib.nvrtcGetErrorString.restype = ctypes.c_char_p
-        raise RuntimeError(f"NVRTC {what} failed: {lib.nvrtcGetErrorString(res)!r}")
+        raise CompileError(f"NVRTC {what} failed: {lib.nvrtcGetErrorString(res)!r}")
 
 
 def compile_source(src: str, arch: str, *, cubin: bool = True) -> bytes:
@@ -333,7 +349,7 @@ def compile_source(src: str, arch: str, *, cubin: bool = True) -> bytes:
         log = ctypes.create_string_buffer(size.value)
         lib.nvrtcGetProgramLog(prog, log)
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
-        raise RuntimeError("NVRTC compile failed:\n" + log.value.decode(errors="replace"))
+        raise CompileError("NVRTC compile failed:\n" + log.value.decode(errors="replace"))
     size = ctypes.c_size_t()
     get_size, get = ((lib.nvrtcGetCUBINSize, lib.nvrtcGetCUBIN) if cubin else (lib.nvrtcGetPTXSize, lib.nvrtcGetPTX))
     _check_nvrtc(lib, get_size(prog, ctypes.byref(size)), "size")
@@ -387,7 +403,11 @@ def _function(device: torch.device, src: str) -> _Function:
     if f is None:
         major, minor = torch.cuda.get_device_capability(device)
         with torch.cuda.device(device):
-            f = _Function(compile_source(src, f"{major}{minor}"), "evalkit_selective_scan_fwd")
+            image = compile_source(src, f"{major}{minor}")
+            try:
+                f = _Function(image, "evalkit_selective_scan_fwd")
+            except RuntimeError as e:  # e.g. a driver older than the NVRTC that built the module
+                raise CompileError(str(e)) from e
         _FUNCS[key] = f
     return f
 
@@ -405,7 +425,7 @@ def available(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Te
               z: torch.Tensor | None) -> bool:
     """Whether this kernel takes these inputs: CUDA tensors on a GPU of compute capability >= 8.0,
     NVRTC loadable, N <= 32, u / delta / z of one dtype and B / C of one, unit stride along L."""
-    if os.environ.get("EVALKIT_SCAN_CUDA", "1") == "0" or not u.is_cuda:
+    if os.environ.get("EVALKIT_SCAN_CUDA", "1") == "0" or not u.is_cuda or _DISABLED:
         return False
     if u.dtype not in _CODES or B.dtype not in _CODES or delta.dtype != u.dtype or C.dtype != B.dtype:
         return False

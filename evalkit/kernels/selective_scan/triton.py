@@ -335,6 +335,7 @@ def selective_scan_fwd(
     recurrences. Measured on the H100 (kernels/NOTES.md, v5): 1.6-1.8x *slower* than the plain
     walk at d_inner 4096 for every segment count, i.e. the walk is bound by its per-element work,
     not by too few parallel recurrences; kept as an option (default 1 = the plain walk)."""
+    auto_cuda = False  # the CUDA forward picked here, not asked for: a compile failure falls back
     if variant is None:  # stored states: the v3 walk's unless time2 is asked for (the autograd
         # Function does); the time kernels read (B, L, D) views with stride D (slower: NOTES.md v6)
         contiguous_l = all(t is None or t.stride(-1) == 1 for t in (u, delta, z))
@@ -343,16 +344,23 @@ def selective_scan_fwd(
             from evalkit.kernels.selective_scan import cuda as _cuda
 
             if _cuda.available(u, delta, A, B, C, z):  # the CUDA C++ forward (NVRTC): NOTES.md v10
-                variant = "cuda"
+                variant, auto_cuda = "cuda", True
     if variant == "cuda":
         if store_states or segments != 1 or ypre is not None:
             raise ValueError("variant 'cuda' is the inference forward: no stored states, segments or ypre")
         from evalkit.kernels.selective_scan import cuda as _cuda
 
-        note_variant("selective_scan", "cuda")
-        y, final = _cuda.selective_scan_fwd_cuda(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-                                                 delta_softplus=delta_softplus, initial_state=initial_state)
-        return y, final, None
+        try:
+            y, final = _cuda.selective_scan_fwd_cuda(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                                     delta_softplus=delta_softplus, initial_state=initial_state)
+        except _cuda.CompileError as e:  # NVRTC or the driver refused the module: Triton from now on
+            if not auto_cuda:
+                raise
+            _cuda.disable(str(e))
+            variant = DEFAULT_VARIANT
+        else:
+            note_variant("selective_scan", "cuda")
+            return y, final, None
     if store_states and variant not in ("scan", "time2"):
         raise ValueError("store_states needs variant 'scan' or 'time2'")
     if ypre is not None and not (store_states and variant == "time2" and z is not None):
