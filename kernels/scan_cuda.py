@@ -148,11 +148,46 @@ def lengths_table(ceil, cfg, lengths: str) -> None:
         torch.cuda.empty_cache()
 
 
+def train_table(ceil, lengths: str) -> None:
+    """The training forward (states every TB steps + pre-gate y): CUDA vs time2, and the time backward."""
+    from evalkit.kernels.selective_scan.triton import TIME_TRAIN_FWD_CONFIG
+    from evalkit.kernels.selective_scan.triton_bwd import TIME_BWD_CONFIG, selective_scan_bwd_time
+
+    TB = TIME_BWD_CONFIG[0]
+    bd, nw = TIME_TRAIN_FWD_CONFIG
+    print(f"## training forward (states every {TB} steps + pre-gate y) and the time backward, batch 1, "
+          "d_inner 4096, N 16, bf16")
+    print("| L | time2 train fwd ms | cuda train fwd ms | speed-up | states rel | ypre rel | bwd ms | bwd ÷ cuda "
+          "inference fwd | fwd + bwd ms (cuda) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for L in map(int, lengths.split(",")):
+        t = ss_inputs(1, 4096, L, 16, torch.bfloat16, seed=L)
+        a = (t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True, None, TB)
+        yp, yp2 = torch.empty_like(t["u"]), torch.empty_like(t["u"])
+        _, _, st = ss_cuda.selective_scan_fwd_cuda_train(*a, yp)
+        _, _, st2 = ss_triton.selective_scan_fwd(**t, variant="time2", chunk=TB, block_d=bd, num_warps=nw,
+                                                 store_states=True, ypre=yp2)
+        es, ey = rel(st, st2), rel(yp, yp2)
+        k2 = ms(lambda: ss_triton.selective_scan_fwd(**t, variant="time2", chunk=TB, block_d=bd, num_warps=nw,
+                                                     store_states=True, ypre=yp2), rep=50)
+        kc = ms(lambda: ss_cuda.selective_scan_fwd_cuda_train(*a, yp), rep=50)
+        ki = ms(lambda: ss_cuda.selective_scan_fwd_cuda(**t), rep=50)
+        gy = torch.randn_like(t["u"])
+        kb = ms(lambda: selective_scan_bwd_time(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"],
+                                                t["delta_bias"], None, st, yp, gy, None), rep=50)
+        print(f"| {L} | {fmt(k2)} | {fmt(kc)} | {k2 / kc:.2f}x | {es:.1e} | {ey:.1e} | {fmt(kb)} | {kb / ki:.2f} | "
+              f"{fmt(kc + kb)} |")
+        del t, yp, yp2, st, st2, gy
+        torch.cuda.empty_cache()
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", default="", help="K:ROWS:WARPS:UNROLL:BC32:TWOPASS:PREFETCH,... (default: the sweep list)")
     ap.add_argument("--lengths", default="4096,16384,65536,262144,1048576")
     ap.add_argument("--no-checks", action="store_true")
+    ap.add_argument("--train", default="", help="only the training-forward table at these lengths")
     a = ap.parse_args()
     configs = [_cfg(c) for c in a.configs.split(",")] if a.configs else CONFIGS
     configs = [ss_cuda.CONFIG] + [c for c in configs if c != ss_cuda.CONFIG]
@@ -161,6 +196,9 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; NVRTC {ver[0].value}.{ver[1].value}")
     ceil = ceilings()
     print(f"ceilings: copy {ceil['copy_Bps'] / 1e12:.2f} TB/s, exp2 {ceil['exp2_per_s'] / 1e12:.2f} T/s\n")
+    if a.train:
+        train_table(ceil, a.train)
+        return
     ok = True if a.no_checks else checks([ss_cuda.CONFIG, (8, 1, 1, 1, False, False, False),
                                           (16, 2, 1, 1, False, True, True), (16, 1, 4, 2, True, True, False),
                                           (8, 4, 4, 1, False, False, True)])

@@ -169,3 +169,40 @@ def test_compile_failure_falls_back_to_triton_once(monkeypatch):
     assert calls == [1] and ss_cuda._DISABLED
     with pytest.raises(ss_cuda.CompileError):
         ss_triton.selective_scan_fwd(**t, variant="cuda")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("case", [(1, 8, 63, 16), (2, 5, 1000, 8), (1, 64, 4096, 16), (2, 3, 777, 4)],
+                         ids=lambda c: "B{}-D{}-L{}-N{}".format(*c))
+def test_training_forward_stores_time2s_states(case, dtype):
+    """The CUDA training forward stores what time2 stores (the state entering every TB steps, the
+    pre-gate y), and through autograd (CUDA forward, Triton time backward) the gradients are the
+    reference's."""
+    from evalkit.kernels.selective_scan import triton as ss_triton
+    from evalkit.kernels.selective_scan.triton_bwd import TIME_BWD_CONFIG
+
+    b, d, L, n = case
+    TB = TIME_BWD_CONFIG[0]
+    t = _inputs(b, d, L, n, dtype, seed=L + 5)
+    h0 = torch.randn(b, d, n, device="cuda")
+    yp = torch.empty_like(t["u"])
+    y, hT, st = ss_cuda.selective_scan_fwd_cuda_train(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"],
+                                                      t["delta_bias"], True, h0, TB, yp)
+    yp2 = torch.empty_like(t["u"])
+    y2, hT2, st2 = ss_triton.selective_scan_fwd(**t, initial_state=h0, variant="time2", chunk=TB, block_d=4,
+                                                num_warps=1, store_states=True, ypre=yp2)
+    assert st.shape == st2.shape
+    assert _rel(st, st2) < 1e-5 and _rel(hT, hT2) < 1e-5
+    assert _rel(y, y2) < TOL[dtype] and _rel(yp, yp2) < TOL[dtype]
+    args = {k: v.clone().requires_grad_(True) for k, v in t.items()}
+    before = dispatch.variant_calls()
+    out = selective_scan(**args, initial_state=h0)
+    grads = torch.autograd.grad((out.float() * out.detach().float()).sum(), list(args.values()))
+    ran = {k for k, v in dispatch.variant_calls().items() if v > before.get(k, 0)}
+    assert ran == {"selective_scan:cuda", "selective_scan_bwd:time2"}
+    ref = {k: v.detach().float().requires_grad_(True) for k, v in t.items()}
+    out_r = selective_scan_ref(**ref, initial_state=h0)
+    g_r = torch.autograd.grad((out_r * out.detach().float()).sum(), list(ref.values()))
+    for name, a, r in zip(args, grads, g_r):
+        assert _rel(a, r) < (1e-4 if dtype == torch.float32 else 3e-2), name

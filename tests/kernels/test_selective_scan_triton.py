@@ -230,9 +230,11 @@ def test_time_backward_matches_reference(b, d, L, n, TB, BD, full, softplus, h0,
 
 def test_autograd_picks_time_pair_by_layout(monkeypatch):
     """Through autograd: L-contiguous u, delta, z run time2 (storing states) and the time backward;
-    (B, L, D) views run the v3 walk and the v3 backward; both give the reference's gradients."""
+    (B, L, D) views run the v3 walk and the v3 backward; both give the reference's gradients. (On a
+    GPU the CUDA C++ forward would store the states: switched off here, tested in test_selective_scan_cuda.)"""
     from evalkit.kernels.selective_scan import triton_bwd
 
+    monkeypatch.setenv("EVALKIT_SCAN_CUDA", "0")
     used = []
     for mod, attr, name in ((ss_triton, "_selective_scan_tkernel2", "time2"),
                             (ss_triton, "_selective_scan_kernel", "scan"),

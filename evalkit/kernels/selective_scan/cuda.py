@@ -92,14 +92,15 @@ constexpr int kUnrollN = UNROLL_N;
 
 struct Args {
     const TU* u; const TU* dl; const float* A; const TBC* Bm; const TBC* Cm; const float* Dv; const TU* z;
-    const float* bias; const float* h0; TU* y; float* hT;
-    int Dm, N; long long L;
+    const float* bias; const float* h0; TU* y; float* hT; float* st; TU* yp;
+    int Dm, N; long long L; long long nch;
     long long sub, sud, sdb, sdd, sad, san, sbb, sbn, scb, scn, szb, szd, syb, syd;
 };
 
 // State n for this warp's rows over one block: the lane's K steps from zero, the warp scan of the lane
 // totals, the entering state, and C_n's contraction into acc; lane n's carry moves on by the block.
-__device__ __forceinline__ void state_step(int n, int lane, const TBC (&bq)[K], const TBC (&cq)[K],
+__device__ __forceinline__ void state_step(const Args& g, long long b, long long t0, const long long (&dd)[ROWS],
+                                           int d0, int n, int lane, const TBC (&bq)[K], const TBC (&cq)[K],
                                            const float (&a2)[ROWS], float (&carry)[ROWS],
                                            const float (&dlt)[ROWS][K], const float (&dlu)[ROWS][K],
                                            const float (&sdt)[ROWS], float (&acc)[ROWS][K]) {
@@ -141,6 +142,11 @@ __device__ __forceinline__ void state_step(int n, int lane, const TBC (&bq)[K], 
         float he = __shfl_up_sync(FULL, h, 1);
         if (lane == 0) { pe = 1.f; he = 0.f; }
         const float hin = fmaf(pe, cn, he);  // the state entering this lane's steps
+#if STORE_TB
+        // training: the state entering each STORE_TB-step chunk, (B, chunks, D, N) fp32, for the backward
+        if ((lane * K) % STORE_TB == 0 && t0 < g.L && d0 + r < g.Dm)
+            g.st[((b * g.nch + t0 / STORE_TB) * g.Dm + dd[r]) * g.N + n] = hin;
+#endif
         const float pt = __shfl_sync(FULL, p, 31);
         const float ht = __shfl_sync(FULL, h, 31);
         if (lane == n) carry[r] = fmaf(pt, cn, ht);
@@ -214,13 +220,13 @@ __device__ __forceinline__ void scan_block(const Args& g, long long b, long long
             load_raw<FULLV>(Bb + (n + 1) * g.sbn, t0, L, bq1);
             load_raw<FULLV>(Cb + (n + 1) * g.scn, t0, L, cq1);
         }
-        state_step(n, lane, bq0, cq0, a2, carry, dlt, dlu, sdt, acc);
+        state_step(g, b, t0, dd, d0, n, lane, bq0, cq0, a2, carry, dlt, dlu, sdt, acc);
         if (has1) {
             if (n + 2 < g.N) {
                 load_raw<FULLV>(Bb + (n + 2) * g.sbn, t0, L, bq0);
                 load_raw<FULLV>(Cb + (n + 2) * g.scn, t0, L, cq0);
             }
-            state_step(n + 1, lane, bq1, cq1, a2, carry, dlt, dlu, sdt, acc);
+            state_step(g, b, t0, dd, d0, n + 1, lane, bq1, cq1, a2, carry, dlt, dlu, sdt, acc);
         }
     }
 #else
@@ -229,12 +235,15 @@ __device__ __forceinline__ void scan_block(const Args& g, long long b, long long
         TBC bq[K], cq[K];
         load_raw<FULLV>(Bb + n * g.sbn, t0, L, bq);
         load_raw<FULLV>(Cb + n * g.scn, t0, L, cq);
-        state_step(n, lane, bq, cq, a2, carry, dlt, dlu, sdt, acc);
+        state_step(g, b, t0, dd, d0, n, lane, bq, cq, a2, carry, dlt, dlu, sdt, acc);
     }
 #endif
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         if (d0 + r >= g.Dm) continue;
+#if STORE_TB
+        if (HAS_Z) store_items<FULLV>(g.yp + b * g.syb + dd[r] * g.syd, t0, L, acc[r]);  // pre-gate y
+#endif
         if (HAS_Z) {
 #if !PREFETCH
             TU zq[ROWS][K];
@@ -281,13 +290,15 @@ _CODES = {torch.float32: "float", torch.float16: "f16_t", torch.bfloat16: "bf16_
 
 
 def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, unroll_n: int, two_pass: bool = False,
-           prefetch: bool = True, *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool, has_h0: bool, vec: bool = True) -> str:
+           prefetch: bool = True, *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool, has_h0: bool, vec: bool = True,
+           store_tb: int = 0) -> str:
     """The kernel's source for one specialisation (the compile-time constants as #defines). ``vec``:
-    every row of u, delta, z, B, C and y starts 16-byte aligned, so whole blocks use 16-byte accesses."""
+    every row of u, delta, z, B, C and y starts 16-byte aligned, so whole blocks use 16-byte accesses.
+    ``store_tb`` (training): also store the state entering every ``store_tb`` steps and the pre-gate y."""
     defs = dict(TU=_CODES[tu], TBC=_CODES[tbc], K=K, ROWS=rows, WARPS=warps, UNROLL_N=unroll_n,
                 HAS_D=int(has_d), HAS_Z=int(has_z), HAS_BIAS=int(has_bias), SOFTPLUS=int(softplus),
                 HAS_H0=int(has_h0), VEC=int(vec), TWO_PASS=int(two_pass),
-                PREFETCH=int(prefetch))
+                PREFETCH=int(prefetch), STORE_TB=store_tb)
     return "".join(f"#define {k} {v}\n" for k, v in defs.items()) + SOURCE
 
 
@@ -388,8 +399,9 @@ class _Function:
 
 
 class _Args(ctypes.Structure):  # the kernel's ``struct Args``, passed by value
-    _fields_ = ([(n, ctypes.c_void_p) for n in ("u", "dl", "A", "Bm", "Cm", "Dv", "z", "bias", "h0", "y", "hT")]
-                + [("Dm", ctypes.c_int), ("N", ctypes.c_int), ("L", ctypes.c_longlong)]
+    _fields_ = ([(n, ctypes.c_void_p) for n in ("u", "dl", "A", "Bm", "Cm", "Dv", "z", "bias", "h0", "y", "hT",
+                                                 "st", "yp")]
+                + [("Dm", ctypes.c_int), ("N", ctypes.c_int), ("L", ctypes.c_longlong), ("nch", ctypes.c_longlong)]
                 + [(n, ctypes.c_longlong) for n in ("sub", "sud", "sdb", "sdd", "sad", "san", "sbb", "sbn", "scb",
                                                      "scn", "szb", "szd", "syb", "syd")])
 
@@ -453,6 +465,35 @@ def selective_scan_fwd_cuda(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """y (B, D, L) in u's dtype and the final state (B, D, N) fp32; the caller checked ``available``.
     ``config``: (K, ROWS, WARPS, UNROLL_N, bc32, two_pass, prefetch) as ``CONFIG``."""
+    y, final, _ = _launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, config, 0, None)
+    return y, final
+
+
+def supports_store(tb: int, config: tuple | None = None) -> bool:
+    """Whether the training forward can store states every ``tb`` steps: chunk starts fall on lane
+    boundaries and each block of 32·K steps holds whole chunks."""
+    K = (config or CONFIG)[0]
+    return tb > 0 and tb % K == 0 and (32 * K) % tb == 0
+
+
+def selective_scan_fwd_cuda_train(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None, delta_softplus: bool,
+    initial_state: torch.Tensor | None, tb: int, ypre: torch.Tensor | None,
+    config: tuple[int, int, int, int, bool, bool, bool] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The training forward for ``triton_bwd.selective_scan_bwd_time``: y, the final state and the state
+    entering every ``tb`` steps, (B, cdiv(L, tb), D, N) fp32 (what ``selective_scan_fwd`` with variant
+    "time2", ``store_states`` and ``chunk=tb`` stores); with z, ``ypre`` (laid out as y) receives the
+    pre-gate output. Needs ``supports_store(tb)``."""
+    if not supports_store(tb, config):
+        raise ValueError(f"the CUDA forward cannot store states every {tb} steps with config {config or CONFIG}")
+    if ypre is not None and (z is None or ypre.shape != u.shape or ypre.dtype != u.dtype or not ypre.is_contiguous()):
+        raise ValueError("ypre must be a contiguous (B, D, L) tensor in u's dtype, with z")
+    return _launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, config, tb, ypre)
+
+
+def _launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, config, store_tb, ypre):
     K, rows, warps, unroll_n, bc32, two_pass, prefetch = config or CONFIG
     if bc32:  # B, C read as float32 (2·L·N floats, small next to u, Δ, z, y): no conversions per state
         B, C = B.to(torch.float32).contiguous(), C.to(torch.float32).contiguous()
@@ -460,22 +501,25 @@ def selective_scan_fwd_cuda(
     N = A.shape[1]
     y = torch.empty(batch, Dm, L, device=u.device, dtype=u.dtype)
     final = torch.empty(batch, Dm, N, device=u.device, dtype=torch.float32)
+    nch = -(-L // store_tb) if store_tb else 0
+    states = torch.empty(batch, nch, Dm, N, device=u.device, dtype=torch.float32) if store_tb else None
     A32 = A.to(torch.float32)
     D32 = D.to(torch.float32).contiguous() if D is not None else A32
     b32 = delta_bias.to(torch.float32).contiguous() if delta_bias is not None else A32
     h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
     zt = z if z is not None else u
     vec = _vec_ok(u.element_size(), u, delta, z, y) and _vec_ok(B.element_size(), B, C)
-    src = source(u.dtype, B.dtype, K, rows, warps, unroll_n, two_pass, prefetch, has_d=D is not None, has_z=z is not None,
-                 has_bias=delta_bias is not None, softplus=delta_softplus, has_h0=initial_state is not None,
-                 vec=vec)
+    src = source(u.dtype, B.dtype, K, rows, warps, unroll_n, two_pass, prefetch, has_d=D is not None,
+                 has_z=z is not None, has_bias=delta_bias is not None, softplus=delta_softplus,
+                 has_h0=initial_state is not None, vec=vec, store_tb=store_tb if store_tb else 0)
     f = _function(u.device, src)
-    ptrs = [t.data_ptr() for t in (u, delta, A32, B, C, D32, zt, b32, h0, y, final)]
+    ptrs = [t.data_ptr() for t in (u, delta, A32, B, C, D32, zt, b32, h0, y, final,
+                                    states if states is not None else final, ypre if ypre is not None else y)]
     strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), A32.stride(0), A32.stride(1),
                B.stride(0), B.stride(1), C.stride(0), C.stride(1), zt.stride(0), zt.stride(1),
                y.stride(0), y.stride(1))
-    args = _Args(*ptrs, Dm, N, L, *strides)
+    args = _Args(*ptrs, Dm, N, L, nch, *strides)
     grid = (-(-Dm // (rows * warps)), batch, 1)
     with torch.cuda.device(u.device):
         f(grid, 32 * warps, args, torch.cuda.current_stream(u.device))
-    return y, final
+    return y, final, states

@@ -435,7 +435,8 @@ def selective_scan_fwd(
 class _SelectiveScanFn(torch.autograd.Function):
     """Triton forward storing what the backward needs, and Triton backward. Inputs contiguous along
     L (u, delta, z with stride(-1) == 1) and N <= the time block: the time-layout pair, the time2
-    forward storing the state entering each block and the pre-gate y, then
+    forward (or, where ``cuda.available`` holds, the CUDA C++ forward, which stores the same) storing
+    the state entering each block and the pre-gate y, then
     ``triton_bwd.selective_scan_bwd_time`` (per block, recompute the states from the entry state
     for each n in turn, reverse-time scan for the state gradient). Otherwise (e.g. (B, L, D) views)
     the v3 pair: the walk storing chunk-entry states (chunk ``BWD_CHUNK``), then
@@ -454,10 +455,22 @@ class _SelectiveScanFn(torch.autograd.Function):
         if time:
             if z is not None:
                 ypre = torch.empty(u.shape, device=u.device, dtype=u.dtype)
-            block_d, num_warps = TIME_TRAIN_FWD_CONFIG
-            y, final, states = selective_scan_fwd(u, delta, A, B, C, **kw, chunk=TB, block_d=block_d,
-                                                  num_warps=num_warps, store_states=True, variant="time2",
-                                                  ypre=ypre)
+            y = None
+            if not _INTERPRET:
+                from evalkit.kernels.selective_scan import cuda as _cuda
+
+                if _cuda.available(u, delta, A, B, C, z) and _cuda.supports_store(TB):
+                    try:  # the CUDA forward storing the same states and pre-gate y (NOTES.md v10)
+                        y, final, states = _cuda.selective_scan_fwd_cuda_train(
+                            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, TB, ypre)
+                        note_variant("selective_scan", "cuda")
+                    except _cuda.CompileError as e:
+                        _cuda.disable(str(e))
+            if y is None:
+                block_d, num_warps = TIME_TRAIN_FWD_CONFIG
+                y, final, states = selective_scan_fwd(u, delta, A, B, C, **kw, chunk=TB, block_d=block_d,
+                                                      num_warps=num_warps, store_states=True, variant="time2",
+                                                      ypre=ypre)
         else:
             y, final, states = selective_scan_fwd(u, delta, A, B, C, **kw, chunk=BWD_CHUNK if grad else None,
                                                   store_states=grad, variant="scan" if grad else None)
