@@ -262,8 +262,8 @@ def ss_floor(ceil, L, d=4096, n=16) -> tuple[float, float, float]:
 
 # (variant, chunk T, channels per program, warps) tried at L = 16k; the best runs the length sweep
 # "cuda": the NVRTC-compiled CUDA C++ forward (its own config, selective_scan/cuda.py CONFIG; NOTES v10)
-SS_VARIANTS = [("cuda", 0, 0, 0), ("time2", 128, 4, 1), ("time2", 128, 32, 8), ("scan", 32, 8, 4), ("scan", 16, 8, 4),
-               ("seq", 16, 8, 4), ("seq", 16, 16, 4), ("seq", 16, 32, 4), ("seq", 16, 64, 4), ("seq", 16, 32, 8)]
+SS_VARIANTS = [("cuda", 0, 0, 0), ("time2", 128, 4, 1), ("time2", 128, 32, 8), ("scan", 32, 8, 4),
+               ("scan", 16, 8, 4), ("seq", 16, 8, 4), ("seq", 16, 16, 4), ("seq", 16, 32, 4), ("seq", 16, 64, 4), ("seq", 16, 32, 8)]
 
 
 def bench_selective_scan(ceil, lengths, rows) -> dict:

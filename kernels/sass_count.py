@@ -70,10 +70,10 @@ def main() -> None:
         import torch
 
         tbc = torch.float32 if os.environ.get("SASS_BC32") else torch.bfloat16  # B, C pre-converted
-        src = ss_cuda.source(torch.bfloat16, tbc, a.TB, a.BD, a.warps, a.unroll_n, bool(os.environ.get("SASS_TWO_PASS")),
-                             not os.environ.get("SASS_NO_PREFETCH"), has_d=True,
-                             has_z=True, has_bias=True, softplus=True, has_h0=False)
-        return report(a, ss_cuda.compile_source(src, "90"), f"cuda K {a.TB} ROWS {a.BD} warps {a.warps} "
+        src = ss_cuda.source(torch.bfloat16, tbc, a.TB, a.BD, a.warps, a.unroll_n,
+                             bool(os.environ.get("SASS_TWO_PASS")), not os.environ.get("SASS_NO_PREFETCH"),
+                             has_d=True, has_z=True, has_bias=True, softplus=True, has_h0=False)
+        return report(ss_cuda.compile_source(src, "90"), f"cuda K {a.TB} ROWS {a.BD} warps {a.warps} "
                       f"unroll {a.unroll_n} (NVRTC, sm_90)", a.TB * a.BD)
     consts = {**FLAGS, "TB": a.TB, "BD": a.BD}
     if a.kernel == "train":
@@ -83,11 +83,11 @@ def main() -> None:
     if os.environ.get("SASS_IR"):  # also keep the TTGIR there (layouts, conversions through shared memory)
         with open(os.environ["SASS_IR"], "w") as f:
             f.write(k.asm["ttgir"])
-    report(a, k.asm["cubin"], f"{a.kernel} TB {a.TB} BD {a.BD} warps {a.warps} (triton {triton.__version__}, sm_90)",
+    report(k.asm["cubin"], f"{a.kernel} TB {a.TB} BD {a.BD} warps {a.warps} (triton {triton.__version__}, sm_90)",
            a.TB * a.BD // (32 * a.warps))
 
 
-def report(a, image: bytes, title: str, per_thread: int) -> None:
+def report(image: bytes, title: str, per_thread: int) -> None:
     tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.TemporaryDirectory() as d:
         cubin = os.path.join(d, "k.cubin")

@@ -320,10 +320,10 @@ def selective_scan_fwd(
 
     ``variant`` (None: "cuda" where ``cuda.available`` holds, else ``DEFAULT_VARIANT``, for inputs
     contiguous along L without stored states or segments; otherwise "scan"): "cuda" (the CUDA C++
-    inference forward compiled by NVRTC, ``cuda.py``: the fastest on the H200, NOTES.md v10), "scan" (``_selective_scan_kernel``: channels x N across the threads, chunks of
-    time scanned in-thread), "seq" (``_selective_scan_seq_kernel``,
-    step by step) or "time2" (``_selective_scan_tkernel2``: time along the lanes, the N state
-    indices in turn; the fastest). Two other time-parallel variants ("time", "time3") were measured
+    inference forward compiled by NVRTC, ``cuda.py``: the fastest on the H200, NOTES.md v10), "scan"
+    (``_selective_scan_kernel``: channels x N across the threads, chunks of time scanned in-thread),
+    "seq" (``_selective_scan_seq_kernel``, step by step) or "time2" (``_selective_scan_tkernel2``: time
+    along the lanes, the N state indices in turn; the fastest Triton variant). Two other time-parallel variants ("time", "time3") were measured
     slower and removed (kernels/NOTES.md v6).
     ``chunk`` / ``block_d`` / ``num_warps`` default to ``VARIANT_CONFIG`` (kernels/NOTES.md has the
     sweeps behind them); ``maxnreg`` caps time2's registers per thread (a tuning knob).
@@ -503,8 +503,9 @@ VARIANT_CONFIG = {"scan": (32, 8, 4), "seq": (16, 8, 4), "time2": (128, 4, 1)}
 # ``selective_scan_fwd``'s Triton variant without stored states (inference, prefill) on inputs contiguous
 # along L: time2 was 1.9-2.0x faster than the walk at d_inner 4096 from 4k to 1M on the H200
 # (kernels/NOTES.md v6). Where ``cuda.available`` holds (a GPU, NVRTC, N <= 32, unit L strides) the CUDA
-# C++ forward runs instead: 1.5x faster than time2 on the H200 (NOTES.md v10). For (B, L, D) views, segments, or ``store_states`` without a variant it is
-# "scan"; the autograd Function asks for time2 with stored states itself (L-contiguous inputs).
+# C++ forward runs instead: 1.5x faster than time2 on the H200 (NOTES.md v10). For (B, L, D) views,
+# segments, or ``store_states`` without a variant it is "scan"; the autograd Function asks for time2
+# (or the CUDA training forward) with stored states itself (L-contiguous inputs).
 DEFAULT_VARIANT = "time2"
 
 # The chunk of the v3 walk when it stores states for the v3 backward (strided inputs): the backward
