@@ -29,10 +29,10 @@ def selective_scan(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Selective scan with the semantics of :func:`selective_scan_ref` (see there for shapes).
 
-    Runs the kernels on CUDA (inference: the NVRTC-compiled CUDA C++ forward, ``cuda.py``, where it
-    applies, else Triton's ``triton.py``; training: the Triton forward and backward) and the reference
+    Runs the kernels on CUDA (the NVRTC-compiled CUDA C++ forward, ``cuda.py``, where it applies, else
+    Triton's ``triton.py``; in training that forward stores states for the Triton backward) and the reference
     elsewhere; the environment variable ``EVALKIT_KERNELS=auto|ref|triton`` forces either (see
-    ``evalkit.kernels.dispatch``), ``EVALKIT_SCAN_CUDA=0`` keeps the inference forward on Triton.
+    ``evalkit.kernels.dispatch``), ``EVALKIT_SCAN_CUDA=0`` keeps the forward on Triton.
     ``chunk_size`` is the reference's; the kernel picks its own (it changes rounding only).
     """
     if use_kernel(u):

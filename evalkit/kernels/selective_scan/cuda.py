@@ -1,4 +1,6 @@
-"""Selective scan (Mamba-1) inference forward as a CUDA C++ kernel compiled at run time by NVRTC.
+"""Selective scan (Mamba-1) forward as a CUDA C++ kernel compiled at run time by NVRTC: inference, and
+in training the same kernel storing the state entering every 128 steps and the pre-gate y for the
+Triton time backward (``selective_scan_fwd_cuda_train``).
 
 Why a second language (kernels/NOTES.md, v6-v10): the Triton kernels leave each thread's register
 layout to the compiler, and the time-parallel Triton forward spends ~22 instructions per (t, d, n)
