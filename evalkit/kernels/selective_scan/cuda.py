@@ -37,8 +37,6 @@ import warnings
 
 import torch
 
-_LOG2E = 1.4426950408889634
-
 # (steps per lane K, channels per warp ROWS, warps per block, state loop unroll, B and C converted to
 # float32 before the kernel, two passes over a lane's steps instead of a fix-up, B / C / z prefetched):
 # kernels/NOTES.md v10.
