@@ -10,6 +10,7 @@ import torch
 
 from evalkit.kernels import dispatch
 from evalkit.kernels.selective_scan import cuda as ss_cuda
+from evalkit.kernels.selective_scan import cuda_bwd
 from evalkit.kernels.selective_scan import selective_scan, selective_scan_ref
 
 ON_GPU = torch.cuda.is_available()
@@ -175,11 +176,13 @@ def test_compile_failure_falls_back_to_triton_once(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
 @pytest.mark.parametrize("case", [(1, 8, 63, 16), (2, 5, 1000, 8), (1, 64, 4096, 16), (2, 3, 777, 4)],
                          ids=lambda c: "B{}-D{}-L{}-N{}".format(*c))
-def test_training_forward_stores_time2s_states(case, dtype):
+def test_training_forward_stores_time2s_states(case, dtype, monkeypatch):
     """The CUDA training forward stores what time2 stores (the state entering every TB steps, the
-    pre-gate y), and through autograd (CUDA forward, Triton time backward) the gradients are the
-    reference's."""
+    pre-gate y), and through autograd (CUDA forward, Triton time backward: ``EVALKIT_SCAN_CUDA_BWD=0``)
+    the gradients are the reference's."""
     from evalkit.kernels.selective_scan import triton as ss_triton
+
+    monkeypatch.setenv("EVALKIT_SCAN_CUDA_BWD", "0")
     from evalkit.kernels.selective_scan.triton_bwd import TIME_BWD_CONFIG
 
     b, d, L, n = case
@@ -206,3 +209,106 @@ def test_training_forward_stores_time2s_states(case, dtype):
     g_r = torch.autograd.grad((out_r * out.detach().float()).sum(), list(ref.values()))
     for name, a, r in zip(args, grads, g_r):
         assert _rel(a, r) < (1e-4 if dtype == torch.float32 else 3e-2), name
+
+
+# ---------------------------------------------------------------------------------------------------
+# the CUDA backward (cuda_bwd.py): the CUDA training forward storing every 32·K steps, then the backward
+
+BWD_CONFIGS = [cuda_bwd.BWD_CONFIG, (8, 2, 4), (16, 1, 8), (8, 1, 2), (16, 2, 2)]
+
+
+def _bwd_pair(t, cfg, h0, gy, gT, softplus=True):
+    z = t.get("z")
+    yp = torch.empty_like(t["u"], memory_format=torch.contiguous_format) if z is not None else None
+    y, hT, st = ss_cuda.selective_scan_fwd_cuda_train(t["u"], t["delta"], t["A"], t["B"], t["C"], t.get("D"), z,
+                                                      t.get("delta_bias"), softplus, h0, cuda_bwd.store_tb(cfg), yp)
+    g = cuda_bwd.selective_scan_bwd_cuda(t["u"], t["delta"], t["A"], t["B"], t["C"], t.get("D"), z,
+                                         t.get("delta_bias"), h0, st, yp, gy, gT, delta_softplus=softplus,
+                                         config=cfg)
+    return y, hT, g
+
+
+@gpu
+@pytest.mark.parametrize("cfg", BWD_CONFIGS, ids=lambda c: "K{}-R{}-W{}".format(*c))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-D{}-L{}-N{}".format(*c))
+def test_cuda_backward_matches_reference(case, dtype, cfg):
+    """Every input's gradient (and the initial state's) against the reference's autograd, with the
+    final state's gradient given: odd and aligned lengths, N 4-32, channels not a multiple of a block."""
+    b, d, L, n = case
+    t = _inputs(b, d, L, n, dtype, seed=L + n)
+    h0 = torch.randn(b, d, n, device="cuda")
+    f = {k: v.float().requires_grad_(True) for k, v in {**t, "initial_state": h0}.items()}
+    yr, hr = selective_scan_ref(**f, return_final_state=True)
+    gy = torch.randn_like(yr).to(dtype)
+    gT = torch.randn_like(hr)
+    gr = torch.autograd.grad((yr * gy.float()).sum() + (hr * gT).sum(), list(f.values()))
+    y, hT, g = _bwd_pair(t, cfg, h0, gy, gT)
+    tol = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}[dtype]
+    assert _rel(hT, hr) < 1e-4
+    ins = {**t, "initial_state": h0}
+    for name, a, r in zip(f, g, gr):
+        assert a.dtype == ins[name].dtype, name
+        assert _rel(a, r) < tol, name
+
+
+@gpu
+def test_cuda_backward_bare_and_views():
+    """Without D, z, bias, softplus and initial state (their gradients None); and on the mixer's
+    views (u, z halves of one tensor, B, C slices of another), through the public autograd path,
+    which says that the CUDA backward ran."""
+    t = _inputs(2, 40, 1500, 16, torch.bfloat16, seed=21, full=False)
+    t["delta"] = torch.nn.functional.softplus(t["delta"].float()).to(torch.bfloat16)
+    f = {k: v.float().requires_grad_(True) for k, v in t.items()}
+    yr = selective_scan_ref(**f, delta_softplus=False)
+    gy = torch.randn_like(yr).to(torch.bfloat16)
+    gr = torch.autograd.grad((yr * gy.float()).sum(), list(f.values()))
+    _, _, g = _bwd_pair(t, cuda_bwd.BWD_CONFIG, None, gy, None, softplus=False)
+    for a, r in zip(g[:5], gr):
+        assert _rel(a, r) < 3e-2
+    assert all(x is None for x in g[5:])
+    b, d, L, n = 2, 64, 3000, 16
+    t = _inputs(b, d, L, n, torch.bfloat16, seed=22)
+    xz = torch.randn(b, 2 * d, L, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    dbc = torch.randn(b, 8 + 2 * n, L, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    leaf = {k: t[k].clone().requires_grad_(True) for k in ("delta", "A", "D", "delta_bias")}
+    u, z = xz.chunk(2, dim=1)
+    _, B, C = dbc.split([8, n, n], dim=1)
+    before = dispatch.variant_calls()
+    out = selective_scan(u, leaf["delta"], leaf["A"], B, C, D=leaf["D"], z=z, delta_bias=leaf["delta_bias"])
+    w = torch.randn_like(out)
+    grads = torch.autograd.grad((out.float() * w.float()).sum(), [xz, dbc, *leaf.values()])
+    ran = {k for k, v in dispatch.variant_calls().items() if v > before.get(k, 0)}
+    assert ran == {"selective_scan:cuda", "selective_scan_bwd:cuda"}
+    ref = [x.detach().float().requires_grad_(True) for x in (xz, dbc, *leaf.values())]
+    ur, zr = ref[0].chunk(2, dim=1)
+    _, Br, Cr = ref[1].split([8, n, n], dim=1)
+    out_r = selective_scan_ref(ur, ref[2], ref[3], Br, Cr, D=ref[4], z=zr, delta_bias=ref[5])
+    g_r = torch.autograd.grad((out_r * w.float()).sum(), ref)
+    for a, r in zip(grads, g_r):
+        assert _rel(a, r) < 3e-2
+
+
+@gpu
+def test_cuda_backward_states_must_match_its_block():
+    t = _inputs(1, 8, 600, 16, torch.float32, seed=23)
+    yp = torch.empty_like(t["u"])
+    _, _, st = ss_cuda.selective_scan_fwd_cuda_train(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"],
+                                                     t["delta_bias"], True, None, 128, yp)
+    with pytest.raises(ValueError, match="state entering every"):
+        cuda_bwd.selective_scan_bwd_cuda(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"],
+                                         None, st, yp, None, None, config=(16, 1, 4))
+
+
+def test_cuda_backward_source_and_switch(monkeypatch):
+    """On any machine: the backward's source carries its specialisation, blocks match the stored
+    states (32·K steps, which the CUDA forward can store), and ``EVALKIT_SCAN_CUDA_BWD=0`` turns it off."""
+    src = cuda_bwd.source(torch.bfloat16, torch.float32, 16, 1, 4, has_d=True, has_z=False, has_bias=True,
+                          softplus=True, vec=False)
+    assert "#define K 16\n" in src and "#define HAS_Z 0\n" in src and "#define TBC float\n" in src
+    assert "evalkit_selective_scan_bwd" in src
+    for cfg in BWD_CONFIGS:
+        assert cuda_bwd.store_tb(cfg) == 32 * cfg[0] and ss_cuda.supports_store(cuda_bwd.store_tb(cfg))
+    assert cuda_bwd.enabled()
+    monkeypatch.setenv("EVALKIT_SCAN_CUDA_BWD", "0")
+    assert not cuda_bwd.enabled()

@@ -42,7 +42,8 @@ import torch
 # kernels/NOTES.md v10.
 CONFIG = (16, 2, 4, 1, False, False, True)
 
-SOURCE = r"""
+# Types, conversions and the K-item row loads / stores, shared with the backward (``cuda_bwd``).
+HELPERS = r"""
 typedef unsigned short u16;
 struct bf16_t { u16 x; };
 struct f16_t { u16 x; };
@@ -88,6 +89,9 @@ __device__ __forceinline__ void store_items(T* __restrict__ p, long long t0, lon
     }
 }
 
+"""
+
+SOURCE = HELPERS + r"""
 constexpr int kUnrollN = UNROLL_N;
 
 struct Args {
@@ -391,10 +395,15 @@ class _Function:
         _check_cu(_cuda().cuModuleGetFunction(ctypes.byref(self.func), self.module, name.encode()),
                   "cuModuleGetFunction")
 
+        self.shared = 48 * 1024  # dynamic shared memory allowed without opting in
+
     def __call__(self, grid: tuple[int, int, int], block: int, args: ctypes.Structure,
-                 stream: torch.cuda.Stream) -> None:
+                 stream: torch.cuda.Stream, shared: int = 0) -> None:
+        if shared > self.shared:  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            _check_cu(_cuda().cuFuncSetAttribute(self.func, 8, shared), "cuFuncSetAttribute")
+            self.shared = shared
         arr = (ctypes.c_void_p * 1)(ctypes.cast(ctypes.byref(args), ctypes.c_void_p))  # one by-value struct
-        _check_cu(_cuda().cuLaunchKernel(self.func, grid[0], grid[1], grid[2], block, 1, 1, 0,
+        _check_cu(_cuda().cuLaunchKernel(self.func, grid[0], grid[1], grid[2], block, 1, 1, shared,
                                          ctypes.c_void_p(stream.cuda_stream), arr, None), "cuLaunchKernel")
 
 
@@ -409,7 +418,7 @@ class _Args(ctypes.Structure):  # the kernel's ``struct Args``, passed by value
 _FUNCS: dict[tuple, _Function] = {}
 
 
-def _function(device: torch.device, src: str) -> _Function:
+def _function(device: torch.device, src: str, name: str = "evalkit_selective_scan_fwd") -> _Function:
     key = (device.index, src)
     f = _FUNCS.get(key)
     if f is None:
@@ -417,7 +426,7 @@ def _function(device: torch.device, src: str) -> _Function:
         with torch.cuda.device(device):
             image = compile_source(src, f"{major}{minor}")
             try:
-                f = _Function(image, "evalkit_selective_scan_fwd")
+                f = _Function(image, name)
             except RuntimeError as e:  # e.g. a driver older than the NVRTC that built the module
                 raise CompileError(str(e)) from e
         _FUNCS[key] = f

@@ -433,7 +433,10 @@ def selective_scan_fwd(
 
 
 class _SelectiveScanFn(torch.autograd.Function):
-    """Triton forward storing what the backward needs, and Triton backward. Inputs contiguous along
+    """Forward storing what the backward needs, and the backward. Where ``cuda.available`` holds (a GPU,
+    NVRTC) the CUDA C++ pair: the CUDA forward storing the state entering every 32·K steps and the
+    pre-gate y, then ``cuda_bwd.selective_scan_bwd_cuda`` (``EVALKIT_SCAN_CUDA_BWD=0``: the Triton time
+    backward instead). Otherwise, inputs contiguous along
     L (u, delta, z with stride(-1) == 1) and N <= the time block: the time-layout pair, the time2
     forward (or, where ``cuda.available`` holds, the CUDA C++ forward, which stores the same) storing
     the state entering each block and the pre-gate y, then
@@ -452,14 +455,26 @@ class _SelectiveScanFn(torch.autograd.Function):
         time = (grad and all(t is None or t.stride(-1) == 1 for t in (u, delta, z))
                 and triton.next_power_of_2(A.shape[1]) <= TB)
         ypre = None
+        path = "time2" if time else "scan"  # which backward runs
         if time:
             if z is not None:
                 ypre = torch.empty(u.shape, device=u.device, dtype=u.dtype)
             y = None
             if not _INTERPRET:
                 from evalkit.kernels.selective_scan import cuda as _cuda
+                from evalkit.kernels.selective_scan import cuda_bwd as _cuda_bwd
 
-                if _cuda.available(u, delta, A, B, C, z) and _cuda.supports_store(TB):
+                if _cuda.available(u, delta, A, B, C, z) and _cuda_bwd.enabled():
+                    try:  # the CUDA pair: states every 32·K steps for the CUDA backward (NOTES.md v11)
+                        _cuda_bwd.prepare(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre)
+                        y, final, states = _cuda.selective_scan_fwd_cuda_train(
+                            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                            _cuda_bwd.store_tb(), ypre)
+                        note_variant("selective_scan", "cuda")
+                        path = "cuda"
+                    except _cuda.CompileError as e:
+                        _cuda.disable(str(e))
+                if y is None and _cuda.available(u, delta, A, B, C, z) and _cuda.supports_store(TB):
                     try:  # the CUDA forward storing the same states and pre-gate y (NOTES.md v10)
                         y, final, states = _cuda.selective_scan_fwd_cuda_train(
                             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, TB, ypre)
@@ -476,7 +491,7 @@ class _SelectiveScanFn(torch.autograd.Function):
                                                   store_states=grad, variant="scan" if grad else None)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, states, ypre)
         ctx.delta_softplus = delta_softplus
-        ctx.time = time
+        ctx.path = path
         return y, final
 
     @staticmethod
@@ -484,7 +499,13 @@ class _SelectiveScanFn(torch.autograd.Function):
         from evalkit.kernels.selective_scan.triton_bwd import selective_scan_bwd, selective_scan_bwd_time
 
         u, delta, A, B, C, D, z, bias, h0, states, ypre = ctx.saved_tensors
-        if ctx.time:
+        if ctx.path == "cuda":
+            from evalkit.kernels.selective_scan.cuda_bwd import selective_scan_bwd_cuda
+
+            note_variant("selective_scan_bwd", "cuda")
+            grads = selective_scan_bwd_cuda(u, delta, A, B, C, D, z, bias, h0, states, ypre, gy, gfinal,
+                                            delta_softplus=ctx.delta_softplus)
+        elif ctx.path == "time2":
             note_variant("selective_scan_bwd", "time2")
             grads = selective_scan_bwd_time(u, delta, A, B, C, D, z, bias, h0, states, ypre, gy, gfinal,
                                             delta_softplus=ctx.delta_softplus)

@@ -1,0 +1,408 @@
+"""Selective scan (Mamba-1) backward as a CUDA C++ kernel compiled at run time by NVRTC, in the layout
+of the CUDA forward (``cuda.py``; kernels/NOTES.md v11).
+
+The math is ``triton_bwd``'s (see its docstring): per (b, d, n), with a_t = exp(Δ_t A) and
+b_t = Δ_t B_t u_t, the state h_t = a_t h_{t-1} + b_t is recomputed forwards and the state gradient
+λ_t = gy_t C_t + a_{t+1} λ_{t+1} runs backwards; then gu = Δ Σ_n λ B + D gy,
+gΔ = u Σ_n λ B + Σ_n λ A (h - b), gA = Σ_t Δ λ (h - b), gB = Σ_d λ Δ u, gC = Σ_d gy h.
+
+Layout: one warp owns ``ROWS`` channels and walks the blocks of 32·K steps from the last to the
+first; each lane owns K consecutive steps. Per block it reads u, Δ, the output gradient, z and the
+pre-gate y (the gate's gradient gz is written at once), and the state entering the block, which the
+training forward stored (``cuda.selective_scan_fwd_cuda_train`` with ``tb = 32·K``). Then for each
+state index n in turn (a runtime loop, so the registers hold one state's values at a time):
+
+1. the lane runs its K steps forwards from a zero state, and the reverse recurrence for λ backwards
+   from a zero gradient; both lane totals go through one warp scan each (five shuffle rounds,
+   interleaved), giving each lane its entering state and the gradient arriving from its right;
+2. the lane reruns both recurrences from those true values (two passes instead of a fix-up: fewer
+   registers) and accumulates Σ_n λ B and Σ_n λ A (h - b) for gu and gΔ in registers, gA's partial
+   in shared memory, and its gB_n / gC_n partials (summed over its rows);
+3. the block's warps reduce gB_n and gC_n over their channels in shared memory (double-buffered, one
+   block barrier per state) and add them to fp32 buffers with one atomic per (t, n) and block — so
+   a block of ROWS·WARPS channels cuts the atomics by that factor against one per channel.
+
+The gradient of the state after the block for state n, ∂L/∂h_n, lives in lane n's register (N <= 32),
+as the carry does in the forward. On inputs the CUDA forward does not take (``cuda.available`` false)
+or where NVRTC refuses the module, the Triton time backward runs (``triton._SelectiveScanFn``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import torch
+
+from evalkit.kernels.selective_scan import cuda as _cuda
+
+# (steps per lane K, channels per warp ROWS, warps per block): kernels/NOTES.md v11.
+BWD_CONFIG = (16, 1, 4)
+
+SOURCE = _cuda.HELPERS + r"""
+#define LN2 0.6931471805599453f
+constexpr int BLK = 32 * K;
+constexpr int SLOT = BLK + K;  // one partial row of a block, one pad word per 32 (bank conflicts)
+static_assert((K & (K - 1)) == 0 && K <= 32 && BLK % (32 * WARPS) == 0, "K a power of two, 32·WARPS divides 32·K");
+
+struct BArgs {
+    const TU* u; const TU* dl; const float* A; const TBC* Bm; const TBC* Cm; const float* Dv; const TU* z;
+    const float* bias; const float* st; const TU* yp; const TU* go; const float* gT;
+    TU* gu; TU* gdl; TU* gz; float* gB; float* gC; float* gA; float* gD; float* gbias; float* gh0;
+    int Dm, N; long long L; long long nch;
+    long long sub, sud, sdb, sdd, sad, san, sbb, sbn, scb, scn, szb, szd, syb, syd, sgb, sgd;
+};
+
+__device__ __forceinline__ int padj(int j) { return j + (j >> 5); }
+
+// State n of one block for this warp's rows: recompute h and λ, accumulate the per-(t, d) sums over n
+// (S1 = Σ λ B, S2 = Σ λ A (h - b), log2 units), gA's partial into sA, and the rows' gB / gC partials.
+__device__ __forceinline__ void bwd_state(int n, int lane, const int N, const TBC (&bq)[K],
+                                          const TBC (&cq)[K], const float (&a2)[ROWS], const float (&hblk)[ROWS],
+                                          float (&Gc)[ROWS], const float (&dlt)[ROWS][K],
+                                          const float (&dlu)[ROWS][K], const float (&gyv)[ROWS][K],
+                                          const float (&sdt)[ROWS], float (&S1)[ROWS][K], float (&S2)[ROWS][K],
+                                          float* __restrict__ sA, float (&gBp)[K], float (&gCp)[K]) {
+    const unsigned FULL = 0xffffffffu;
+#pragma unroll
+    for (int k = 0; k < K; ++k) { gBp[k] = 0.f; gCp[k] = 0.f; }
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const float an = __shfl_sync(FULL, a2[r], n);
+        const float hc = __shfl_sync(FULL, hblk[r], n);
+        const float gc = __shfl_sync(FULL, Gc[r], n);
+        float av[K];
+        float hf = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {  // forwards from a zero state
+            av[k] = ex2(dlt[r][k] * an);
+            hf = fmaf(av[k], hf, dlu[r][k] * f32_of(bq[k]));
+        }
+        float lam = 0.f;
+#pragma unroll
+        for (int k = K - 1; k >= 0; --k)  // backwards from a zero gradient: λ_k = gy C_k + a_k+1 λ_k+1
+            lam = (k == K - 1) ? gyv[r][k] * f32_of(cq[k]) : fmaf(av[k + 1], lam, gyv[r][k] * f32_of(cq[k]));
+        float qr = av[0] * lam;  // the lane's contribution to ∂L/∂(state before it)
+        float pf = ex2(sdt[r] * an), pr = pf;  // the lane's decay product
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {  // forward scan up, reverse scan down, interleaved
+            const float p2 = __shfl_up_sync(FULL, pf, off);
+            const float h2 = __shfl_up_sync(FULL, hf, off);
+            const float p3 = __shfl_down_sync(FULL, pr, off);
+            const float q3 = __shfl_down_sync(FULL, qr, off);
+            if (lane >= off) { hf = fmaf(pf, h2, hf); pf *= p2; }
+            if (lane + off < 32) { qr = fmaf(pr, q3, qr); pr *= p3; }
+        }
+        float pe = __shfl_up_sync(FULL, pf, 1);
+        float he = __shfl_up_sync(FULL, hf, 1);
+        if (lane == 0) { pe = 1.f; he = 0.f; }
+        const float hin = fmaf(pe, hc, he);  // the state entering this lane's steps
+        float pn = __shfl_down_sync(FULL, pr, 1);
+        float qn = __shfl_down_sync(FULL, qr, 1);
+        if (lane == 31) { pn = 1.f; qn = 0.f; }
+        const float gin = fmaf(pn, gc, qn);  // ∂L/∂h at this lane's last step, from the steps after it
+        const float p0 = __shfl_sync(FULL, pr, 0);
+        const float q0 = __shfl_sync(FULL, qr, 0);
+        if (lane == n) Gc[r] = fmaf(p0, gc, q0);  // ∂L/∂h_n before the block
+        float hv[K];
+        float h = hin;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            h = fmaf(av[k], h, dlu[r][k] * f32_of(bq[k]));
+            hv[k] = h;
+            gCp[k] = fmaf(gyv[r][k], h, gCp[k]);
+        }
+        float gAl = 0.f;
+        lam = gin;
+#pragma unroll
+        for (int k = K - 1; k >= 0; --k) {
+            const float gyc = gyv[r][k] * f32_of(cq[k]);
+            lam = (k == K - 1) ? lam + gyc : fmaf(av[k + 1], lam, gyc);
+            gBp[k] = fmaf(lam, dlu[r][k], gBp[k]);
+            S1[r][k] = fmaf(lam, f32_of(bq[k]), S1[r][k]);
+            const float tt = lam * (av[k] * (k > 0 ? hv[k > 0 ? k - 1 : 0] : hin));  // λ a_t h_t-1 = λ (h - b)
+            S2[r][k] = fmaf(an, tt, S2[r][k]);
+            gAl = fmaf(dlt[r][k], tt, gAl);
+        }
+        sA[(r * N + n) * 32 + lane] += gAl;
+    }
+}
+
+// One block of 32·K steps (tb: its first step). FULLV: every step in range and 16-byte accesses.
+template <bool FULLV>
+__device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long blk, int lane, int w,
+                                          const long long (&dd)[ROWS], const bool (&ok)[ROWS],
+                                          const float (&a2)[ROWS], float (&Gc)[ROWS], const float (&dskip)[ROWS],
+                                          const float (&dbias)[ROWS], float (&gDl)[ROWS], float (&gbl)[ROWS],
+                                          float* __restrict__ slots, float* __restrict__ sA, int& buf) {
+    const long long L = g.L;
+    const long long tb = blk * BLK;
+    const long long t0 = tb + lane * K;
+    const TBC* Bb = g.Bm + b * g.sbb;
+    const TBC* Cb = g.Cm + b * g.scb;
+    TBC bq0[K], cq0[K], bq1[K], cq1[K];
+    load_raw<FULLV>(Bb, t0, L, bq0);
+    load_raw<FULLV>(Cb, t0, L, cq0);
+    float dlt[ROWS][K], dlu[ROWS][K], gyv[ROWS][K], S1[ROWS][K], S2[ROWS][K], sdt[ROWS], hblk[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        sdt[r] = 0.f;
+        hblk[r] = lane < g.N ? g.st[((b * g.nch + blk) * g.Dm + dd[r]) * g.N + lane] : 0.f;
+        TU uq[K], xq[K], gq[K];
+        load_raw<FULLV>(g.u + b * g.sub + dd[r] * g.sud, t0, L, uq);
+        load_raw<FULLV>(g.dl + b * g.sdb + dd[r] * g.sdd, t0, L, xq);
+        load_raw<FULLV>(g.go + b * g.sgb + dd[r] * g.sgd, t0, L, gq);
+        float gzv[K];
+        if (HAS_Z) {
+            TU zq[K], yq[K];
+            load_raw<FULLV>(g.z + b * g.szb + dd[r] * g.szd, t0, L, zq);
+            load_raw<FULLV>(g.yp + b * g.syb + dd[r] * g.syd, t0, L, yq);
+#pragma unroll
+            for (int k = 0; k < K; ++k) {
+                const float zz = f32_of(zq[k]), go = f32_of(gq[k]);
+                const float sz = __fdividef(1.f, 1.f + __expf(-zz));
+                gzv[k] = go * f32_of(yq[k]) * sz * fmaf(zz, 1.f - sz, 1.f);
+                gyv[r][k] = go * zz * sz;
+            }
+            if (ok[r]) store_items<FULLV>(g.gz + (b * g.Dm + dd[r]) * L, t0, L, gzv);
+        } else {
+#pragma unroll
+            for (int k = 0; k < K; ++k) gyv[r][k] = f32_of(gq[k]);
+        }
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const float uu = f32_of(uq[k]);
+            const float x = f32_of(xq[k]) + dbias[r];
+            float dt = x;
+            if (SOFTPLUS) {
+                const float e = __expf(x);
+                const float wv = 1.f + e;
+                const float lp = (wv == 1.f) ? e : __fdividef(__logf(wv) * e, wv - 1.f);
+                dt = x > 20.f ? x : lp;
+            }
+            if (!FULLV) dt = (t0 + k < L) ? dt : 0.f;  // padded steps: decay 1, input 0
+            if (!ok[r]) gyv[r][k] = 0.f;  // rows past D: no gradient flows (their partials stay zero)
+            dlt[r][k] = dt;
+            sdt[r] += dt;
+            dlu[r][k] = ok[r] ? dt * uu : 0.f;
+            gDl[r] = fmaf(gyv[r][k], uu, gDl[r]);
+            S1[r][k] = 0.f;
+            S2[r][k] = 0.f;
+        }
+    }
+    const int tid = threadIdx.x;
+    for (int n = 0; n < g.N; n += 2) {
+        float gBp[K], gCp[K];
+        const bool has1 = n + 1 < g.N;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int m = n + half;
+            if (half == 1 && !has1) break;
+            if (half == 0) {
+                if (has1) {
+                    load_raw<FULLV>(Bb + (m + 1) * g.sbn, t0, L, bq1);
+                    load_raw<FULLV>(Cb + (m + 1) * g.scn, t0, L, cq1);
+                }
+                bwd_state(m, lane, g.N, bq0, cq0, a2, hblk, Gc, dlt, dlu, gyv, sdt, S1, S2, sA, gBp, gCp);
+            } else {
+                if (m + 1 < g.N) {
+                    load_raw<FULLV>(Bb + (m + 1) * g.sbn, t0, L, bq0);
+                    load_raw<FULLV>(Cb + (m + 1) * g.scn, t0, L, cq0);
+                }
+                bwd_state(m, lane, g.N, bq1, cq1, a2, hblk, Gc, dlt, dlu, gyv, sdt, S1, S2, sA, gBp, gCp);
+            }
+            // this warp's gB_m / gC_m partials into its slot (a lane's K steps never cross a pad word: K is
+            // a power of two <= 32), then the block sums its warps' slots: thread tid takes steps
+            // tid + i·32·WARPS, whose padded index is padj(tid) + i·33·WARPS
+            float* my = slots + (buf * WARPS + w) * 2 * SLOT + padj(lane * K);
+#pragma unroll
+            for (int k = 0; k < K; ++k) {
+                my[k] = gBp[k];
+                my[SLOT + k] = gCp[k];
+            }
+            __syncthreads();
+            const float* rd = slots + buf * WARPS * 2 * SLOT + padj(tid);
+            float* gBo = g.gB + (b * g.N + m) * L + tb + tid;
+            float* gCo = g.gC + (b * g.N + m) * L + tb + tid;
+#pragma unroll
+            for (int i = 0; i < BLK / (32 * WARPS); ++i) {
+                float sb = 0.f, sc = 0.f;
+#pragma unroll
+                for (int ww = 0; ww < WARPS; ++ww) {
+                    sb += rd[ww * 2 * SLOT + i * 33 * WARPS];
+                    sc += rd[(ww * 2 + 1) * SLOT + i * 33 * WARPS];
+                }
+                if (FULLV || tb + tid + i * 32 * WARPS < L) {
+                    atomicAdd(gBo + i * 32 * WARPS, sb);
+                    atomicAdd(gCo + i * 32 * WARPS, sc);
+                }
+            }
+            buf ^= 1;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        TU uq[K], xq[K];
+        load_raw<FULLV>(g.u + b * g.sub + dd[r] * g.sud, t0, L, uq);
+        load_raw<FULLV>(g.dl + b * g.sdb + dd[r] * g.sdd, t0, L, xq);
+        float guv[K], gdv[K];
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const float uu = f32_of(uq[k]);
+            guv[k] = fmaf(dlt[r][k], S1[r][k], HAS_D ? dskip[r] * gyv[r][k] : 0.f);
+            float gd = fmaf(uu, S1[r][k], S2[r][k] * LN2);
+            if (SOFTPLUS) gd *= __fdividef(1.f, 1.f + __expf(-(f32_of(xq[k]) + dbias[r])));
+            if (!FULLV) gd = (t0 + k < L) ? gd : 0.f;
+            gdv[k] = gd;
+            gbl[r] += gd;
+        }
+        if (ok[r]) {
+            store_items<FULLV>(g.gu + (b * g.Dm + dd[r]) * L, t0, L, guv);
+            store_items<FULLV>(g.gdl + (b * g.Dm + dd[r]) * L, t0, L, gdv);
+        }
+    }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_bwd(const BArgs g) {
+    extern __shared__ float smem[];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const long long b = blockIdx.y;
+    const int d0 = (blockIdx.x * WARPS + w) * ROWS;
+    float* slots = smem;  // [2 buffers][WARPS][gB, gC][SLOT]
+    float* sA = smem + 2 * WARPS * 2 * SLOT + w * ROWS * g.N * 32;  // this warp's gA partials [ROWS][N][32]
+    for (int i = lane; i < ROWS * g.N * 32; i += 32) sA[i] = 0.f;
+    float a2[ROWS], Gc[ROWS], dskip[ROWS], dbias[ROWS], gDl[ROWS], gbl[ROWS];
+    bool ok[ROWS];
+    long long dd[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        ok[r] = d0 + r < g.Dm;  // warps and rows past D run along for the barriers and store nothing
+        dd[r] = ok[r] ? d0 + r : g.Dm - 1;
+        a2[r] = lane < g.N ? g.A[dd[r] * g.sad + lane * g.san] * 1.4426950408889634f : 0.f;
+        Gc[r] = (g.gT != nullptr && ok[r] && lane < g.N) ? g.gT[(b * g.Dm + dd[r]) * g.N + lane] : 0.f;
+        dskip[r] = HAS_D ? g.Dv[dd[r]] : 0.f;
+        dbias[r] = HAS_BIAS ? g.bias[dd[r]] : 0.f;
+        gDl[r] = 0.f;
+        gbl[r] = 0.f;
+    }
+    int buf = 0;
+    for (long long blk = g.nch - 1; blk >= 0; --blk) {
+        if (VEC && (blk + 1) * BLK <= g.L)
+            bwd_block<true>(g, b, blk, lane, w, dd, ok, a2, Gc, dskip, dbias, gDl, gbl, slots, sA, buf);
+        else
+            bwd_block<false>(g, b, blk, lane, w, dd, ok, a2, Gc, dskip, dbias, gDl, gbl, slots, sA, buf);
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const float gd = warp_sum(gDl[r]), gbs = warp_sum(gbl[r]);
+        for (int n = 0; n < g.N; ++n) {
+            const float ga = warp_sum(sA[(r * g.N + n) * 32 + lane]);
+            if (lane == 0 && ok[r]) g.gA[(b * g.Dm + dd[r]) * g.N + n] = ga;
+        }
+        if (!ok[r]) continue;
+        if (lane < g.N) g.gh0[(b * g.Dm + dd[r]) * g.N + lane] = Gc[r];
+        if (lane == 0) {
+            if (HAS_D) g.gD[b * g.Dm + dd[r]] = gd;
+            if (HAS_BIAS) g.gbias[b * g.Dm + dd[r]] = gbs;
+        }
+    }
+}
+"""
+
+
+def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, *, has_d: bool, has_z: bool,
+           has_bias: bool, softplus: bool, vec: bool = True) -> str:
+    """The backward's source for one specialisation (the compile-time constants as #defines)."""
+    defs = dict(TU=_cuda._CODES[tu], TBC=_cuda._CODES[tbc], K=K, ROWS=rows, WARPS=warps, HAS_D=int(has_d),
+                HAS_Z=int(has_z), HAS_BIAS=int(has_bias), SOFTPLUS=int(softplus), VEC=int(vec))
+    return "".join(f"#define {k} {v}\n" for k, v in defs.items()) + SOURCE
+
+
+def store_tb(config: tuple[int, int, int] | None = None) -> int:
+    """The steps per stored state that this backward reads: one block of 32·K steps."""
+    return 32 * (config or BWD_CONFIG)[0]
+
+
+def enabled() -> bool:
+    """``EVALKIT_SCAN_CUDA_BWD=0`` keeps the Triton time backward in training (for comparisons)."""
+    return os.environ.get("EVALKIT_SCAN_CUDA_BWD", "1") != "0"
+
+
+def _shared_bytes(K: int, rows: int, warps: int, N: int) -> int:
+    return 4 * (2 * warps * 2 * (32 * K + K) + warps * rows * N * 32)
+
+
+class _BArgs(ctypes.Structure):  # the kernel's ``struct BArgs``, passed by value
+    _fields_ = ([(n, ctypes.c_void_p) for n in ("u", "dl", "A", "Bm", "Cm", "Dv", "z", "bias", "st", "yp", "go", "gT",
+                                                 "gu", "gdl", "gz", "gB", "gC", "gA", "gD", "gbias", "gh0")]
+                + [("Dm", ctypes.c_int), ("N", ctypes.c_int), ("L", ctypes.c_longlong), ("nch", ctypes.c_longlong)]
+                + [(n, ctypes.c_longlong) for n in ("sub", "sud", "sdb", "sdd", "sad", "san", "sbb", "sbn", "scb",
+                                                     "scn", "szb", "szd", "syb", "syd", "sgb", "sgd")])
+
+
+def _src_for(u, B, D, z, delta_bias, delta_softplus, ypre, config) -> str:
+    K, rows, warps = config or BWD_CONFIG
+    vec = (_cuda._vec_ok(u.element_size(), u, z, ypre) and _cuda._vec_ok(B.element_size(), B))
+    return source(u.dtype, B.dtype, K, rows, warps, has_d=D is not None, has_z=z is not None,
+                  has_bias=delta_bias is not None, softplus=delta_softplus, vec=vec)
+
+
+def prepare(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config=None) -> None:
+    """Compile (or find) the backward for these inputs now, so that a module NVRTC or the driver refuses
+    shows before the forward stores states for it (raises ``cuda.CompileError``)."""
+    del delta, C  # same dtype / alignment rules as u and B (``cuda.available``, ``_vec_ok`` below)
+    _cuda._function(u.device, _src_for(u, B, D, z, delta_bias, delta_softplus, ypre, config),
+                    "evalkit_selective_scan_bwd")
+
+
+def selective_scan_bwd_cuda(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None, states: torch.Tensor, ypre: torch.Tensor | None,
+    gy: torch.Tensor | None, gfinal: torch.Tensor | None, delta_softplus: bool = True,
+    config: tuple[int, int, int] | None = None,
+) -> tuple[torch.Tensor | None, ...]:
+    """Gradients of (u, delta, A, B, C, D, z, delta_bias, initial_state) as ``triton_bwd.selective_scan_bwd``
+    returns them. ``states``: (B, cdiv(L, 32·K), D, N) fp32 and ``ypre`` (with z) from
+    ``cuda.selective_scan_fwd_cuda_train(..., tb=store_tb(config), ...)``; the inputs as
+    ``cuda.available`` takes them."""
+    from evalkit.kernels.selective_scan.triton_bwd import _grad_buffers, _grads_out
+
+    K, rows, warps = config or BWD_CONFIG
+    batch, Dm, L = u.shape
+    N = A.shape[1]
+    nch = -(-L // (32 * K))
+    if states.shape != (batch, nch, Dm, N) or not states.is_contiguous():
+        raise ValueError(f"states {tuple(states.shape)}: expected contiguous ({batch}, {nch}, {Dm}, {N}), the "
+                         f"state entering every {32 * K} steps")
+    if z is not None and (ypre is None or ypre.shape != u.shape):
+        raise ValueError("the backward with z needs the pre-gate y")
+    if gy is not None and (gy.dtype != u.dtype or gy.stride(-1) != 1 or not _cuda._vec_ok(u.element_size(), gy)):
+        gy = gy.to(u.dtype).contiguous().clone() if gy.dtype == u.dtype else gy.to(u.dtype).contiguous()
+    gy, gT, bufs = _grad_buffers(u, delta, A, D, z, delta_bias, gy, gfinal)
+    gu, gdl, gz, gB, gC, gA, gD, gbias, gh0 = bufs
+    A32 = A.to(torch.float32)
+    D32 = D.to(torch.float32).contiguous() if D is not None else A32
+    b32 = delta_bias.to(torch.float32).contiguous() if delta_bias is not None else A32
+    zt = z if z is not None else u
+    yp = ypre if ypre is not None else u
+    f = _cuda._function(u.device, _src_for(u, B, D, z, delta_bias, delta_softplus, ypre, config),
+                        "evalkit_selective_scan_bwd")
+    ptrs = [t.data_ptr() for t in (u, delta, A32, B, C, D32, zt, b32, states, yp, gy)]
+    ptrs.append(gT.data_ptr() if gT is not None else None)
+    ptrs += [t.data_ptr() for t in (gu, gdl, gz if gz is not None else gu, gB, gC, gA,
+                                     gD if gD is not None else gA, gbias if gbias is not None else gA, gh0)]
+    strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), A32.stride(0), A32.stride(1),
+               B.stride(0), B.stride(1), C.stride(0), C.stride(1), zt.stride(0), zt.stride(1),
+               yp.stride(0), yp.stride(1), gy.stride(0), gy.stride(1))
+    args = _BArgs(*ptrs, Dm, N, L, nch, *strides)
+    grid = (-(-Dm // (rows * warps)), batch, 1)
+    with torch.cuda.device(u.device):
+        f(grid, 32 * warps, args, torch.cuda.current_stream(u.device), shared=_shared_bytes(K, rows, warps, N))
+    return _grads_out(bufs, A, B, C, D, delta_bias, initial_state)
