@@ -11,7 +11,8 @@ comparisons and as per-element budgets, not as what the H200 runs (kernels/NOTES
     PYTHONPATH=.:<dir with nvidia/cuda_nvrtc> python kernels/sass_count.py cuda 16 2 4   # the CUDA C++ forward
         (K, ROWS, warps; compiled by NVRTC: unzip the nvidia-cuda-nvrtc-cu12 wheel into that dir;
         SASS_BC32=1 fp32 B/C, SASS_TWO_PASS=1, SASS_NO_PREFETCH=1)
-    PYTHONPATH=.:<same> python kernels/sass_count.py cudabwd 16 1 4    # the CUDA C++ backward (K, ROWS, warps)
+    PYTHONPATH=.:<same> python kernels/sass_count.py cudabwd 8 2 4    # the CUDA C++ backward (K, ROWS, warps;
+        SASS_V4=1 16-byte shared-memory slots and atomics)
 
 SASS_TOP=40 lists the 40 most frequent opcodes per loop instead of 14; SASS_IR=file keeps the TTGIR.
 """
@@ -80,8 +81,8 @@ def main() -> None:
         from evalkit.kernels.selective_scan import cuda as ss_cuda, cuda_bwd
         import torch
 
-        src = cuda_bwd.source(torch.bfloat16, torch.bfloat16, a.TB, a.BD, a.warps, has_d=True, has_z=True,
-                              has_bias=True, softplus=True, vec=True)
+        src = cuda_bwd.source(torch.bfloat16, torch.bfloat16, a.TB, a.BD, a.warps, bool(os.environ.get("SASS_V4")),
+                              has_d=True, has_z=True, has_bias=True, softplus=True, vec=True)
         return report(ss_cuda.compile_source(src, "90"), f"cuda bwd K {a.TB} ROWS {a.BD} warps {a.warps} "
                       "(NVRTC, sm_90)", a.TB * a.BD)
     consts = {**FLAGS, "TB": a.TB, "BD": a.BD}

@@ -214,7 +214,7 @@ def test_training_forward_stores_time2s_states(case, dtype, monkeypatch):
 # ---------------------------------------------------------------------------------------------------
 # the CUDA backward (cuda_bwd.py): the CUDA training forward storing every 32·K steps, then the backward
 
-BWD_CONFIGS = [cuda_bwd.BWD_CONFIG, (8, 2, 4), (16, 1, 8), (8, 1, 2), (16, 2, 2)]
+BWD_CONFIGS = [cuda_bwd.BWD_CONFIG, (16, 1, 4), (16, 1, 8, True), (8, 1, 2), (16, 2, 2), (8, 2, 4, True)]
 
 
 def _bwd_pair(t, cfg, h0, gy, gT, softplus=True):
@@ -229,7 +229,7 @@ def _bwd_pair(t, cfg, h0, gy, gT, softplus=True):
 
 
 @gpu
-@pytest.mark.parametrize("cfg", BWD_CONFIGS, ids=lambda c: "K{}-R{}-W{}".format(*c))
+@pytest.mark.parametrize("cfg", BWD_CONFIGS, ids=lambda c: "K{}-R{}-W{}{}".format(*c[:3], "-v4" * bool(c[3:4] == (True,))))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda d: str(d)[6:])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-D{}-L{}-N{}".format(*c))
 def test_cuda_backward_matches_reference(case, dtype, cfg):

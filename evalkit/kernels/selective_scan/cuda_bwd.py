@@ -36,14 +36,16 @@ import torch
 
 from evalkit.kernels.selective_scan import cuda as _cuda
 
-# (steps per lane K, channels per warp ROWS, warps per block): kernels/NOTES.md v11.
-BWD_CONFIG = (16, 1, 4)
+# (steps per lane K, channels per warp ROWS, warps per block, 16-byte shared-memory slots and atomics):
+# kernels/NOTES.md v11.
+BWD_CONFIG = (8, 2, 4, False)
 
 SOURCE = _cuda.HELPERS + r"""
 #define LN2 0.6931471805599453f
 constexpr int BLK = 32 * K;
 constexpr int SLOT = BLK + K;  // one partial row of a block, one pad word per 32 (bank conflicts)
 static_assert((K & (K - 1)) == 0 && K <= 32 && BLK % (32 * WARPS) == 0, "K a power of two, 32·WARPS divides 32·K");
+static_assert(!V4 || K % (2 * WARPS) == 0, "16-byte slots: each thread reduces whole chunks");
 
 struct BArgs {
     const TU* u; const TU* dl; const float* A; const TBC* Bm; const TBC* Cm; const float* Dv; const TU* z;
@@ -108,7 +110,7 @@ __device__ __forceinline__ void bwd_state(int n, int lane, const int N, const TB
         float h = hin;
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            h = fmaf(av[k], h, dlu[r][k] * f32_of(bq[k]));
+            h = fmaf(av[k], h, dlu[r][k] * f32_of(bq[k]));  // (the compiler keeps Δu·B from the first pass)
             hv[k] = h;
             gCp[k] = fmaf(gyv[r][k], h, gCp[k]);
         }
@@ -211,6 +213,47 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
                 }
                 bwd_state(m, lane, g.N, bq1, cq1, a2, hblk, Gc, dlt, dlu, gyv, sdt, S1, S2, sA, gBp, gCp);
             }
+#if V4
+            // 16-byte slots: chunk c (steps 4c..4c+3) at chunk position c ^ ((c >> 3) & 7), so that the 8
+            // lanes of each quarter-warp phase hit distinct bank groups, writing (lane l: chunks l·K/4 + v)
+            // and reading (thread i: chunk i); one 16-byte atomic per chunk where L % 4 == 0
+            {
+                float4* mine = reinterpret_cast<float4*>(slots + (buf * WARPS + w) * 2 * SLOT);
+#pragma unroll
+                for (int v = 0; v < K / 4; ++v) {
+                    const int c = lane * (K / 4) + v;
+                    const int pc = c ^ ((c >> 3) & 7);
+                    mine[pc] = make_float4(gBp[4 * v], gBp[4 * v + 1], gBp[4 * v + 2], gBp[4 * v + 3]);
+                    mine[SLOT / 4 + pc] = make_float4(gCp[4 * v], gCp[4 * v + 1], gCp[4 * v + 2], gCp[4 * v + 3]);
+                }
+            }
+            __syncthreads();
+            {
+                const float4* base = reinterpret_cast<const float4*>(slots + buf * WARPS * 2 * SLOT);
+#pragma unroll
+                for (int i = 0; i < K / (2 * WARPS); ++i) {
+                    const int j = tid + i * 32 * WARPS;  // chunk j of the gB (q 0) then gC (q 1) rows
+                    const int q = j / (BLK / 4), c = j - q * (BLK / 4);
+                    const int pc = c ^ ((c >> 3) & 7);
+                    float4 s = base[q * (SLOT / 4) + pc];
+#pragma unroll
+                    for (int ww = 1; ww < WARPS; ++ww) {
+                        const float4 o = base[(ww * 2 + q) * (SLOT / 4) + pc];
+                        s.x += o.x; s.y += o.y; s.z += o.z; s.w += o.w;
+                    }
+                    float* dst = (q ? g.gC : g.gB) + (b * g.N + m) * L + tb + 4 * c;
+                    if (FULLV && (L & 3) == 0) {
+                        asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};"
+                                     :: "l"(dst), "f"(s.x), "f"(s.y), "f"(s.z), "f"(s.w) : "memory");
+                    } else {
+                        const float sv[4] = {s.x, s.y, s.z, s.w};
+#pragma unroll
+                        for (int e = 0; e < 4; ++e)
+                            if (tb + 4 * c + e < L) atomicAdd(dst + e, sv[e]);
+                    }
+                }
+            }
+#else
             // this warp's gB_m / gC_m partials into its slot (a lane's K steps never cross a pad word: K is
             // a power of two <= 32), then the block sums its warps' slots: thread tid takes steps
             // tid + i·32·WARPS, whose padded index is padj(tid) + i·33·WARPS
@@ -237,6 +280,7 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
                     atomicAdd(gCo + i * 32 * WARPS, sc);
                 }
             }
+#endif
             buf ^= 1;
         }
     }
@@ -270,7 +314,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_bwd(const BArgs g) {
-    extern __shared__ float smem[];
+    extern __shared__ __align__(16) float smem[];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const long long b = blockIdx.y;
     const int d0 = (blockIdx.x * WARPS + w) * ROWS;
@@ -316,15 +360,16 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
 """
 
 
-def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, *, has_d: bool, has_z: bool,
-           has_bias: bool, softplus: bool, vec: bool = True) -> str:
+def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, v4: bool = False, *, has_d: bool,
+           has_z: bool, has_bias: bool, softplus: bool, vec: bool = True) -> str:
     """The backward's source for one specialisation (the compile-time constants as #defines)."""
-    defs = dict(TU=_cuda._CODES[tu], TBC=_cuda._CODES[tbc], K=K, ROWS=rows, WARPS=warps, HAS_D=int(has_d),
-                HAS_Z=int(has_z), HAS_BIAS=int(has_bias), SOFTPLUS=int(softplus), VEC=int(vec))
+    defs = dict(TU=_cuda._CODES[tu], TBC=_cuda._CODES[tbc], K=K, ROWS=rows, WARPS=warps, V4=int(v4),
+                HAS_D=int(has_d), HAS_Z=int(has_z), HAS_BIAS=int(has_bias),
+                SOFTPLUS=int(softplus), VEC=int(vec))
     return "".join(f"#define {k} {v}\n" for k, v in defs.items()) + SOURCE
 
 
-def store_tb(config: tuple[int, int, int] | None = None) -> int:
+def store_tb(config: tuple | None = None) -> int:
     """The steps per stored state that this backward reads: one block of 32·K steps."""
     return 32 * (config or BWD_CONFIG)[0]
 
@@ -332,6 +377,12 @@ def store_tb(config: tuple[int, int, int] | None = None) -> int:
 def enabled() -> bool:
     """``EVALKIT_SCAN_CUDA_BWD=0`` keeps the Triton time backward in training (for comparisons)."""
     return os.environ.get("EVALKIT_SCAN_CUDA_BWD", "1") != "0"
+
+
+def _full(config: tuple | None) -> tuple[int, int, int, bool]:
+    """A config with its option: (K, ROWS, WARPS) alone means 4-byte slots and atomics."""
+    c = tuple(config or BWD_CONFIG)
+    return (*c, False) if len(c) == 3 else c
 
 
 def _shared_bytes(K: int, rows: int, warps: int, N: int) -> int:
@@ -347,9 +398,9 @@ class _BArgs(ctypes.Structure):  # the kernel's ``struct BArgs``, passed by valu
 
 
 def _src_for(u, B, D, z, delta_bias, delta_softplus, ypre, config) -> str:
-    K, rows, warps = config or BWD_CONFIG
+    K, rows, warps, v4 = _full(config)
     vec = (_cuda._vec_ok(u.element_size(), u, z, ypre) and _cuda._vec_ok(B.element_size(), B))
-    return source(u.dtype, B.dtype, K, rows, warps, has_d=D is not None, has_z=z is not None,
+    return source(u.dtype, B.dtype, K, rows, warps, v4, has_d=D is not None, has_z=z is not None,
                   has_bias=delta_bias is not None, softplus=delta_softplus, vec=vec)
 
 
@@ -366,7 +417,7 @@ def selective_scan_bwd_cuda(
     D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
     initial_state: torch.Tensor | None, states: torch.Tensor, ypre: torch.Tensor | None,
     gy: torch.Tensor | None, gfinal: torch.Tensor | None, delta_softplus: bool = True,
-    config: tuple[int, int, int] | None = None,
+    config: tuple | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
     """Gradients of (u, delta, A, B, C, D, z, delta_bias, initial_state) as ``triton_bwd.selective_scan_bwd``
     returns them. ``states``: (B, cdiv(L, 32·K), D, N) fp32 and ``ypre`` (with z) from
@@ -374,7 +425,7 @@ def selective_scan_bwd_cuda(
     ``cuda.available`` takes them."""
     from evalkit.kernels.selective_scan.triton_bwd import _grad_buffers, _grads_out
 
-    K, rows, warps = config or BWD_CONFIG
+    K, rows, warps = _full(config)[:3]
     batch, Dm, L = u.shape
     N = A.shape[1]
     nch = -(-L // (32 * K))
