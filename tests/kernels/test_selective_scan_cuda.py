@@ -217,6 +217,10 @@ def test_training_forward_stores_time2s_states(case, dtype, monkeypatch):
 BWD_CONFIGS = [cuda_bwd.BWD_CONFIG, (16, 1, 4), (16, 1, 8, True), (8, 1, 2), (16, 2, 2), (8, 2, 4, True)]
 
 
+def _cfg_id(c: tuple) -> str:
+    return "K{}-R{}-W{}".format(*c) + ("-v4" if c[3:4] == (True,) else "")
+
+
 def _bwd_pair(t, cfg, h0, gy, gT, softplus=True):
     z = t.get("z")
     yp = torch.empty_like(t["u"], memory_format=torch.contiguous_format) if z is not None else None
@@ -229,7 +233,7 @@ def _bwd_pair(t, cfg, h0, gy, gT, softplus=True):
 
 
 @gpu
-@pytest.mark.parametrize("cfg", BWD_CONFIGS, ids=lambda c: "K{}-R{}-W{}{}".format(*c[:3], "-v4" * bool(c[3:4] == (True,))))
+@pytest.mark.parametrize("cfg", BWD_CONFIGS, ids=_cfg_id)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda d: str(d)[6:])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-D{}-L{}-N{}".format(*c))
 def test_cuda_backward_matches_reference(case, dtype, cfg):
