@@ -11,7 +11,8 @@ v11) on the GPU, in one run:
 3. a length table for the fastest config: inference forward, training forward, the CUDA and Triton
    backwards, backward ÷ inference forward (the issue's target: ≤ 3), and the training pairs.
 
-    PYTHONPATH=. python kernels/scan_cuda_bwd.py [--configs 16:1:4,8:2:4] [--lengths 4096,16384,65536]
+    PYTHONPATH=. python kernels/scan_cuda_bwd.py [--configs 8:2:4:1,16:1:4:0] [--lengths 4096,16384,65536]
+    PYTHONPATH=. python kernels/scan_cuda_bwd.py --big 589824    # 64-bit offsets: against the Triton backward
 """
 
 from __future__ import annotations
@@ -202,11 +203,42 @@ def lengths_table(ceil, cfg, lengths: str) -> None:
     print()
 
 
+def _rel_chunked(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``rel`` without float64 copies of multi-GB tensors: fp32 chunks, float64 sums."""
+    num = den = 0.0
+    for x, y in zip(a.reshape(-1).split(1 << 26), b.reshape(-1).split(1 << 26)):
+        x, y = x.float(), y.float()
+        num += (x - y).square().sum(dtype=torch.float64).item()
+        den += y.square().sum(dtype=torch.float64).item()
+    return (num / max(den, 1e-60)) ** 0.5
+
+
+def big(L: int) -> bool:
+    """Offsets past 2**31 (d_inner 4096 × L > 2.1 G): the CUDA pair against the Triton time pair (its 64-bit
+    paths ran on the GPU in v7), every gradient, and both backwards timed."""
+    t = ss_inputs(1, 4096, L, 16, torch.bfloat16, seed=L)
+    gy = torch.randn_like(t["u"])
+    st, yp = _train_fwd(t, cuda_bwd.store_tb())
+    g = _cuda_bwd(t, st, yp, gy, None)
+    kb = ms(lambda: _cuda_bwd(t, st, yp, gy, None), rep=5)
+    del st, yp
+    st_t, yp_t = _train_fwd(t, TIME_BWD_CONFIG[0])
+    g_t = _triton_bwd(t, st_t, yp_t, gy)
+    del st_t, yp_t
+    errs = [_rel_chunked(a, r) for a, r in zip(g, g_t) if a is not None]
+    ok = max(errs) < 1e-3
+    print(f"## 64-bit offsets: L = {L}, d_inner 4096 ({4096 * L / 2**31:.2f} × 2**31 elements), bf16")
+    print(f"CUDA backward {fmt(kb)} ms; rel vs the Triton time backward: " + ", ".join(f"{e:.1e}" for e in errs)
+          + f" — {'ok' if ok else 'FAIL'}\n")
+    return ok
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", default="", help="K:ROWS:WARPS,... (default: the sweep list)")
     ap.add_argument("--lengths", default="4096,16384,65536,262144")
     ap.add_argument("--no-checks", action="store_true")
+    ap.add_argument("--big", type=int, default=0, help="only the 64-bit check at this length (e.g. 589824)")
     a = ap.parse_args()
     configs = [_cfg(c) for c in a.configs.split(",")] if a.configs else CONFIGS
     configs = [cuda_bwd.BWD_CONFIG] + [c for c in configs if c != cuda_bwd.BWD_CONFIG]
@@ -215,6 +247,9 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; NVRTC {ver[0].value}.{ver[1].value}")
     ceil = ceilings()
     print(f"ceilings: copy {ceil['copy_Bps'] / 1e12:.2f} TB/s, exp2 {ceil['exp2_per_s'] / 1e12:.2f} T/s\n")
+    if a.big:
+        print("checks:", "all passed" if big(a.big) else "FAILURES")
+        return
     ok = True if a.no_checks else checks([cuda_bwd.BWD_CONFIG, (8, 2, 4, True), (16, 1, 4, True), (8, 2, 2, True)])
     best = sweep(configs)
     if best:

@@ -293,6 +293,7 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
 _CODES = {torch.float32: "float", torch.float16: "f16_t", torch.bfloat16: "bf16_t"}
 
 
+@functools.lru_cache(maxsize=256)  # one str object per specialisation: the module cache's key hashes once
 def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, unroll_n: int, two_pass: bool = False,
            prefetch: bool = True, *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool, has_h0: bool, vec: bool = True,
            store_tb: int = 0) -> str:

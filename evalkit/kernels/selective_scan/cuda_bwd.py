@@ -30,6 +30,7 @@ or where NVRTC refuses the module, the Triton time backward runs (``triton._Sele
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 
 import torch
@@ -37,8 +38,9 @@ import torch
 from evalkit.kernels.selective_scan import cuda as _cuda
 
 # (steps per lane K, channels per warp ROWS, warps per block, 16-byte shared-memory slots and atomics):
-# kernels/NOTES.md v11.
-BWD_CONFIG = (8, 2, 4, False)
+# kernels/NOTES.md v11 (results-h200-v11.md run 2: 8.71 ms at 64k, 2.6x the CUDA inference forward;
+# 4-byte slots 9.83 ms, K 16 / ROWS 1 11.2-11.4 ms, 8 warps per block slower at every shape).
+BWD_CONFIG = (8, 2, 4, True)
 
 SOURCE = _cuda.HELPERS + r"""
 #define LN2 0.6931471805599453f
@@ -360,6 +362,7 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
 """
 
 
+@functools.lru_cache(maxsize=256)  # one str object per specialisation: the module cache's key hashes once
 def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, v4: bool = False, *, has_d: bool,
            has_z: bool, has_bias: bool, softplus: bool, vec: bool = True) -> str:
     """The backward's source for one specialisation (the compile-time constants as #defines)."""
