@@ -103,9 +103,8 @@ struct Args {
 
 // State n for this warp's rows over one block: the lane's K steps from zero, the warp scan of the lane
 // totals, the entering state, and C_n's contraction into acc; lane n's carry moves on by the block.
-__device__ __forceinline__ void state_step(const Args& g, long long b, long long t0, const long long (&dd)[ROWS],
-                                           int d0, int n, int lane, const TBC (&bq)[K], const TBC (&cq)[K],
-                                           const float (&a2)[ROWS], float (&carry)[ROWS],
+__device__ __forceinline__ void state_step(const Args& g, float* __restrict__ stp, int d0, int n, int lane,
+                                           const TBC (&bq)[K], const TBC (&cq)[K], const float (&a2)[ROWS], float (&carry)[ROWS],
                                            const float (&dlt)[ROWS][K], const float (&dlu)[ROWS][K],
                                            const float (&sdt)[ROWS], float (&acc)[ROWS][K]) {
     const unsigned FULL = 0xffffffffu;
@@ -148,8 +147,8 @@ __device__ __forceinline__ void state_step(const Args& g, long long b, long long
         const float hin = fmaf(pe, cn, he);  // the state entering this lane's steps
 #if STORE_TB
         // training: the state entering each STORE_TB-step chunk, (B, chunks, D, N) fp32, for the backward
-        if ((lane * K) % STORE_TB == 0 && t0 < g.L && d0 + r < g.Dm)
-            g.st[((b * g.nch + t0 / STORE_TB) * g.Dm + dd[r]) * g.N + n] = hin;
+        // (stp: row d0's states of this lane's chunk, or null where the lane starts no chunk)
+        if (stp != nullptr && d0 + r < g.Dm) stp[r * g.N + n] = hin;
 #endif
         const float pt = __shfl_sync(FULL, p, 31);
         const float ht = __shfl_sync(FULL, h, 31);
@@ -217,6 +216,10 @@ __device__ __forceinline__ void scan_block(const Args& g, long long b, long long
             acc[r][k] = dskip[r] * uu;
         }
     }
+    float* stp = nullptr;
+#if STORE_TB
+    if ((lane * K) % STORE_TB == 0 && t0 < L) stp = g.st + ((b * g.nch + t0 / STORE_TB) * g.Dm + d0) * g.N;
+#endif
 #if PREFETCH
     for (int n = 0; n < g.N; n += 2) {
         const bool has1 = n + 1 < g.N;
@@ -224,13 +227,13 @@ __device__ __forceinline__ void scan_block(const Args& g, long long b, long long
             load_raw<FULLV>(Bb + (n + 1) * g.sbn, t0, L, bq1);
             load_raw<FULLV>(Cb + (n + 1) * g.scn, t0, L, cq1);
         }
-        state_step(g, b, t0, dd, d0, n, lane, bq0, cq0, a2, carry, dlt, dlu, sdt, acc);
+        state_step(g, stp, d0, n, lane, bq0, cq0, a2, carry, dlt, dlu, sdt, acc);
         if (has1) {
             if (n + 2 < g.N) {
                 load_raw<FULLV>(Bb + (n + 2) * g.sbn, t0, L, bq0);
                 load_raw<FULLV>(Cb + (n + 2) * g.scn, t0, L, cq0);
             }
-            state_step(g, b, t0, dd, d0, n + 1, lane, bq1, cq1, a2, carry, dlt, dlu, sdt, acc);
+            state_step(g, stp, d0, n + 1, lane, bq1, cq1, a2, carry, dlt, dlu, sdt, acc);
         }
     }
 #else
@@ -239,7 +242,7 @@ __device__ __forceinline__ void scan_block(const Args& g, long long b, long long
         TBC bq[K], cq[K];
         load_raw<FULLV>(Bb + n * g.sbn, t0, L, bq);
         load_raw<FULLV>(Cb + n * g.scn, t0, L, cq);
-        state_step(g, b, t0, dd, d0, n, lane, bq, cq, a2, carry, dlt, dlu, sdt, acc);
+        state_step(g, stp, d0, n, lane, bq, cq, a2, carry, dlt, dlu, sdt, acc);
     }
 #endif
 #pragma unroll
