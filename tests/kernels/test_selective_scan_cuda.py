@@ -163,7 +163,7 @@ def test_compile_failure_falls_back_to_triton_once(monkeypatch):
     monkeypatch.setattr(ss_cuda, "selective_scan_fwd_cuda", refuse)
     t = _inputs(1, 4, 40, 4, torch.float32, seed=2, dev="cuda" if ON_GPU else "cpu")
     y_ref, h_ref = _ref(t)
-    with pytest.warns(RuntimeWarning, match="Triton kernel runs instead"):
+    with pytest.warns(RuntimeWarning, match="the Triton kernels run instead"):
         y, hT, _ = ss_triton.selective_scan_fwd(**t)
     assert _rel(y, y_ref) < 1e-5 and _rel(hT, h_ref) < 1e-5
     y, hT, _ = ss_triton.selective_scan_fwd(**t)  # switched off: no second try
@@ -302,6 +302,35 @@ def test_cuda_backward_states_must_match_its_block():
     with pytest.raises(ValueError, match="state entering every"):
         cuda_bwd.selective_scan_bwd_cuda(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"],
                                          None, st, yp, None, None, config=(16, 1, 4))
+
+
+def test_backward_compile_failure_falls_back_to_the_triton_pair(monkeypatch):
+    """When NVRTC or the driver refuses the backward's module, the training forward finds out before it
+    stores anything, warns once, switches the CUDA kernels off and runs the Triton pair (time2 storing
+    states, the Triton time backward); on CPU under the interpreter, with ``available`` forced."""
+    pytest.importorskip("triton")
+    from evalkit.kernels.selective_scan import triton as ss_triton  # (conftest: the interpreter without a GPU)
+
+    def refuse(*a, **k):
+        raise ss_cuda.CompileError("NVRTC compile failed: test")
+
+    monkeypatch.setattr(ss_triton, "_INTERPRET", False)
+    monkeypatch.setattr(ss_cuda, "_DISABLED", [])
+    monkeypatch.setattr(ss_cuda, "available", lambda *a: not ss_cuda._DISABLED)
+    monkeypatch.setattr(cuda_bwd, "prepare", refuse)
+    t = _inputs(1, 4, 40, 4, torch.float32, seed=3, dev="cuda" if ON_GPU else "cpu")
+    args = {k: v.clone().requires_grad_(True) for k, v in t.items()}
+    before = dispatch.variant_calls()
+    with pytest.warns(RuntimeWarning, match="the Triton kernels run instead"):
+        out = ss_triton.selective_scan(**args)
+    w = torch.randn_like(out)
+    grads = torch.autograd.grad((out * w).sum(), list(args.values()))
+    ran = {k for k, v in dispatch.variant_calls().items() if v > before.get(k, 0)}
+    assert ran == {"selective_scan:time2", "selective_scan_bwd:time2"} and ss_cuda._DISABLED
+    ref = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
+    g_r = torch.autograd.grad((selective_scan_ref(**ref) * w).sum(), list(ref.values()))
+    for name, a, r in zip(args, grads, g_r):
+        assert _rel(a, r) < 1e-4, name
 
 
 def test_cuda_backward_source_and_switch(monkeypatch):

@@ -1,6 +1,7 @@
 """Selective scan (Mamba-1) forward as a CUDA C++ kernel compiled at run time by NVRTC: inference, and
-in training the same kernel storing the state entering every 128 steps and the pre-gate y for the
-Triton time backward (``selective_scan_fwd_cuda_train``).
+in training the same kernel storing the state entering every ``tb`` steps and the pre-gate y
+(``selective_scan_fwd_cuda_train``): every 32·K steps for the CUDA backward (``cuda_bwd``), every 128
+for the Triton time backward.
 
 Why a second language (kernels/NOTES.md, v6-v10): the Triton kernels leave each thread's register
 layout to the compiler, and the time-parallel Triton forward spends ~22 instructions per (t, d, n)
@@ -24,7 +25,7 @@ and the compiled module is launched through the driver API (ctypes) on PyTorch's
 CUDA graph capture works. This path has no Triton-interpreter equivalent: its tests run on a GPU only;
 CI checks the Triton kernels, which remain the fallback (``available()`` false: no NVRTC, compute
 capability < 8.0, N > 32, or strides this kernel does not take; or, once, NVRTC or the driver refused
-the module: ``disable`` warns and the Triton kernel runs from then on).
+the module: ``disable`` warns and the Triton kernels run from then on).
 """
 
 from __future__ import annotations
@@ -322,9 +323,10 @@ _DISABLED: list[str] = []  # why the kernel was switched off in this process (``
 
 
 def disable(reason: str) -> None:
-    """Switch this kernel off for the rest of the process (``available`` false), warning once."""
+    """Switch the CUDA selective-scan kernels (this forward and ``cuda_bwd``'s backward, whose states it
+    stores) off for the rest of the process (``available`` false), warning once."""
     if not _DISABLED:
-        warnings.warn(f"evalkit: the CUDA selective-scan forward is off, the Triton kernel runs instead: {reason}",
+        warnings.warn(f"evalkit: the CUDA selective-scan kernels are off, the Triton kernels run instead: {reason}",
                       RuntimeWarning, stacklevel=3)
     _DISABLED.append(reason)
 
