@@ -400,7 +400,6 @@ class _Function:
         self.func = ctypes.c_void_p()
         _check_cu(_cuda().cuModuleGetFunction(ctypes.byref(self.func), self.module, name.encode()),
                   "cuModuleGetFunction")
-
         self.shared = 48 * 1024  # dynamic shared memory allowed without opting in
 
     def __call__(self, grid: tuple[int, int, int], block: int, args: ctypes.Structure,

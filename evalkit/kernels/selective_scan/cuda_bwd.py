@@ -400,18 +400,20 @@ class _BArgs(ctypes.Structure):  # the kernel's ``struct BArgs``, passed by valu
                                                      "scn", "szb", "szd", "syb", "syd", "sgb", "sgd")])
 
 
-def _src_for(u, B, D, z, delta_bias, delta_softplus, ypre, config) -> str:
+def _src_for(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config) -> tuple[str, bool]:
+    """The source for these inputs and whether it takes 16-byte accesses: every row of u, delta, z, the
+    pre-gate y, B and C 16-byte aligned (the output gradient is made so where it is not; the gradient
+    buffers are fresh)."""
     K, rows, warps, v4 = _full(config)
-    vec = (_cuda._vec_ok(u.element_size(), u, z, ypre) and _cuda._vec_ok(B.element_size(), B))
+    vec = _cuda._vec_ok(u.element_size(), u, delta, z, ypre) and _cuda._vec_ok(B.element_size(), B, C)
     return source(u.dtype, B.dtype, K, rows, warps, v4, has_d=D is not None, has_z=z is not None,
-                  has_bias=delta_bias is not None, softplus=delta_softplus, vec=vec)
+                  has_bias=delta_bias is not None, softplus=delta_softplus, vec=vec), vec
 
 
 def prepare(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config=None) -> None:
     """Compile (or find) the backward for these inputs now, so that a module NVRTC or the driver refuses
     shows before the forward stores states for it (raises ``cuda.CompileError``)."""
-    del delta, C  # same dtype / alignment rules as u and B (``cuda.available``, ``_vec_ok`` below)
-    _cuda._function(u.device, _src_for(u, B, D, z, delta_bias, delta_softplus, ypre, config),
+    _cuda._function(u.device, _src_for(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config)[0],
                     "evalkit_selective_scan_bwd")
 
 
@@ -437,8 +439,10 @@ def selective_scan_bwd_cuda(
                          f"state entering every {32 * K} steps")
     if z is not None and (ypre is None or ypre.shape != u.shape):
         raise ValueError("the backward with z needs the pre-gate y")
-    if gy is not None and (gy.dtype != u.dtype or gy.stride(-1) != 1 or not _cuda._vec_ok(u.element_size(), gy)):
-        gy = gy.to(u.dtype).contiguous().clone() if gy.dtype == u.dtype else gy.to(u.dtype).contiguous()
+    src, vec = _src_for(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config)
+    if gy is not None and (gy.dtype != u.dtype or gy.stride(-1) != 1
+                           or (vec and not _cuda._vec_ok(u.element_size(), gy))):  # e.g. sum()'s expanded ones
+        gy = gy.to(u.dtype, memory_format=torch.contiguous_format, copy=True)
     gy, gT, bufs = _grad_buffers(u, delta, A, D, z, delta_bias, gy, gfinal)
     gu, gdl, gz, gB, gC, gA, gD, gbias, gh0 = bufs
     A32 = A.to(torch.float32)
@@ -446,8 +450,7 @@ def selective_scan_bwd_cuda(
     b32 = delta_bias.to(torch.float32).contiguous() if delta_bias is not None else A32
     zt = z if z is not None else u
     yp = ypre if ypre is not None else u
-    f = _cuda._function(u.device, _src_for(u, B, D, z, delta_bias, delta_softplus, ypre, config),
-                        "evalkit_selective_scan_bwd")
+    f = _cuda._function(u.device, src, "evalkit_selective_scan_bwd")
     ptrs = [t.data_ptr() for t in (u, delta, A32, B, C, D32, zt, b32, states, yp, gy)]
     ptrs.append(gT.data_ptr() if gT is not None else None)
     ptrs += [t.data_ptr() for t in (gu, gdl, gz if gz is not None else gu, gB, gC, gA,
