@@ -20,7 +20,10 @@ state index n in turn (a runtime loop, so the registers hold one state's values 
    in shared memory, and its gB_n / gC_n partials (summed over its rows);
 3. the block's warps reduce gB_n and gC_n over their channels in shared memory (double-buffered, one
    block barrier per state) and add them to fp32 buffers with one atomic per (t, n) and block — so
-   a block of ROWS·WARPS channels cuts the atomics by that factor against one per channel.
+   a block of ROWS·WARPS channels cuts the atomics by that factor against one per channel. With the
+   16-byte option (the default) the slots are written and read as float4 chunks, swizzled so that no
+   quarter-warp phase has a bank conflict either way, and added with 16-byte atomics
+   (``red.global.add.v4.f32``, sm_90) where L % 4 == 0 (4-byte ones elsewhere and in a ragged tail).
 
 The gradient of the state after the block for state n, ∂L/∂h_n, lives in lane n's register (N <= 32),
 as the carry does in the forward. On inputs the CUDA forward does not take (``cuda.available`` false)
