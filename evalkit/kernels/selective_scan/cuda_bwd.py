@@ -23,7 +23,7 @@ state index n in turn (a runtime loop, so the registers hold one state's values 
    a block of ROWS·WARPS channels cuts the atomics by that factor against one per channel. With the
    16-byte option (the default) the slots are written and read as float4 chunks, swizzled so that no
    quarter-warp phase has a bank conflict either way, and added with 16-byte atomics
-   (``red.global.add.v4.f32``, sm_90) where L % 4 == 0 (4-byte ones elsewhere and in a ragged tail).
+   (``red.global.add.v4.f32``) on sm_90 and newer where L % 4 == 0 (4-byte ones elsewhere).
 
 The gradient of the state after the block for state n, ∂L/∂h_n, lives in lane n's register (N <= 32),
 as the carry does in the forward. On inputs the CUDA forward does not take (``cuda.available`` false)
@@ -247,10 +247,13 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
                         s.x += o.x; s.y += o.y; s.z += o.z; s.w += o.w;
                     }
                     float* dst = (q ? g.gC : g.gB) + (b * g.N + m) * L + tb + 4 * c;
-                    if (FULLV && (L & 3) == 0) {
+#if __CUDA_ARCH__ >= 900
+                    if (FULLV && (L & 3) == 0) {  // 16-byte atomics are sm_90's (4-byte ones below elsewhere)
                         asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};"
                                      :: "l"(dst), "f"(s.x), "f"(s.y), "f"(s.z), "f"(s.w) : "memory");
-                    } else {
+                    } else
+#endif
+                    {
                         const float sv[4] = {s.x, s.y, s.z, s.w};
 #pragma unroll
                         for (int e = 0; e < 4; ++e)
