@@ -368,3 +368,28 @@ def test_cuda_backward_source_and_switch(monkeypatch):
     assert cuda_bwd.enabled()
     monkeypatch.setenv("EVALKIT_SCAN_CUDA_BWD", "0")
     assert not cuda_bwd.enabled()
+
+
+def _nvrtc_or_skip():
+    try:
+        ss_cuda._nvrtc()
+    except OSError:
+        pytest.skip("no NVRTC here (it ships with PyTorch's CUDA wheels; the CPU build has none)")
+
+
+@pytest.mark.parametrize("arch", ["80", "86", "89", "90"])
+def test_sources_compile_for_each_architecture(arch):
+    """Where NVRTC is present (no GPU needed), the forward (inference and training) and the backward
+    (both slot kinds, ragged and 16-byte paths, fp32 / bf16) compile for every architecture that
+    ``available`` admits: the 16-byte atomics are sm_90's, and NVRTC refused them for sm_80-89."""
+    _nvrtc_or_skip()
+    flags = dict(has_d=True, has_z=True, has_bias=True, softplus=True)
+    K, rows, warps, unroll, bc32, two_pass, prefetch = ss_cuda.CONFIG
+    for dtype in (torch.float32, torch.bfloat16):
+        for vec in (True, False):
+            for store_tb in (0, cuda_bwd.store_tb()):
+                ss_cuda.compile_source(ss_cuda.source(dtype, dtype, K, rows, warps, unroll, two_pass, prefetch,
+                                                      has_h0=True, vec=vec, store_tb=store_tb, **flags), arch)
+            for v4 in (True, False):
+                ss_cuda.compile_source(cuda_bwd.source(dtype, dtype, *cuda_bwd.BWD_CONFIG[:3], v4, vec=vec,
+                                                       **flags), arch)
