@@ -182,6 +182,16 @@ def train_table(ceil, lengths: str) -> None:
     print()
 
 
+def header() -> dict:
+    """Print the device, torch and NVRTC versions and the ceilings measured now; return the ceilings."""
+    ver = ctypes.c_int(), ctypes.c_int()
+    ss_cuda._nvrtc().nvrtcVersion(ctypes.byref(ver[0]), ctypes.byref(ver[1]))
+    print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; NVRTC {ver[0].value}.{ver[1].value}")
+    ceil = ceilings()
+    print(f"ceilings: copy {ceil['copy_Bps'] / 1e12:.2f} TB/s, exp2 {ceil['exp2_per_s'] / 1e12:.2f} T/s\n")
+    return ceil
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", default="", help="K:ROWS:WARPS:UNROLL:BC32:TWOPASS:PREFETCH,... (default: the sweep list)")
@@ -191,11 +201,7 @@ def main() -> None:
     a = ap.parse_args()
     configs = [_cfg(c) for c in a.configs.split(",")] if a.configs else CONFIGS
     configs = [ss_cuda.CONFIG] + [c for c in configs if c != ss_cuda.CONFIG]
-    ver = ctypes.c_int(), ctypes.c_int()
-    ss_cuda._nvrtc().nvrtcVersion(ctypes.byref(ver[0]), ctypes.byref(ver[1]))
-    print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; NVRTC {ver[0].value}.{ver[1].value}")
-    ceil = ceilings()
-    print(f"ceilings: copy {ceil['copy_Bps'] / 1e12:.2f} TB/s, exp2 {ceil['exp2_per_s'] / 1e12:.2f} T/s\n")
+    ceil = header()
     if a.train:
         train_table(ceil, a.train)
         return

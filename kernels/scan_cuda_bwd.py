@@ -27,7 +27,8 @@ from evalkit.kernels.selective_scan import cuda as ss_cuda
 from evalkit.kernels.selective_scan import cuda_bwd
 from evalkit.kernels.selective_scan import selective_scan, selective_scan_ref
 from evalkit.kernels.selective_scan.triton_bwd import TIME_BWD_CONFIG, selective_scan_bwd_time
-from kernels.bench import ceilings, fmt, ms, rel, ss_floor, ss_inputs
+from kernels.bench import fmt, ms, rel, ss_floor, ss_inputs
+from kernels.scan_cuda import header
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 SHORT = ("gu", "gΔ", "gA", "gB", "gC", "gD", "gz", "gbias", "gh0")
@@ -242,11 +243,7 @@ def main() -> None:
     a = ap.parse_args()
     configs = [_cfg(c) for c in a.configs.split(",")] if a.configs else CONFIGS
     configs = [cuda_bwd.BWD_CONFIG] + [c for c in configs if c != cuda_bwd.BWD_CONFIG]
-    ver = ctypes.c_int(), ctypes.c_int()
-    ss_cuda._nvrtc().nvrtcVersion(ctypes.byref(ver[0]), ctypes.byref(ver[1]))
-    print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; NVRTC {ver[0].value}.{ver[1].value}")
-    ceil = ceilings()
-    print(f"ceilings: copy {ceil['copy_Bps'] / 1e12:.2f} TB/s, exp2 {ceil['exp2_per_s'] / 1e12:.2f} T/s\n")
+    ceil = header()
     if a.big:
         print("checks:", "all passed" if big(a.big) else "FAILURES")
         return

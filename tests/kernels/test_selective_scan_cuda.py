@@ -144,22 +144,30 @@ def test_default_dispatch_and_graph_replay():
     assert _rel(y_g, y_ref) < 1e-2 and _rel(h_g, h_ref) < 1e-4
 
 
-def test_compile_failure_falls_back_to_triton_once(monkeypatch):
-    """When NVRTC or the driver refuses the module, the automatically chosen CUDA forward warns once,
-    switches itself off and time2 runs (on CPU: under the interpreter, with the dispatch's interpreter
-    guard lifted and ``available`` forced); asked for by name, the error stands."""
+@pytest.fixture
+def forced_cuda(monkeypatch):
+    """The CUDA path as if available (on CPU too: the dispatch's interpreter guard lifted, ``available``
+    true until ``disable``), with a fresh switch-off list; yields the Triton module that dispatches."""
     pytest.importorskip("triton")
     from evalkit.kernels.selective_scan import triton as ss_triton  # (conftest: the interpreter without a GPU)
 
+    monkeypatch.setattr(ss_triton, "_INTERPRET", False)
+    monkeypatch.setattr(ss_cuda, "_DISABLED", [])
+    monkeypatch.setattr(ss_cuda, "available", lambda *a: not ss_cuda._DISABLED)
+    return ss_triton
+
+
+def test_compile_failure_falls_back_to_triton_once(monkeypatch, forced_cuda):
+    """When NVRTC or the driver refuses the module, the automatically chosen CUDA forward warns once,
+    switches itself off and time2 runs (on CPU: under the interpreter, with the dispatch's interpreter
+    guard lifted and ``available`` forced); asked for by name, the error stands."""
+    ss_triton = forced_cuda
     calls = []
 
     def refuse(*a, **k):
         calls.append(1)
         raise ss_cuda.CompileError("NVRTC compile failed: test")
 
-    monkeypatch.setattr(ss_triton, "_INTERPRET", False)
-    monkeypatch.setattr(ss_cuda, "_DISABLED", [])
-    monkeypatch.setattr(ss_cuda, "available", lambda *a: not ss_cuda._DISABLED)
     monkeypatch.setattr(ss_cuda, "selective_scan_fwd_cuda", refuse)
     t = _inputs(1, 4, 40, 4, torch.float32, seed=2, dev="cuda" if ON_GPU else "cpu")
     y_ref, h_ref = _ref(t)
@@ -327,19 +335,15 @@ def test_cuda_backward_states_must_match_its_block():
                                          None, st, yp, None, None, config=(16, 1, 4))
 
 
-def test_backward_compile_failure_falls_back_to_the_triton_pair(monkeypatch):
+def test_backward_compile_failure_falls_back_to_the_triton_pair(monkeypatch, forced_cuda):
     """When NVRTC or the driver refuses the backward's module, the training forward finds out before it
     stores anything, warns once, switches the CUDA kernels off and runs the Triton pair (time2 storing
     states, the Triton time backward); on CPU under the interpreter, with ``available`` forced."""
-    pytest.importorskip("triton")
-    from evalkit.kernels.selective_scan import triton as ss_triton  # (conftest: the interpreter without a GPU)
+    ss_triton = forced_cuda
 
     def refuse(*a, **k):
         raise ss_cuda.CompileError("NVRTC compile failed: test")
 
-    monkeypatch.setattr(ss_triton, "_INTERPRET", False)
-    monkeypatch.setattr(ss_cuda, "_DISABLED", [])
-    monkeypatch.setattr(ss_cuda, "available", lambda *a: not ss_cuda._DISABLED)
     monkeypatch.setattr(cuda_bwd, "prepare", refuse)
     t = _inputs(1, 4, 40, 4, torch.float32, seed=3, dev="cuda" if ON_GPU else "cpu")
     args = {k: v.clone().requires_grad_(True) for k, v in t.items()}
