@@ -29,10 +29,11 @@ def selective_scan(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Selective scan with the semantics of :func:`selective_scan_ref` (see there for shapes).
 
-    Runs the kernels on CUDA (the NVRTC-compiled CUDA C++ forward, ``cuda.py``, where it applies, else
-    Triton's ``triton.py``; in training that forward stores states for the Triton backward) and the reference
-    elsewhere; the environment variable ``EVALKIT_KERNELS=auto|ref|triton`` forces either (see
-    ``evalkit.kernels.dispatch``), ``EVALKIT_SCAN_CUDA=0`` keeps the forward on Triton.
+    Runs the kernels on CUDA (the NVRTC-compiled CUDA C++ forward, ``cuda.py``, and in training its
+    backward, ``cuda_bwd.py``, where they apply, else Triton's ``triton.py`` / ``triton_bwd.py``) and the
+    reference elsewhere; the environment variable ``EVALKIT_KERNELS=auto|ref|triton`` forces either (see
+    ``evalkit.kernels.dispatch``), ``EVALKIT_SCAN_CUDA=0`` keeps both on Triton,
+    ``EVALKIT_SCAN_CUDA_BWD=0`` only the backward.
     ``chunk_size`` is the reference's; the kernel picks its own (it changes rounding only).
     """
     if use_kernel(u):
