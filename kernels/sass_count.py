@@ -11,6 +11,8 @@ comparisons and as per-element budgets, not as what the H200 runs (kernels/NOTES
     PYTHONPATH=.:<dir with nvidia/cuda_nvrtc> python kernels/sass_count.py cuda 16 2 4   # the CUDA C++ forward
         (K, ROWS, warps; compiled by NVRTC: unzip the nvidia-cuda-nvrtc-cu12 wheel into that dir;
         SASS_BC32=1 fp32 B/C, SASS_TWO_PASS=1, SASS_NO_PREFETCH=1)
+    PYTHONPATH=.:<same> python kernels/sass_count.py serial 4 16 4    # the state-split CUDA forward (S, K, warps;
+        SASS_TB=256 with the training stores)
     PYTHONPATH=.:<same> python kernels/sass_count.py cudabwd 8 2 4    # the CUDA C++ backward (K, ROWS, warps;
         SASS_V4=1 16-byte shared-memory slots and atomics)
 
@@ -61,7 +63,7 @@ def compile_sm90(kern, consts: dict, num_warps: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("kernel", choices=("bwd", "fwd", "train", "cuda", "cudabwd"))
+    ap.add_argument("kernel", choices=("bwd", "fwd", "train", "cuda", "cudabwd", "serial"))
     ap.add_argument("TB", type=int)
     ap.add_argument("BD", type=int)
     ap.add_argument("warps", type=int)
@@ -77,6 +79,14 @@ def main() -> None:
                              has_d=True, has_z=True, has_bias=True, softplus=True, has_h0=False)
         return report(ss_cuda.compile_source(src, "90"), f"cuda K {a.TB} ROWS {a.BD} warps {a.warps} "
                       f"unroll {a.unroll_n} (NVRTC, sm_90)", a.TB * a.BD)
+    if a.kernel == "serial":  # the state-split CUDA forward: TB = states per lane S, BD = steps per block K
+        from evalkit.kernels.selective_scan import cuda as ss_cuda, cuda_serial
+        import torch
+
+        src = cuda_serial.source(torch.bfloat16, torch.bfloat16, 16, a.TB, a.BD, a.warps, has_d=True, has_z=True,
+                                 has_bias=True, softplus=True, has_h0=False, store_tb=int(os.environ.get("SASS_TB", 0)))
+        return report(ss_cuda.compile_source(src, "90"), f"cuda serial S {a.TB} K {a.BD} warps {a.warps} "
+                      "(NVRTC, sm_90; per lane and block: K steps x S states)", a.BD * a.TB / 16)
     if a.kernel == "cudabwd":  # the CUDA backward: TB = K, BD = ROWS
         from evalkit.kernels.selective_scan import cuda as ss_cuda, cuda_bwd
         import torch

@@ -1,0 +1,171 @@
+"""The state-split CUDA C++ selective-scan forward (evalkit/kernels/selective_scan/cuda_serial.py,
+kernels/NOTES.md v12) against selective_scan_ref and against the time-parallel CUDA forward's
+training stores. Like the other CUDA kernel it has no interpreter: the numerical tests need a GPU;
+without one only the shape rules and the source generation are checked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evalkit.kernels.selective_scan import cuda as ss_cuda
+from evalkit.kernels.selective_scan import cuda_serial
+
+ON_GPU = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not ON_GPU, reason="the CUDA C++ kernel needs a GPU (no interpreter)")
+TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
+# (batch, channels, L, state): ragged and aligned lengths, shorter than one block, channels not a
+# multiple of a warp's or a block's, N from 4 (one lane per channel) to 32 (eight)
+CASES = [(1, 8, 63, 16), (2, 5, 500, 8), (1, 4, 1000, 16), (2, 3, 37, 4), (2, 130, 4096, 16), (1, 7, 2048, 32),
+         (1, 3, 9, 16), (3, 40, 1040, 16)]
+# (S, K, warps)
+CONFIGS = [cuda_serial.CONFIG, (4, 16, 1), (2, 16, 2), (8, 16, 4), (4, 32, 2), (4, 8, 4)]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    assert torch.isfinite(a).all()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _inputs(b, d, L, n, dtype, seed, full=True, dev="cuda"):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    t = dict(u=r(b, d, L).to(dtype), delta=(r(b, d, L) - 1.0).to(dtype),
+             A=-torch.rand(d, n, generator=gen) * 4 - 0.1, B=r(b, n, L).to(dtype), C=r(b, n, L).to(dtype))
+    if full:
+        t.update(D=r(d), z=r(b, d, L).to(dtype), delta_bias=r(d) * 0.5)
+    return {k: v.to(dev) for k, v in t.items()}
+
+
+def _ref(t, **kw):
+    from evalkit.kernels.selective_scan import selective_scan_ref
+
+    return selective_scan_ref(**{k: v.float() for k, v in t.items()}, return_final_state=True, **kw)
+
+
+def _run(t, cfg, softplus=True, h0=None, store_tb=0, ypre=None):
+    return cuda_serial.launch(t["u"], t["delta"], t["A"], t["B"], t["C"], t.get("D"), t.get("z"),
+                              t.get("delta_bias"), softplus, h0, cfg, store_tb, ypre)
+
+
+def test_supports_and_shared_memory():
+    assert cuda_serial.supports(16) and cuda_serial.supports(4) and cuda_serial.supports(32)
+    assert not cuda_serial.supports(6) and not cuda_serial.supports(12)  # Q = 3 lanes per channel
+    assert not cuda_serial.supports(256)  # 64 lanes per channel
+    assert cuda_serial.supports(2, (2, 16, 4)) and not cuda_serial.supports(2, (4, 16, 4))
+    assert not cuda_serial.supports(16, (1, 8, 4))  # 16 lanes per channel, 8 steps per block
+    assert cuda_serial.smem_bytes(16) <= 48 * 1024
+
+
+def test_source_specialises_by_defines():
+    src = cuda_serial.source(torch.bfloat16, torch.float32, 16, 4, 16, 4, has_d=True, has_z=False, has_bias=True,
+                             softplus=True, has_h0=False, vec=False, store_tb=256)
+    head = src.split("typedef", 1)[0]
+    for line in ("#define TU bf16_t", "#define TBC float", "#define NN 16", "#define S 4", "#define K 16",
+                 "#define WARPS 4", "#define HAS_Z 0", "#define VEC 0", "#define STORE_TB 256"):
+        assert line in head
+    assert "evalkit_selective_scan_fwd_serial" in src
+
+
+@gpu
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "S{}-K{}-W{}".format(*c))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-D{}-L{}-N{}".format(*c))
+def test_forward_matches_reference(case, dtype, cfg):
+    b, d, L, n = case
+    if not cuda_serial.supports(n, cfg):
+        pytest.skip(f"N {n} is not split by {cfg}")
+    t = _inputs(b, d, L, n, dtype, seed=L + d)
+    h0 = torch.randn(b, d, n, device="cuda")
+    y_ref, h_ref = _ref(t, initial_state=h0)
+    y, hT, _ = _run(t, cfg, h0=h0)
+    assert y.dtype == dtype and hT.dtype == torch.float32
+    assert _rel(y, y_ref) < TOL[dtype] and _rel(hT, h_ref) < 1e-4
+    bare = _inputs(b, d, L, n, dtype, seed=L + d, full=False)
+    bare["delta"] = torch.nn.functional.softplus(bare["delta"].float()).to(dtype)  # taken as given: > 0
+    y_ref, h_ref = _ref(bare, delta_softplus=False)
+    y, hT, _ = _run(bare, cfg, softplus=False)
+    assert _rel(y, y_ref) < TOL[dtype] and _rel(hT, h_ref) < 1e-4
+
+
+@gpu
+def test_views_unaligned_rows_and_mixed_dtypes():
+    """z a half of the in-projection's output, B and C slices of x_proj's (the native mixer's layout);
+    rows that do not start 16-byte aligned (the element-wise path); float32 u with bfloat16 B, C."""
+    b, d, L, n = 2, 64, 1024, 16
+    t = _inputs(b, d, L, n, torch.bfloat16, seed=3)
+    xz = torch.randn(b, 2 * d, L, device="cuda", dtype=torch.bfloat16)
+    t["u"], t["z"] = xz.chunk(2, dim=1)
+    dbc = torch.randn(b, 8 + 2 * n, L, device="cuda", dtype=torch.bfloat16)
+    _, t["B"], t["C"] = dbc.split([8, n, n], dim=1)
+    y_ref, h_ref = _ref(t)
+    for cfg in CONFIGS:
+        y, hT, _ = _run(t, cfg)
+        assert _rel(y, y_ref) < 1e-2 and _rel(hT, h_ref) < 1e-4, cfg
+    odd = dict(t)
+    odd["delta"] = torch.randn(b, d, L + 1, device="cuda", dtype=torch.bfloat16)[..., 1:]  # 2-byte offset
+    y_ref, h_ref = _ref(odd)
+    y, hT, _ = _run(odd, cuda_serial.CONFIG)
+    assert _rel(y, y_ref) < 1e-2 and _rel(hT, h_ref) < 1e-4
+    m = _inputs(2, 33, 777, 16, torch.float32, seed=4)
+    m["B"], m["C"] = m["B"].bfloat16(), m["C"].bfloat16()
+    y_ref, h_ref = _ref(m)
+    y, hT, _ = _run(m, cuda_serial.CONFIG)
+    assert _rel(y, y_ref) < 2e-5 and _rel(hT, h_ref) < 1e-4
+
+
+@gpu
+@pytest.mark.parametrize("store_tb", [128, 256])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("case", [(1, 8, 63, 16), (2, 5, 1000, 8), (1, 64, 4096, 16), (2, 3, 777, 4)],
+                         ids=lambda c: "B{}-D{}-L{}-N{}".format(*c))
+def test_training_stores_match_the_time_parallel_kernel(case, dtype, store_tb):
+    """With ``store_tb`` it stores what ``cuda.selective_scan_fwd_cuda_train`` stores: the state
+    entering every ``store_tb`` steps and the pre-gate y."""
+    b, d, L, n = case
+    t = _inputs(b, d, L, n, dtype, seed=L + 5)
+    h0 = torch.randn(b, d, n, device="cuda")
+    yp, yp2 = torch.empty_like(t["u"]), torch.empty_like(t["u"])
+    y, hT, st = _run(t, cuda_serial.CONFIG, h0=h0, store_tb=store_tb, ypre=yp)
+    y2, hT2, st2 = ss_cuda._launch(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"],
+                                   True, h0, None, store_tb, yp2)
+    assert st.shape == st2.shape
+    assert _rel(st, st2) < 1e-5 and _rel(hT, hT2) < 1e-5
+    assert _rel(y, y2) < TOL[dtype] and _rel(yp, yp2) < TOL[dtype]
+
+
+@gpu
+def test_graph_replay():
+    t = _inputs(1, 64, 2048, 16, torch.bfloat16, seed=7)
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        _run(t, cuda_serial.CONFIG)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y_g, h_g, _ = _run(t, cuda_serial.CONFIG)
+    new = _inputs(1, 64, 2048, 16, torch.bfloat16, seed=8)
+    for k in t:
+        t[k].copy_(new[k])
+    g.replay()
+    torch.cuda.synchronize()
+    y_ref, h_ref = _ref(new)
+    assert _rel(y_g, y_ref) < 1e-2 and _rel(h_g, h_ref) < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["80", "86", "89", "90"])
+def test_sources_compile_for_each_architecture(arch):
+    """Where NVRTC is present (no GPU needed): every dtype, both paths and the training stores."""
+    try:
+        ss_cuda._nvrtc()
+    except OSError:
+        pytest.skip("no NVRTC here (it ships with PyTorch's CUDA wheels; the CPU build has none)")
+    flags = dict(has_d=True, has_z=True, has_bias=True, softplus=True, has_h0=True)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for vec in (True, False):
+            for store_tb in (0, 256):
+                ss_cuda.compile_source(cuda_serial.source(dtype, torch.bfloat16, 16, *cuda_serial.CONFIG, vec=vec,
+                                                          store_tb=store_tb, **flags), arch)
+    for n, cfg in ((4, (4, 16, 1)), (32, (4, 16, 4)), (16, (2, 16, 2)), (16, (8, 16, 4)), (16, (4, 32, 2))):
+        ss_cuda.compile_source(cuda_serial.source(torch.bfloat16, torch.float32, n, *cfg, **flags), arch)
