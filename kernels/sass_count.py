@@ -12,7 +12,7 @@ comparisons and as per-element budgets, not as what the H200 runs (kernels/NOTES
         (K, ROWS, warps; compiled by NVRTC: unzip the nvidia-cuda-nvrtc-cu12 wheel into that dir;
         SASS_BC32=1 fp32 B/C, SASS_TWO_PASS=1, SASS_NO_PREFETCH=1)
     PYTHONPATH=.:<same> python kernels/sass_count.py serial 4 16 4    # the state-split CUDA forward (S, K, warps;
-        SASS_TB=256 with the training stores)
+        SASS_TB=256 with the training stores, SASS_NO_PIPE=1 unpipelined)
     PYTHONPATH=.:<same> python kernels/sass_count.py cudabwd 8 2 4    # the CUDA C++ backward (K, ROWS, warps;
         SASS_V4=1 16-byte shared-memory slots and atomics)
 
@@ -83,7 +83,8 @@ def main() -> None:
         from evalkit.kernels.selective_scan import cuda as ss_cuda, cuda_serial
         import torch
 
-        src = cuda_serial.source(torch.bfloat16, torch.bfloat16, 16, a.TB, a.BD, a.warps, has_d=True, has_z=True,
+        src = cuda_serial.source(torch.bfloat16, torch.bfloat16, 16, a.TB, a.BD, a.warps, not os.environ.get("SASS_NO_PIPE"),
+                                 has_d=True, has_z=True,
                                  has_bias=True, softplus=True, has_h0=False, store_tb=int(os.environ.get("SASS_TB", 0)))
         return report(ss_cuda.compile_source(src, "90"), f"cuda serial S {a.TB} K {a.BD} warps {a.warps} "
                       "(NVRTC, sm_90; per lane and block: K steps x S states)", a.BD * a.TB / 16)

@@ -37,8 +37,8 @@ import torch
 
 from . import cuda
 
-# (states per lane S, steps per block K, warps per block): kernels/NOTES.md v12.
-CONFIG = (4, 16, 4)
+# (states per lane S, steps per block K, warps per block, software-pipelined): kernels/NOTES.md v12.
+CONFIG = (4, 16, 4, True)
 
 SOURCE = r"""
 constexpr int Q = NN / S;        // lanes per channel
@@ -50,7 +50,16 @@ constexpr int SEGL = (NSEG + 31) / 32;         // per lane
 constexpr int BROW = NN;                       // floats per step of the transposed B / C
 constexpr int BSZ = K * NN + (K / 8) * 16;     // + 16 floats every 8 steps: no two-way conflict when writing
 constexpr int YROW = K + 4;                    // partial-y row of one lane (padded)
-constexpr int WSMEM = 2 * BSZ + 2 * CW * K + 32 * YROW;   // floats of shared memory per warp
+constexpr int WSMEM = 2 * BSZ + 2 * CW * K + 32 * YROW;   // floats of one shared-memory buffer
+// PIPE: each lane's raw inputs of a block (its B / C pieces, then its K/Q steps of u, Δ, z) are copied
+// by cp.async into a lane-private slot of one of RSTAGES stages, two blocks ahead; the slot stride is an
+// odd number of 16-byte units, so a quarter-warp's 16-byte reads hit distinct banks.
+constexpr int RAW_BC = 2 * SEGL * 16;
+constexpr int RAW_X = KQ * (int)sizeof(TU);
+constexpr int RAW_LANE0 = (RAW_BC + 3 * RAW_X + 15) / 16 * 16;
+constexpr int RAW_LANE = (RAW_LANE0 / 16) % 2 ? RAW_LANE0 : RAW_LANE0 + 16;
+constexpr int RSTAGES = 3;
+constexpr int RAW_WARP = 32 * RAW_LANE * RSTAGES;     // bytes per warp
 
 struct Args {
     const TU* u; const TU* dl; const float* A; const TBC* Bm; const TBC* Cm; const float* Dv; const TU* z;
@@ -127,9 +136,10 @@ __device__ __forceinline__ void load_run(const T* __restrict__ p, long long t0, 
 }
 
 // This lane's row pointers, computed once: u, Δ, z at the lane's first step of a block (q·KQ), and the
-// B / C rows of its 16-byte pieces at their first step.
+// B / C rows of its 16-byte pieces at their first step (lanes past the NSEG pieces repeat piece 0 and
+// convert nothing).
 struct Ptrs {
-    const TU* u; const TU* dl; const TU* z; const TBC* bp[SEGL]; const TBC* cp[SEGL]; long long off[SEGL];
+    const TU* u; const TU* dl; const TU* z; const TBC* bp[SEGL]; const TBC* cp[SEGL]; int off[SEGL];
 };
 
 template <bool FULLV>
@@ -139,25 +149,51 @@ __device__ __forceinline__ void load_block(const Ptrs& p, long long L, long long
     if (HAS_Z) load_run<FULLV>(p.z, t0, L - q * KQ, r.zq);
 #pragma unroll
     for (int j = 0; j < SEGL; ++j) {
-        if (p.bp[j] != nullptr) {
-            load_run<FULLV>(p.bp[j], t0, L - p.off[j], r.bq[j]);
-            load_run<FULLV>(p.cp[j], t0, L - p.off[j], r.cq[j]);
-        }
+        load_run<FULLV>(p.bp[j], t0, L - p.off[j], r.bq[j]);
+        load_run<FULLV>(p.cp[j], t0, L - p.off[j], r.cq[j]);
     }
 }
 
+// One block's per-lane values, computed from its raw inputs by arithmetic alone (``stage``): Δ after
+// softplus and Δ·u of this lane's K/Q steps, u and z for the D skip and the gate, B and C in fp32.
+struct Staged {
+    float dt[KQ], du[KQ], uu[KQ], zz[KQ];
+    float bv[SEGL][SEG], cv[SEGL][SEG];
+};
+
 template <bool FULLV>
-__device__ __forceinline__ void compute_block(const Args& g, float* __restrict__ sm, long long b, long long dd,
-                                              bool live, long long t0, int lane, int c, int q, const Regs& r,
-                                              const float (&a2)[S], float (&h)[S], float dskip, float dbias) {
-    const long long L = g.L;
-    float* bs = sm;
-    float* cs = sm + BSZ;
-    float* dls = sm + 2 * BSZ;
-    float* dus = dls + CW * K;
-    float* ys = dus + CW * K;
-    __syncwarp();  // the previous block's reads of this warp's shared memory are done
-    // 1. B and C of the block, fp32, transposed to (step, state)
+__device__ __forceinline__ void stage(const Regs& r, long long t0, long long L, int q, float dbias, Staged& v) {
+#pragma unroll
+    for (int k = 0; k < KQ; ++k) {
+        v.uu[k] = f32_of(r.uq[k]);
+        if (HAS_Z) v.zz[k] = f32_of(r.zq[k]);
+        const float x = f32_of(r.xq[k]) + dbias;
+        float d = x;
+        if (SOFTPLUS) {  // log1p(exp(x)) = ln(w)·e/(w − 1) with w = 1 + e (accurate for x << 0); x above 20
+            const float e = ex2(x * 1.4426950408889634f);
+            const float w = 1.f + e;
+            const float lp = lg2(w) * (0.6931471805599453f * e) * rcp(w - 1.f);
+            d = x > 20.f ? x : (w == 1.f ? e : lp);
+        }
+        if (!FULLV) d = (t0 + q * KQ + k < L) ? d : 0.f;  // padded steps: decay 1, input 0
+        v.dt[k] = d;
+        v.du[k] = d * v.uu[k];
+    }
+#pragma unroll
+    for (int j = 0; j < SEGL; ++j)
+#pragma unroll
+        for (int e = 0; e < SEG; ++e) { v.bv[j][e] = f32_of(r.bq[j][e]); v.cv[j][e] = f32_of(r.cq[j][e]); }
+}
+
+// Shared memory of one buffer: B and C transposed to (step, state), Δ and Δ·u of the warp's channels,
+// the partial y of each lane.
+struct Buf {
+    float* bs; float* cs; float* dls; float* dus; float* ys;
+    __device__ __forceinline__ explicit Buf(float* sm)
+        : bs(sm), cs(sm + BSZ), dls(sm + 2 * BSZ), dus(sm + 2 * BSZ + CW * K), ys(sm + 2 * BSZ + 2 * CW * K) {}
+};
+
+__device__ __forceinline__ void put(const Buf& m, const Staged& v, int lane, int c, int q) {
 #pragma unroll
     for (int j = 0; j < SEGL; ++j) {
         const int i = lane + 32 * j;
@@ -165,51 +201,26 @@ __device__ __forceinline__ void compute_block(const Args& g, float* __restrict__
             const int n = i / (K / SEG), part = i % (K / SEG);
 #pragma unroll
             for (int e = 0; e < SEG; ++e) {
-                bs[boff(part * SEG + e) + n] = f32_of(r.bq[j][e]);
-                cs[boff(part * SEG + e) + n] = f32_of(r.cq[j][e]);
+                m.bs[boff(part * SEG + e) + n] = v.bv[j][e];
+                m.cs[boff(part * SEG + e) + n] = v.cv[j][e];
             }
         }
     }
-    // 2. softplus(Δ + bias) and Δ·u of this lane's K/Q steps
-    float uu[KQ];
-    {
-        float dt[KQ], du[KQ];
-#pragma unroll
-        for (int k = 0; k < KQ; ++k) {
-            uu[k] = f32_of(r.uq[k]);
-            float x = f32_of(r.xq[k]) + dbias;
-            float v = x;
-            if (SOFTPLUS) {  // log1p(exp(x)) = ln(w)·e/(w − 1) with w = 1 + e (accurate for x << 0); x above 20
-                const float e = ex2(x * 1.4426950408889634f);
-                const float w = 1.f + e;
-                const float lp = lg2(w) * (0.6931471805599453f * e) * rcp(w - 1.f);
-                v = x > 20.f ? x : (w == 1.f ? e : lp);
-            }
-            if (!FULLV) v = (t0 + q * KQ + k < L) ? v : 0.f;  // padded steps: decay 1, input 0
-            dt[k] = v;
-            du[k] = v * uu[k];
-        }
-        sts<KQ>(dls + c * K + q * KQ, dt);
-        sts<KQ>(dus + c * K + q * KQ, du);
-    }
-    __syncwarp();
-#if STORE_TB
-    if (t0 % STORE_TB == 0 && live) {  // the state entering this STORE_TB-step chunk, (B, chunks, D, N) fp32
-        float* p = g.st + ((b * g.nch + t0 / STORE_TB) * g.Dm + dd) * g.N + (lane % Q) * S;
-#pragma unroll
-        for (int s = 0; s < S; ++s) p[s] = h[s];
-    }
-#endif
-    // 3. the K steps in order, S states each
+    sts<KQ>(m.dls + c * K + q * KQ, v.dt);
+    sts<KQ>(m.dus + c * K + q * KQ, v.du);
+}
+
+// The K steps in order, S states each; this lane's partial y of each step into m.ys.
+__device__ __forceinline__ void recur(const Buf& m, int lane, int c, int q, const float (&a2)[S], float (&h)[S]) {
     float yp[K], dlv[K], duv[K];
-    lds<K>(dls + c * K, dlv);
-    lds<K>(dus + c * K, duv);
+    lds<K>(m.dls + c * K, dlv);
+    lds<K>(m.dus + c * K, duv);
     const int g0 = q * S;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
         float bv[S], cv[S];
-        lds<S>(bs + boff(k) + g0, bv);
-        lds<S>(cs + boff(k) + g0, cv);
+        lds<S>(m.bs + boff(k) + g0, bv);
+        lds<S>(m.cs + boff(k) + g0, cv);
         float acc = 0.f;
 #pragma unroll
         for (int s = 0; s < S; ++s) {
@@ -219,23 +230,27 @@ __device__ __forceinline__ void compute_block(const Args& g, float* __restrict__
         }
         yp[k] = acc;
     }
-    // 4. the channel's Q partial sums of each step; this lane finishes steps q·KQ … q·KQ + KQ − 1
-    sts<K>(ys + lane * YROW, yp);
-    __syncwarp();
+    sts<K>(m.ys + lane * YROW, yp);
+}
+
+// The channel's Q partial sums of steps q·KQ … q·KQ + KQ − 1, the D skip, the gate, the stores.
+template <bool FULLV>
+__device__ __forceinline__ void finish(const Args& g, const Buf& m, long long b, long long dd, bool live, long long t0,
+                                       int c, int q, const Staged& v, float dskip) {
+    const long long L = g.L;
     float out[KQ];
 #pragma unroll
-    for (int k = 0; k < KQ; ++k) out[k] = HAS_D ? dskip * uu[k] : 0.f;
+    for (int k = 0; k < KQ; ++k) out[k] = HAS_D ? dskip * v.uu[k] : 0.f;
 #pragma unroll
     for (int p = 0; p < Q; ++p) {
         float part[KQ];
-        lds<KQ>(ys + (c * Q + p) * YROW + q * KQ, part);
+        lds<KQ>(m.ys + (c * Q + p) * YROW + q * KQ, part);
 #pragma unroll
         for (int k = 0; k < KQ; ++k) out[k] += part[k];
     }
-    if (!live) return;
     const long long ts = t0 + q * KQ;
 #if STORE_TB
-    if (HAS_Z) {
+    if (HAS_Z && live) {
         TU* p = g.yp + b * g.syb + dd * g.syd;
 #pragma unroll
         for (int k = 0; k < KQ; ++k) if (FULLV || ts + k < L) p[ts + k] = out_of(out[k], (TU*)nullptr);
@@ -243,11 +258,9 @@ __device__ __forceinline__ void compute_block(const Args& g, float* __restrict__
 #endif
     if (HAS_Z) {
 #pragma unroll
-        for (int k = 0; k < KQ; ++k) {
-            const float zz = f32_of(r.zq[k]);
-            out[k] *= zz * rcp(1.f + ex2(zz * -1.4426950408889634f));
-        }
+        for (int k = 0; k < KQ; ++k) out[k] *= v.zz[k] * rcp(1.f + ex2(v.zz[k] * -1.4426950408889634f));
     }
+    if (!live) return;
     TU* yq = g.y + b * g.syb + dd * g.syd;
     TU ov[KQ];
 #pragma unroll
@@ -255,15 +268,97 @@ __device__ __forceinline__ void compute_block(const Args& g, float* __restrict__
     constexpr int OB = KQ * sizeof(TU);
     if (FULLV && OB % 16 == 0) {
 #pragma unroll
-        for (int v = 0; v < OB / 16; ++v)
-            *reinterpret_cast<uint4*>(yq + ts + v * (16 / sizeof(TU))) =
-                *reinterpret_cast<const uint4*>(&ov[v * (16 / sizeof(TU))]);
+        for (int w = 0; w < OB / 16; ++w)
+            *reinterpret_cast<uint4*>(yq + ts + w * (16 / sizeof(TU))) =
+                *reinterpret_cast<const uint4*>(&ov[w * (16 / sizeof(TU))]);
     } else if (FULLV && OB == 8) {
         *reinterpret_cast<uint2*>(yq + ts) = *reinterpret_cast<const uint2*>(&ov[0]);
     } else {
 #pragma unroll
         for (int k = 0; k < KQ; ++k) if (FULLV || ts + k < L) yq[ts + k] = ov[k];
     }
+}
+
+__device__ __forceinline__ void store_state(const Args& g, long long b, long long dd, bool live, long long t0, int q,
+                                            const float (&h)[S]) {
+#if STORE_TB
+    if (t0 % STORE_TB == 0 && live) {  // the state entering this STORE_TB-step chunk, (B, chunks, D, N) fp32
+        float* p = g.st + ((b * g.nch + t0 / STORE_TB) * g.Dm + dd) * g.N + q * S;
+#pragma unroll
+        for (int s = 0; s < S; ++s) p[s] = h[s];
+    }
+#endif
+}
+
+template <int BYTES>
+__device__ __forceinline__ void copy_async(char* dst, const void* src) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    if constexpr (BYTES % 16 == 0) {
+#pragma unroll
+        for (int i = 0; i < BYTES / 16; ++i)
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(d + 16 * i),
+                         "l"((const char*)src + 16 * i) : "memory");
+    } else {
+        static_assert(BYTES == 4 || BYTES == 8, "cp.async copies 4, 8 or 16 bytes");
+        asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" :: "r"(d), "l"(src), "n"(BYTES) : "memory");
+    }
+}
+
+// Block t0's raw inputs into this lane's slot (whole, aligned blocks only), as one cp.async group.
+__device__ __forceinline__ void issue(const Ptrs& p, long long t0, char* slot) {
+#pragma unroll
+    for (int j = 0; j < SEGL; ++j) {
+        copy_async<16>(slot + 32 * j, p.bp[j] + t0);
+        copy_async<16>(slot + 32 * j + 16, p.cp[j] + t0);
+    }
+    copy_async<RAW_X>(slot + RAW_BC, p.u + t0);
+    copy_async<RAW_X>(slot + RAW_BC + RAW_X, p.dl + t0);
+    if (HAS_Z) copy_async<RAW_X>(slot + RAW_BC + 2 * RAW_X, p.z + t0);
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+template <int BYTES, typename T, int M>
+__device__ __forceinline__ void read_raw(const char* src, T (&q)[M]) {
+    static_assert(BYTES == M * (int)sizeof(T), "size");
+    if constexpr (BYTES % 16 == 0) {
+#pragma unroll
+        for (int i = 0; i < BYTES / 16; ++i)
+            reinterpret_cast<uint4*>(q)[i] = reinterpret_cast<const uint4*>(src)[i];
+    } else if constexpr (BYTES == 8) {
+        *reinterpret_cast<uint2*>(q) = *reinterpret_cast<const uint2*>(src);
+    } else {
+        *reinterpret_cast<unsigned*>(q) = *reinterpret_cast<const unsigned*>(src);
+    }
+}
+
+// Wait until at most one cp.async group is in flight, then read this lane's slot back.
+__device__ __forceinline__ void fetch(const char* slot, Regs& r) {
+    asm volatile("cp.async.wait_group 1;" ::: "memory");
+#pragma unroll
+    for (int j = 0; j < SEGL; ++j) {
+        read_raw<16>(slot + 32 * j, r.bq[j]);
+        read_raw<16>(slot + 32 * j + 16, r.cq[j]);
+    }
+    read_raw<RAW_X>(slot + RAW_BC, r.uq);
+    read_raw<RAW_X>(slot + RAW_BC + RAW_X, r.xq);
+    if (HAS_Z) read_raw<RAW_X>(slot + RAW_BC + 2 * RAW_X, r.zq);
+}
+
+// One block, unpipelined (the ragged last block, unaligned rows, a lone whole block): three warp
+// barriers around the shared-memory exchanges.
+template <bool FULLV>
+__device__ __forceinline__ void block_plain(const Args& g, const Buf& m, long long b, long long dd, bool live,
+                                            long long t0, int lane, int c, int q, const Regs& r,
+                                            const float (&a2)[S], float (&h)[S], float dskip, float dbias) {
+    Staged v;
+    stage<FULLV>(r, t0, g.L, q, dbias, v);
+    __syncwarp();  // earlier reads of this buffer are done
+    put(m, v, lane, c, q);
+    __syncwarp();
+    store_state(g, b, dd, live, t0, q, h);
+    recur(m, lane, c, q, a2, h);
+    __syncwarp();
+    finish<FULLV>(g, m, b, dd, live, t0, c, q, v, dskip);
 }
 
 extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_fwd_serial(const Args g) {
@@ -275,7 +370,7 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
     if (dw >= g.Dm) return;  // the whole warp
     const bool live = dw + c < g.Dm;
     const long long dd = live ? dw + c : dw;  // channels past D recompute channel dw and store nothing
-    float* sm = smem + warp * WSMEM;
+    float* sm = smem + warp * (PIPE ? 2 : 1) * WSMEM;
     float a2[S], h[S];
 #pragma unroll
     for (int s = 0; s < S; ++s) {
@@ -294,29 +389,66 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
         const int i = lane + 32 * j;
         const int n = i / (K / SEG), part = i % (K / SEG);
         const bool ok = NSEG % 32 == 0 || i < NSEG;
-        p.off[j] = part * SEG;
-        p.bp[j] = ok ? g.Bm + b * g.sbb + n * g.sbn + part * SEG : nullptr;
-        p.cp[j] = ok ? g.Cm + b * g.scb + n * g.scn + part * SEG : nullptr;
+        p.off[j] = ok ? part * SEG : 0;
+        p.bp[j] = g.Bm + b * g.sbb + (ok ? n * g.sbn + part * SEG : 0);
+        p.cp[j] = g.Cm + b * g.scb + (ok ? n * g.scn + part * SEG : 0);
     }
+    const Buf m0(sm), m1(sm + WSMEM);
     long long t0 = 0;
-    if (VEC) {  // whole blocks: two register buffers, the next block's loads in flight during this one
-        const long long nfull = g.L / K;
-        Regs r0, r1;
-        if (nfull > 0) load_block<true>(p, g.L, 0, q, r0);
-        long long j = 0;
-        for (; j + 1 < nfull; j += 2) {
-            load_block<true>(p, g.L, (j + 1) * K, q, r1);
-            compute_block<true>(g, sm, b, dd, live, j * K, lane, c, q, r0, a2, h, dskip, dbias);
-            if (j + 2 < nfull) load_block<true>(p, g.L, (j + 2) * K, q, r0);
-            compute_block<true>(g, sm, b, dd, live, (j + 1) * K, lane, c, q, r1, a2, h, dskip, dbias);
+    if (VEC && PIPE) {
+        // Whole blocks, two at a time, software-pipelined with one warp barrier per block: while block j's
+        // recurrence runs (fp32 buffer j % 2), block j + 1's softplus and conversions are computed and
+        // written to the other buffer, and block j + 2's raw inputs are on their way (cp.async, stage
+        // (j + 2) % 3); block j's outputs are summed and stored after the barrier.
+        const long long nblk = 2 * ((g.L / K) / 2);
+        char* raw = reinterpret_cast<char*>(smem + WARPS * 2 * WSMEM) + warp * RAW_WARP + lane * RAW_LANE;
+        constexpr int RS = 32 * RAW_LANE;  // bytes between stages
+        Regs r;
+        Staged v0, v1;
+        if (nblk > 0) {
+            issue(p, 0, raw);
+            issue(p, K, raw + RS);
+            fetch(raw, r);
+            stage<true>(r, 0, g.L, q, dbias, v0);
+            put(m0, v0, lane, c, q);
+            __syncwarp();
         }
-        if (j < nfull) compute_block<true>(g, sm, b, dd, live, j * K, lane, c, q, r0, a2, h, dskip, dbias);
-        t0 = nfull * K;
+        int s0 = 0;  // the stage of block j
+        for (long long j = 0; j < nblk; j += 2) {
+            const long long t = j * K;
+            const int s1 = s0 == 2 ? 0 : s0 + 1, s2 = s1 == 2 ? 0 : s1 + 1;
+            issue(p, (j + 2 < nblk ? j + 2 : nblk - 1) * K, raw + s2 * RS);
+            fetch(raw + s1 * RS, r);
+            stage<true>(r, t + K, g.L, q, dbias, v1);
+            store_state(g, b, dd, live, t, q, h);
+            recur(m0, lane, c, q, a2, h);
+            put(m1, v1, lane, c, q);
+            __syncwarp();
+            finish<true>(g, m0, b, dd, live, t, c, q, v0, dskip);
+            issue(p, (j + 3 < nblk ? j + 3 : nblk - 1) * K, raw + s0 * RS);
+            fetch(raw + s2 * RS, r);
+            stage<true>(r, t + 2 * K, g.L, q, dbias, v0);
+            store_state(g, b, dd, live, t + K, q, h);
+            recur(m1, lane, c, q, a2, h);
+            put(m0, v0, lane, c, q);
+            __syncwarp();
+            finish<true>(g, m1, b, dd, live, t + K, c, q, v1, dskip);
+            s0 = s2;
+        }
+        asm volatile("cp.async.wait_all;" ::: "memory");
+        t0 = nblk * K;
+    }
+    if (VEC) {  // whole blocks left (without PIPE: all of them)
+        for (; t0 + K <= g.L; t0 += K) {
+            Regs r;
+            load_block<true>(p, g.L, t0, q, r);
+            block_plain<true>(g, m0, b, dd, live, t0, lane, c, q, r, a2, h, dskip, dbias);
+        }
     }
     for (; t0 < g.L; t0 += K) {
         Regs r;
         load_block<false>(p, g.L, t0, q, r);
-        compute_block<false>(g, sm, b, dd, live, t0, lane, c, q, r, a2, h, dskip, dbias);
+        block_plain<false>(g, m0, b, dd, live, t0, lane, c, q, r, a2, h, dskip, dbias);
     }
     if (live) {
 #pragma unroll
@@ -326,29 +458,37 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
 """
 
 
-def supports(N: int, config: tuple[int, int, int] | None = None) -> bool:
+def supports(N: int, config: tuple | None = None) -> bool:
     """Whether this layout takes state size ``N``: N = S·Q with Q (lanes per channel) a power of two
     ≤ 32 dividing the block's K steps."""
-    S, K, _ = config or CONFIG
+    S, K = (config or CONFIG)[:2]
     if N % S:
         return False
     Q = N // S
     return Q & (Q - 1) == 0 and Q <= 32 and K % Q == 0 and K % 8 == 0
 
 
-def smem_bytes(N: int, config: tuple[int, int, int] | None = None) -> int:
-    S, K, warps = config or CONFIG
+def smem_bytes(N: int, config: tuple | None = None, u_size: int = 2, bc_size: int = 2) -> int:
+    """Dynamic shared memory per block: a fp32 buffer per warp (two when software-pipelined, plus the
+    raw-input stages of the kernel's RAW_* constants); ``u_size`` / ``bc_size``: element bytes of u, B."""
+    S, K, warps, pipe = config or CONFIG
     Q = N // S
-    return 4 * warps * (2 * (K * N + (K // 8) * 16) + 2 * (32 // Q) * K + 32 * (K + 4))
+    buf = 4 * (2 * (K * N + (K // 8) * 16) + 2 * (32 // Q) * K + 32 * (K + 4))
+    if not pipe:
+        return warps * buf
+    segl = -(-(N * K // (16 // bc_size)) // 32)
+    lane = -(-(2 * segl * 16 + 3 * (K // Q) * u_size) // 16) * 16
+    lane += 16 if (lane // 16) % 2 == 0 else 0
+    return warps * (2 * buf + 32 * lane * 3)
 
 
 @functools.lru_cache(maxsize=256)
-def source(tu: torch.dtype, tbc: torch.dtype, N: int, S: int, K: int, warps: int, *, has_d: bool, has_z: bool,
-           has_bias: bool, softplus: bool, has_h0: bool, vec: bool = True, store_tb: int = 0) -> str:
+def source(tu: torch.dtype, tbc: torch.dtype, N: int, S: int, K: int, warps: int, pipe: bool = True, *, has_d: bool,
+           has_z: bool, has_bias: bool, softplus: bool, has_h0: bool, vec: bool = True, store_tb: int = 0) -> str:
     """The kernel's source for one specialisation (compile-time constants as #defines)."""
-    defs = dict(TU=cuda._CODES[tu], TBC=cuda._CODES[tbc], NN=N, S=S, K=K, WARPS=warps, HAS_D=int(has_d),
-                HAS_Z=int(has_z), HAS_BIAS=int(has_bias), SOFTPLUS=int(softplus), HAS_H0=int(has_h0), VEC=int(vec),
-                STORE_TB=store_tb)
+    defs = dict(TU=cuda._CODES[tu], TBC=cuda._CODES[tbc], NN=N, S=S, K=K, WARPS=warps, PIPE=int(pipe),
+                HAS_D=int(has_d), HAS_Z=int(has_z), HAS_BIAS=int(has_bias), SOFTPLUS=int(softplus),
+                HAS_H0=int(has_h0), VEC=int(vec), STORE_TB=store_tb)
     # HELPERS' row loaders are sized by K; this kernel has its own, so K is only a name there
     return "".join(f"#define {k} {v}\n" for k, v in defs.items()) + cuda.HELPERS + SOURCE
 
@@ -356,7 +496,8 @@ def source(tu: torch.dtype, tbc: torch.dtype, N: int, S: int, K: int, warps: int
 def launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, config=None, store_tb=0, ypre=None):
     """y, the final state and (``store_tb``) the stored states, as ``cuda._launch``; the caller checked
     ``cuda.available`` and ``supports``."""
-    S, K, warps = config or CONFIG
+    config = config or CONFIG
+    S, K, warps, pipe = config
     batch, Dm, L = u.shape
     N = A.shape[1]
     y = torch.empty(batch, Dm, L, device=u.device, dtype=u.dtype)
@@ -369,7 +510,7 @@ def launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, c
     h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
     zt = z if z is not None else u
     vec = cuda._vec_ok(u.element_size(), u, delta, z, y, ypre) and cuda._vec_ok(B.element_size(), B, C)
-    src = source(u.dtype, B.dtype, N, S, K, warps, has_d=D is not None, has_z=z is not None,
+    src = source(u.dtype, B.dtype, N, S, K, warps, pipe, has_d=D is not None, has_z=z is not None,
                  has_bias=delta_bias is not None, softplus=delta_softplus, has_h0=initial_state is not None,
                  vec=vec, store_tb=store_tb)
     f = cuda._function(u.device, src, "evalkit_selective_scan_fwd_serial")
@@ -382,5 +523,5 @@ def launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, c
     cw = 32 // (N // S)
     grid = (-(-Dm // (cw * warps)), batch, 1)
     with torch.cuda.device(u.device):
-        f(grid, 32 * warps, args, torch.cuda.current_stream(u.device), shared=smem_bytes(N, config))
+        f(grid, 32 * warps, args, torch.cuda.current_stream(u.device), shared=smem_bytes(N, config, u.element_size(), B.element_size()))
     return y, final, states

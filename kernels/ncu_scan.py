@@ -1,0 +1,38 @@
+"""One launch of each selective-scan forward at the issue's shape (batch 1, d_inner 4096, N 16, bf16),
+for Nsight Compute (no warm-up launch: ncu would profile it too; NVRTC compiles before the launch). E.g.
+
+    ncu --clock-control none -k regex:evalkit_selective_scan --section WarpStateStats ... \\
+        python kernels/ncu_scan.py [--L 16384] [--serial 4:16:4,4:16:1] [--parallel]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from evalkit.kernels.selective_scan import cuda as ss_cuda
+from evalkit.kernels.selective_scan import cuda_serial
+from kernels.bench import ss_inputs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--L", type=int, default=16384)
+    ap.add_argument("--serial", default="4:16:4,4:16:1")
+    ap.add_argument("--parallel", action="store_true", help="also the time-parallel kernel (cuda.py)")
+    a = ap.parse_args()
+    t = ss_inputs(1, 4096, a.L, 16, torch.bfloat16, seed=1)
+    args = (t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True, None)
+    for c in filter(None, a.serial.split(",")):
+        cfg = tuple(int(x) for x in c.split(":"))
+        print("serial", cfg, flush=True)
+        cuda_serial.launch(*args, cfg)
+    if a.parallel:
+        print("time-parallel", ss_cuda.CONFIG, flush=True)
+        ss_cuda._launch(*args, None, 0, None)
+    torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    main()
