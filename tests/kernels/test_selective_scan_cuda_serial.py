@@ -56,6 +56,7 @@ def test_supports_and_shared_memory():
     assert not cuda_serial.supports(256)  # 64 lanes per channel
     assert cuda_serial.supports(2, (2, 16, 4, True)) and not cuda_serial.supports(2, (4, 16, 4, True))
     assert not cuda_serial.supports(16, (1, 8, 4, True))  # 16 lanes per channel, 8 steps per block
+    assert cuda_serial.pipe_ok(16, cuda_serial.CONFIG, 2) and not cuda_serial.pipe_ok(32, (2, 16, 2, True), 2)
     assert cuda_serial.smem_bytes(16, (4, 16, 4, False)) <= 48 * 1024  # no opt-in needed
     assert cuda_serial.smem_bytes(32, (4, 16, 4, True), 4, 4) <= 227 * 1024  # the H100's most
 
@@ -172,3 +173,34 @@ def test_sources_compile_for_each_architecture(arch):
     for n, cfg in ((4, (4, 16, 1, True)), (32, (4, 16, 4, True)), (16, (2, 16, 2, False)), (16, (8, 16, 4, True)),
                    (16, (4, 32, 2, True))):
         ss_cuda.compile_source(cuda_serial.source(torch.bfloat16, torch.float32, n, *cfg, **flags), arch)
+
+
+def test_which_defaults_run_this_layout(monkeypatch):
+    assert cuda_serial.use(16) and cuda_serial.use(16, 256) and cuda_serial.use(16, 128)
+    assert not cuda_serial.use(6) and not cuda_serial.use(16, 8)  # 8-step chunks fall inside a block
+    monkeypatch.setattr(cuda_serial, "SERIAL_TRAINING", False)
+    assert cuda_serial.use(16) and not cuda_serial.use(16, 256)
+    monkeypatch.setenv("EVALKIT_SCAN_SERIAL", "0")
+    assert not cuda_serial.use(16)
+
+
+@gpu
+def test_default_forward_runs_this_layout_and_the_switch(monkeypatch):
+    """``cuda``'s default forward (inference and training) is this kernel; EVALKIT_SCAN_SERIAL=0 brings
+    back the time-parallel one; both agree with the reference."""
+    t = _inputs(2, 40, 1000, 16, torch.bfloat16, seed=21)
+    y_ref, h_ref = _ref(t)
+    y, hT = ss_cuda.selective_scan_fwd_cuda(**t)
+    y_s, h_s, _ = _run(t, cuda_serial.CONFIG)
+    assert torch.equal(y, y_s) and torch.equal(hT, h_s)
+    a = (t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True, None, 256)
+    yp, yp_s = torch.empty_like(t["u"]), torch.empty_like(t["u"])
+    _, _, st = ss_cuda.selective_scan_fwd_cuda_train(*a, yp)
+    _, _, st_s = _run(t, cuda_serial.CONFIG, store_tb=256, ypre=yp_s)
+    assert torch.equal(st, st_s) and torch.equal(yp, yp_s)
+    monkeypatch.setenv("EVALKIT_SCAN_SERIAL", "0")
+    y_p, h_p = ss_cuda.selective_scan_fwd_cuda(**t)
+    y_c, h_c = ss_cuda.selective_scan_fwd_cuda(**t, config=ss_cuda.CONFIG)
+    assert torch.equal(y_p, y_c) and torch.equal(h_p, h_c)
+    for yy, hh in ((y, hT), (y_p, h_p)):
+        assert _rel(yy, y_ref) < 1e-2 and _rel(hh, h_ref) < 1e-4

@@ -32,6 +32,7 @@ with Q a power of two ≤ 32 and Q | K; ``supports`` says whether a shape is tak
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -51,15 +52,19 @@ constexpr int BROW = NN;                       // floats per step of the transpo
 constexpr int BSZ = K * NN + (K / 8) * 16;     // + 16 floats every 8 steps: no two-way conflict when writing
 constexpr int YROW = K + 4;                    // partial-y row of one lane (padded)
 constexpr int WSMEM = 2 * BSZ + 2 * CW * K + 32 * YROW;   // floats of one shared-memory buffer
-// PIPE: each lane's raw inputs of a block (its B / C pieces, then its K/Q steps of u, Δ, z) are copied
-// by cp.async into a lane-private slot of one of RSTAGES stages, two blocks ahead; the slot stride is an
-// odd number of 16-byte units, so a quarter-warp's 16-byte reads hit distinct banks.
+// PIPE: the raw inputs of a block (each lane's B / C pieces, then its K/Q steps of u, Δ, z) are copied by
+// cp.async into one of RSTAGES shared-memory stages, two blocks ahead; each lane reads back only what it
+// copied. A stage is field-major and lane-contiguous (B pieces, C pieces, u, Δ, z, each 32 lanes in a
+// row), so the copies and the read-backs move whole 128-byte wavefronts.
 constexpr int RAW_BC = 2 * SEGL * 16;
 constexpr int RAW_X = KQ * (int)sizeof(TU);
-constexpr int RAW_LANE0 = (RAW_BC + 3 * RAW_X + 15) / 16 * 16;
-constexpr int RAW_LANE = (RAW_LANE0 / 16) % 2 ? RAW_LANE0 : RAW_LANE0 + 16;
+constexpr int RAW_LANE = RAW_BC + 3 * RAW_X;         // bytes of one lane's inputs
 constexpr int RSTAGES = 3;
 constexpr int RAW_WARP = 32 * RAW_LANE * RSTAGES;     // bytes per warp
+// offsets (bytes) in a stage, for lane 0; lane l adds 16·l to the pieces and RAW_X·l to u, Δ, z
+__device__ __forceinline__ constexpr int raw_b(int j) { return 32 * 16 * 2 * j; }
+__device__ __forceinline__ constexpr int raw_c(int j) { return 32 * 16 * (2 * j + 1); }
+__device__ __forceinline__ constexpr int raw_x(int f) { return 32 * RAW_BC + 32 * RAW_X * f; }
 
 struct Args {
     const TU* u; const TU* dl; const float* A; const TBC* Bm; const TBC* Cm; const float* Dv; const TU* z;
@@ -110,9 +115,12 @@ __device__ __forceinline__ void sts(float* p, const float (&v)[M]) {
 }
 
 // One block's inputs, held in registers (the next block's are loaded while this one computes).
-struct Regs {
-    TU uq[KQ], xq[KQ], zq[KQ];
-    TBC bq[SEGL][SEG], cq[SEGL][SEG];
+struct Regs {  // (16-byte aligned members: they are filled and read through vector types)
+    alignas(16) TBC bq[SEGL][SEG];
+    alignas(16) TBC cq[SEGL][SEG];
+    alignas(16) TU uq[KQ];
+    alignas(16) TU xq[KQ];
+    alignas(16) TU zq[KQ];
 };
 
 template <bool FULLV, typename T, int M>
@@ -262,7 +270,7 @@ __device__ __forceinline__ void finish(const Args& g, const Buf& m, long long b,
     }
     if (!live) return;
     TU* yq = g.y + b * g.syb + dd * g.syd;
-    TU ov[KQ];
+    alignas(16) TU ov[KQ];
 #pragma unroll
     for (int k = 0; k < KQ; ++k) ov[k] = out_of(out[k], (TU*)nullptr);
     constexpr int OB = KQ * sizeof(TU);
@@ -304,16 +312,16 @@ __device__ __forceinline__ void copy_async(char* dst, const void* src) {
     }
 }
 
-// Block t0's raw inputs into this lane's slot (whole, aligned blocks only), as one cp.async group.
-__device__ __forceinline__ void issue(const Ptrs& p, long long t0, char* slot) {
+// Block t0's raw inputs into this warp's stage ``st`` (whole, aligned blocks only), as one cp.async group.
+__device__ __forceinline__ void issue(const Ptrs& p, long long t0, char* st, int lane) {
 #pragma unroll
     for (int j = 0; j < SEGL; ++j) {
-        copy_async<16>(slot + 32 * j, p.bp[j] + t0);
-        copy_async<16>(slot + 32 * j + 16, p.cp[j] + t0);
+        copy_async<16>(st + raw_b(j) + 16 * lane, p.bp[j] + t0);
+        copy_async<16>(st + raw_c(j) + 16 * lane, p.cp[j] + t0);
     }
-    copy_async<RAW_X>(slot + RAW_BC, p.u + t0);
-    copy_async<RAW_X>(slot + RAW_BC + RAW_X, p.dl + t0);
-    if (HAS_Z) copy_async<RAW_X>(slot + RAW_BC + 2 * RAW_X, p.z + t0);
+    copy_async<RAW_X>(st + raw_x(0) + RAW_X * lane, p.u + t0);
+    copy_async<RAW_X>(st + raw_x(1) + RAW_X * lane, p.dl + t0);
+    if (HAS_Z) copy_async<RAW_X>(st + raw_x(2) + RAW_X * lane, p.z + t0);
     asm volatile("cp.async.commit_group;" ::: "memory");
 }
 
@@ -331,17 +339,17 @@ __device__ __forceinline__ void read_raw(const char* src, T (&q)[M]) {
     }
 }
 
-// Wait until at most one cp.async group is in flight, then read this lane's slot back.
-__device__ __forceinline__ void fetch(const char* slot, Regs& r) {
+// Wait until at most one cp.async group is in flight, then read this lane's inputs back from stage st.
+__device__ __forceinline__ void fetch(const char* st, int lane, Regs& r) {
     asm volatile("cp.async.wait_group 1;" ::: "memory");
 #pragma unroll
     for (int j = 0; j < SEGL; ++j) {
-        read_raw<16>(slot + 32 * j, r.bq[j]);
-        read_raw<16>(slot + 32 * j + 16, r.cq[j]);
+        read_raw<16>(st + raw_b(j) + 16 * lane, r.bq[j]);
+        read_raw<16>(st + raw_c(j) + 16 * lane, r.cq[j]);
     }
-    read_raw<RAW_X>(slot + RAW_BC, r.uq);
-    read_raw<RAW_X>(slot + RAW_BC + RAW_X, r.xq);
-    if (HAS_Z) read_raw<RAW_X>(slot + RAW_BC + 2 * RAW_X, r.zq);
+    read_raw<RAW_X>(st + raw_x(0) + RAW_X * lane, r.uq);
+    read_raw<RAW_X>(st + raw_x(1) + RAW_X * lane, r.xq);
+    if (HAS_Z) read_raw<RAW_X>(st + raw_x(2) + RAW_X * lane, r.zq);
 }
 
 // One block, unpipelined (the ragged last block, unaligned rows, a lone whole block): three warp
@@ -401,14 +409,14 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
         // written to the other buffer, and block j + 2's raw inputs are on their way (cp.async, stage
         // (j + 2) % 3); block j's outputs are summed and stored after the barrier.
         const long long nblk = 2 * ((g.L / K) / 2);
-        char* raw = reinterpret_cast<char*>(smem + WARPS * 2 * WSMEM) + warp * RAW_WARP + lane * RAW_LANE;
+        char* raw = reinterpret_cast<char*>(smem + WARPS * 2 * WSMEM) + warp * RAW_WARP;
         constexpr int RS = 32 * RAW_LANE;  // bytes between stages
         Regs r;
         Staged v0, v1;
         if (nblk > 0) {
-            issue(p, 0, raw);
-            issue(p, K, raw + RS);
-            fetch(raw, r);
+            issue(p, 0, raw, lane);
+            issue(p, K, raw + RS, lane);
+            fetch(raw, lane, r);
             stage<true>(r, 0, g.L, q, dbias, v0);
             put(m0, v0, lane, c, q);
             __syncwarp();
@@ -417,16 +425,16 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
         for (long long j = 0; j < nblk; j += 2) {
             const long long t = j * K;
             const int s1 = s0 == 2 ? 0 : s0 + 1, s2 = s1 == 2 ? 0 : s1 + 1;
-            issue(p, (j + 2 < nblk ? j + 2 : nblk - 1) * K, raw + s2 * RS);
-            fetch(raw + s1 * RS, r);
+            issue(p, (j + 2 < nblk ? j + 2 : nblk - 1) * K, raw + s2 * RS, lane);
+            fetch(raw + s1 * RS, lane, r);
             stage<true>(r, t + K, g.L, q, dbias, v1);
             store_state(g, b, dd, live, t, q, h);
             recur(m0, lane, c, q, a2, h);
             put(m1, v1, lane, c, q);
             __syncwarp();
             finish<true>(g, m0, b, dd, live, t, c, q, v0, dskip);
-            issue(p, (j + 3 < nblk ? j + 3 : nblk - 1) * K, raw + s0 * RS);
-            fetch(raw + s2 * RS, r);
+            issue(p, (j + 3 < nblk ? j + 3 : nblk - 1) * K, raw + s0 * RS, lane);
+            fetch(raw + s2 * RS, lane, r);
             stage<true>(r, t + 2 * K, g.L, q, dbias, v0);
             store_state(g, b, dd, live, t + K, q, h);
             recur(m1, lane, c, q, a2, h);
@@ -468,6 +476,30 @@ def supports(N: int, config: tuple | None = None) -> bool:
     return Q & (Q - 1) == 0 and Q <= 32 and K % Q == 0 and K % 8 == 0
 
 
+# Which defaults run this layout instead of the time-parallel one (``cuda._launch`` with no config):
+# inference, and training (the forward storing states for a backward). kernels/NOTES.md v12.
+SERIAL_INFERENCE = True
+SERIAL_TRAINING = True
+
+
+def use(N: int, store_tb: int = 0) -> bool:
+    """Whether ``cuda``'s default forward runs this layout for state size ``N`` (``store_tb``: the
+    training forward's state interval); ``EVALKIT_SCAN_SERIAL=0`` keeps the time-parallel kernel."""
+    if os.environ.get("EVALKIT_SCAN_SERIAL", "1") == "0" or not supports(N):
+        return False
+    if store_tb:
+        return SERIAL_TRAINING and store_tb % CONFIG[1] == 0
+    return SERIAL_INFERENCE
+
+
+def pipe_ok(N: int, config: tuple, u_size: int) -> bool:
+    """Whether the pipelined path can copy a lane's K/Q steps of u with cp.async (4, 8 or 16·k bytes);
+    otherwise the kernel runs unpipelined."""
+    S, K = config[:2]
+    x = K // (N // S) * u_size
+    return x in (4, 8) or x % 16 == 0
+
+
 def smem_bytes(N: int, config: tuple | None = None, u_size: int = 2, bc_size: int = 2) -> int:
     """Dynamic shared memory per block: a fp32 buffer per warp (two when software-pipelined, plus the
     raw-input stages of the kernel's RAW_* constants); ``u_size`` / ``bc_size``: element bytes of u, B."""
@@ -477,9 +509,7 @@ def smem_bytes(N: int, config: tuple | None = None, u_size: int = 2, bc_size: in
     if not pipe:
         return warps * buf
     segl = -(-(N * K // (16 // bc_size)) // 32)
-    lane = -(-(2 * segl * 16 + 3 * (K // Q) * u_size) // 16) * 16
-    lane += 16 if (lane // 16) % 2 == 0 else 0
-    return warps * (2 * buf + 32 * lane * 3)
+    return warps * (2 * buf + 32 * (2 * segl * 16 + 3 * (K // Q) * u_size) * 3)
 
 
 @functools.lru_cache(maxsize=256)
@@ -496,10 +526,12 @@ def source(tu: torch.dtype, tbc: torch.dtype, N: int, S: int, K: int, warps: int
 def launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, config=None, store_tb=0, ypre=None):
     """y, the final state and (``store_tb``) the stored states, as ``cuda._launch``; the caller checked
     ``cuda.available`` and ``supports``."""
-    config = config or CONFIG
-    S, K, warps, pipe = config
+    S, K, warps, pipe = config or CONFIG
     batch, Dm, L = u.shape
     N = A.shape[1]
+    if pipe and not pipe_ok(N, (S, K, warps, pipe), u.element_size()):
+        pipe = False
+    config = (S, K, warps, pipe)
     y = torch.empty(batch, Dm, L, device=u.device, dtype=u.dtype)
     final = torch.empty(batch, Dm, N, device=u.device, dtype=torch.float32)
     nch = -(-L // store_tb) if store_tb else 0
