@@ -2,7 +2,7 @@
 for Nsight Compute (no warm-up launch: ncu would profile it too; NVRTC compiles before the launch). E.g.
 
     ncu --clock-control none -k regex:evalkit_selective_scan --section WarpStateStats ... \\
-        python kernels/ncu_scan.py [--L 16384] [--serial 4:16:4,4:16:1] [--parallel]
+        python kernels/ncu_scan.py [--L 16384] [--serial 4:16:4:1:1,4:16:1:1:1] [--parallel]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from kernels.bench import ss_inputs
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--L", type=int, default=16384)
-    ap.add_argument("--serial", default="4:16:4,4:16:1")
+    ap.add_argument("--serial", default="4:16:4:1:1,4:16:4:1:0")
     ap.add_argument("--parallel", action="store_true", help="also the time-parallel kernel (cuda.py)")
     a = ap.parse_args()
     t = ss_inputs(1, 4096, a.L, 16, torch.bfloat16, seed=1)

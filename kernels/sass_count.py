@@ -12,7 +12,7 @@ comparisons and as per-element budgets, not as what the H200 runs (kernels/NOTES
         (K, ROWS, warps; compiled by NVRTC: unzip the nvidia-cuda-nvrtc-cu12 wheel into that dir;
         SASS_BC32=1 fp32 B/C, SASS_TWO_PASS=1, SASS_NO_PREFETCH=1)
     PYTHONPATH=.:<same> python kernels/sass_count.py serial 4 16 4    # the state-split CUDA forward (S, K, warps;
-        SASS_TB=256 with the training stores, SASS_NO_PIPE=1 unpipelined)
+        SASS_TB=256 with the training stores, SASS_NO_PIPE=1 unpipelined, SASS_BC32=1 fp32 B/C in shared memory)
     PYTHONPATH=.:<same> python kernels/sass_count.py cudabwd 8 2 4    # the CUDA C++ backward (K, ROWS, warps;
         SASS_V4=1 16-byte shared-memory slots and atomics)
 
@@ -84,6 +84,7 @@ def main() -> None:
         import torch
 
         src = cuda_serial.source(torch.bfloat16, torch.bfloat16, 16, a.TB, a.BD, a.warps, not os.environ.get("SASS_NO_PIPE"),
+                                 not os.environ.get("SASS_BC32"),
                                  has_d=True, has_z=True,
                                  has_bias=True, softplus=True, has_h0=False, store_tb=int(os.environ.get("SASS_TB", 0)))
         return report(ss_cuda.compile_source(src, "90"), f"cuda serial S {a.TB} K {a.BD} warps {a.warps} "

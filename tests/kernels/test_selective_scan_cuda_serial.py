@@ -18,9 +18,9 @@ TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 # multiple of a warp's or a block's, N from 4 (one lane per channel) to 32 (eight)
 CASES = [(1, 8, 63, 16), (2, 5, 500, 8), (1, 4, 1000, 16), (2, 3, 37, 4), (2, 130, 4096, 16), (1, 7, 2048, 32),
          (1, 3, 9, 16), (3, 40, 1040, 16)]
-# (S, K, warps, software-pipelined)
-CONFIGS = [cuda_serial.CONFIG, (4, 16, 1, True), (4, 16, 4, False), (2, 16, 2, True), (8, 16, 4, True),
-           (4, 32, 2, True), (4, 8, 4, False)]
+# (S, K, warps, software-pipelined, B / C 16-bit in shared memory)
+CONFIGS = [cuda_serial.CONFIG, (4, 16, 1, True, False), (4, 16, 4, False, True), (2, 16, 2, True, True),
+           (8, 16, 4, True, False), (4, 32, 2, True, True), (4, 8, 4, False, False), (1, 16, 4, True, True)]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -54,25 +54,25 @@ def test_supports_and_shared_memory():
     assert cuda_serial.supports(16) and cuda_serial.supports(4) and cuda_serial.supports(32)
     assert not cuda_serial.supports(6) and not cuda_serial.supports(12)  # Q = 3 lanes per channel
     assert not cuda_serial.supports(256)  # 64 lanes per channel
-    assert cuda_serial.supports(2, (2, 16, 4, True)) and not cuda_serial.supports(2, (4, 16, 4, True))
-    assert not cuda_serial.supports(16, (1, 8, 4, True))  # 16 lanes per channel, 8 steps per block
-    assert cuda_serial.pipe_ok(16, cuda_serial.CONFIG, 2) and not cuda_serial.pipe_ok(32, (2, 16, 2, True), 2)
+    assert cuda_serial.supports(2, (2, 16, 4)) and not cuda_serial.supports(2, (4, 16, 4))
+    assert not cuda_serial.supports(16, (1, 8, 4))  # 16 lanes per channel, 8 steps per block
+    assert cuda_serial.pipe_ok(16, cuda_serial.CONFIG, 2) and not cuda_serial.pipe_ok(32, (2, 16), 2)
     assert cuda_serial.smem_bytes(16, (4, 16, 4, False)) <= 48 * 1024  # no opt-in needed
     assert cuda_serial.smem_bytes(32, (4, 16, 4, True), 4, 4) <= 227 * 1024  # the H100's most
 
 
 def test_source_specialises_by_defines():
-    src = cuda_serial.source(torch.bfloat16, torch.float32, 16, 4, 16, 4, True, has_d=True, has_z=False, has_bias=True,
+    src = cuda_serial.source(torch.bfloat16, torch.float32, 16, 4, 16, 4, True, True, has_d=True, has_z=False, has_bias=True,
                              softplus=True, has_h0=False, vec=False, store_tb=256)
     head = src.split("typedef", 1)[0]
     for line in ("#define TU bf16_t", "#define TBC float", "#define NN 16", "#define S 4", "#define K 16",
-                 "#define WARPS 4", "#define PIPE 1", "#define HAS_Z 0", "#define VEC 0", "#define STORE_TB 256"):
+                 "#define WARPS 4", "#define PIPE 1", "#define BC16 0", "#define HAS_Z 0", "#define VEC 0", "#define STORE_TB 256"):
         assert line in head
     assert "evalkit_selective_scan_fwd_serial" in src
 
 
 @gpu
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "S{}-K{}-W{}".format(*c) + ("-pipe" if c[3] else ""))
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "S{}-K{}-W{}".format(*c) + ("-pipe" if c[3] else "") + ("-bc16" if c[4] else ""))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda d: str(d)[6:])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-D{}-L{}-N{}".format(*c))
 def test_forward_matches_reference(case, dtype, cfg):
@@ -170,9 +170,11 @@ def test_sources_compile_for_each_architecture(arch):
             for store_tb in (0, 256):
                 ss_cuda.compile_source(cuda_serial.source(dtype, torch.bfloat16, 16, *cuda_serial.CONFIG, vec=vec,
                                                           store_tb=store_tb, **flags), arch)
-    for n, cfg in ((4, (4, 16, 1, True)), (32, (4, 16, 4, True)), (16, (2, 16, 2, False)), (16, (8, 16, 4, True)),
-                   (16, (4, 32, 2, True))):
-        ss_cuda.compile_source(cuda_serial.source(torch.bfloat16, torch.float32, n, *cfg, **flags), arch)
+    for n, cfg in ((4, (4, 16, 1, True, True)), (32, (4, 16, 4, True, True)), (16, (2, 16, 2, False, True)),
+                   (16, (8, 16, 4, True, True)), (16, (4, 32, 2, True, False)), (16, (1, 16, 4, True, True))):
+        cfg = (*cfg[:3], cfg[3] and cuda_serial.pipe_ok(n, cfg, 2), cfg[4])  # as ``launch`` decides
+        for tbc in (torch.float32, torch.float16, torch.bfloat16):
+            ss_cuda.compile_source(cuda_serial.source(torch.bfloat16, tbc, n, *cfg, **flags), arch)
 
 
 def test_which_defaults_run_this_layout(monkeypatch):

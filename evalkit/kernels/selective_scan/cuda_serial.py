@@ -38,8 +38,9 @@ import torch
 
 from . import cuda
 
-# (states per lane S, steps per block K, warps per block, software-pipelined): kernels/NOTES.md v12.
-CONFIG = (4, 16, 4, True)
+# (states per lane S, steps per block K, warps per block, software-pipelined, B and C kept 16-bit in shared
+# memory when they come as fp16 / bf16): kernels/NOTES.md v12.
+CONFIG = (4, 16, 4, True, True)
 
 SOURCE = r"""
 constexpr int Q = NN / S;        // lanes per channel
@@ -77,6 +78,46 @@ __device__ __forceinline__ float lg2(float x) { float r; asm("lg2.approx.ftz.f32
 __device__ __forceinline__ float rcp(float x) { float r; asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
 
 __device__ __forceinline__ int boff(int t) { return t * BROW + (t >> 3) * 16; }
+
+// BC16: u16 offset of step t's row (NN B/C pairs, 4·NN bytes; + 64 bytes every 8 steps against conflicts)
+__device__ __forceinline__ int boff16(int t) { return t * 2 * NN + (t >> 3) * 32; }
+
+__device__ __forceinline__ float lo16(unsigned w, bf16_t*) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float hi16(unsigned w, bf16_t*) { return __uint_as_float(w & 0xffff0000u); }
+__device__ __forceinline__ float lo16(unsigned w, f16_t*) { f16_t h; h.x = (u16)(w & 0xffffu); return f32_of(h); }
+__device__ __forceinline__ float hi16(unsigned w, f16_t*) { f16_t h; h.x = (u16)(w >> 16); return f32_of(h); }
+__device__ __forceinline__ float lo16(unsigned w, float*) { return 0.f; }  // (BC16 is never set for fp32 B, C)
+__device__ __forceinline__ float hi16(unsigned w, float*) { return 0.f; }
+
+// A lane's S B values and S C values of one step, 16-bit in shared memory (4·S bytes), to fp32.
+__device__ __forceinline__ void unpack16(const u16* p, float (&bv)[S], float (&cv)[S]) {
+    unsigned w[S];
+    if constexpr (S % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < S / 4; ++i) {
+            const uint4 t = reinterpret_cast<const uint4*>(p)[i];
+            w[4 * i] = t.x; w[4 * i + 1] = t.y; w[4 * i + 2] = t.z; w[4 * i + 3] = t.w;
+        }
+    } else if constexpr (S % 2 == 0) {
+        const uint2 t = *reinterpret_cast<const uint2*>(p);
+        w[0] = t.x; w[1] = t.y;
+    } else {
+#pragma unroll
+        for (int i = 0; i < S; ++i) w[i] = reinterpret_cast<const unsigned*>(p)[i];
+    }
+    const u16* e = reinterpret_cast<const u16*>(w);
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+        if constexpr (S % 2 == 0) {
+            const unsigned wb = w[s / 2], wc = w[S / 2 + s / 2];
+            bv[s] = (s % 2) ? hi16(wb, (TBC*)nullptr) : lo16(wb, (TBC*)nullptr);
+            cv[s] = (s % 2) ? hi16(wc, (TBC*)nullptr) : lo16(wc, (TBC*)nullptr);
+        } else {
+            bv[s] = lo16(e[s], (TBC*)nullptr);
+            cv[s] = lo16(e[S + s], (TBC*)nullptr);
+        }
+    }
+}
 
 // M consecutive floats of shared memory in 16- or 8-byte pieces (p aligned to match)
 template <int M>
@@ -166,7 +207,11 @@ __device__ __forceinline__ void load_block(const Ptrs& p, long long L, long long
 // softplus and Δ·u of this lane's K/Q steps, u and z for the D skip and the gate, B and C in fp32.
 struct Staged {
     float dt[KQ], du[KQ], uu[KQ], zz[KQ];
+#if BC16
+    TBC bv[SEGL][SEG], cv[SEGL][SEG];  // BC16: B and C stay 16-bit until a lane reads them
+#else
     float bv[SEGL][SEG], cv[SEGL][SEG];
+#endif
 };
 
 template <bool FULLV>
@@ -190,7 +235,13 @@ __device__ __forceinline__ void stage(const Regs& r, long long t0, long long L, 
 #pragma unroll
     for (int j = 0; j < SEGL; ++j)
 #pragma unroll
-        for (int e = 0; e < SEG; ++e) { v.bv[j][e] = f32_of(r.bq[j][e]); v.cv[j][e] = f32_of(r.cq[j][e]); }
+        for (int e = 0; e < SEG; ++e) {
+#if BC16
+            v.bv[j][e] = r.bq[j][e]; v.cv[j][e] = r.cq[j][e];
+#else
+            v.bv[j][e] = f32_of(r.bq[j][e]); v.cv[j][e] = f32_of(r.cq[j][e]);
+#endif
+        }
 }
 
 // Shared memory of one buffer: B and C transposed to (step, state), Δ and Δ·u of the warp's channels,
@@ -209,8 +260,14 @@ __device__ __forceinline__ void put(const Buf& m, const Staged& v, int lane, int
             const int n = i / (K / SEG), part = i % (K / SEG);
 #pragma unroll
             for (int e = 0; e < SEG; ++e) {
+#if BC16  // step t's row: per state group [B of its S states, C of its S states], 16-bit
+                u16* row = reinterpret_cast<u16*>(m.bs) + boff16(part * SEG + e);
+                row[(n / S) * 2 * S + n % S] = v.bv[j][e].x;
+                row[(n / S) * 2 * S + S + n % S] = v.cv[j][e].x;
+#else
                 m.bs[boff(part * SEG + e) + n] = v.bv[j][e];
                 m.cs[boff(part * SEG + e) + n] = v.cv[j][e];
+#endif
             }
         }
     }
@@ -227,8 +284,12 @@ __device__ __forceinline__ void recur(const Buf& m, int lane, int c, int q, cons
 #pragma unroll
     for (int k = 0; k < K; ++k) {
         float bv[S], cv[S];
+#if BC16
+        unpack16(reinterpret_cast<const u16*>(m.bs) + boff16(k) + 2 * g0, bv, cv);
+#else
         lds<S>(m.bs + boff(k) + g0, bv);
         lds<S>(m.cs + boff(k) + g0, cv);
+#endif
         float acc = 0.f;
 #pragma unroll
         for (int s = 0; s < S; ++s) {
@@ -298,6 +359,7 @@ __device__ __forceinline__ void store_state(const Args& g, long long b, long lon
 #endif
 }
 
+#if PIPE
 template <int BYTES>
 __device__ __forceinline__ void copy_async(char* dst, const void* src) {
     const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
@@ -352,6 +414,8 @@ __device__ __forceinline__ void fetch(const char* st, int lane, Regs& r) {
     if (HAS_Z) read_raw<RAW_X>(st + raw_x(2) + RAW_X * lane, r.zq);
 }
 
+#endif  // PIPE
+
 // One block, unpipelined (the ragged last block, unaligned rows, a lone whole block): three warp
 // barriers around the shared-memory exchanges.
 template <bool FULLV>
@@ -403,7 +467,8 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
     }
     const Buf m0(sm), m1(sm + WSMEM);
     long long t0 = 0;
-    if (VEC && PIPE) {
+#if PIPE
+    if (VEC) {
         // Whole blocks, two at a time, software-pipelined with one warp barrier per block: while block j's
         // recurrence runs (fp32 buffer j % 2), block j + 1's softplus and conversions are computed and
         // written to the other buffer, and block j + 2's raw inputs are on their way (cp.async, stage
@@ -446,6 +511,7 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
         asm volatile("cp.async.wait_all;" ::: "memory");
         t0 = nblk * K;
     }
+#endif
     if (VEC) {  // whole blocks left (without PIPE: all of them)
         for (; t0 + K <= g.L; t0 += K) {
             Regs r;
@@ -503,7 +569,7 @@ def pipe_ok(N: int, config: tuple, u_size: int) -> bool:
 def smem_bytes(N: int, config: tuple | None = None, u_size: int = 2, bc_size: int = 2) -> int:
     """Dynamic shared memory per block: a fp32 buffer per warp (two when software-pipelined, plus the
     raw-input stages of the kernel's RAW_* constants); ``u_size`` / ``bc_size``: element bytes of u, B."""
-    S, K, warps, pipe = config or CONFIG
+    S, K, warps, pipe = (config or CONFIG)[:4]
     Q = N // S
     buf = 4 * (2 * (K * N + (K // 8) * 16) + 2 * (32 // Q) * K + 32 * (K + 4))
     if not pipe:
@@ -513,10 +579,12 @@ def smem_bytes(N: int, config: tuple | None = None, u_size: int = 2, bc_size: in
 
 
 @functools.lru_cache(maxsize=256)
-def source(tu: torch.dtype, tbc: torch.dtype, N: int, S: int, K: int, warps: int, pipe: bool = True, *, has_d: bool,
+def source(tu: torch.dtype, tbc: torch.dtype, N: int, S: int, K: int, warps: int, pipe: bool = True,
+           bc16: bool = True, *, has_d: bool,
            has_z: bool, has_bias: bool, softplus: bool, has_h0: bool, vec: bool = True, store_tb: int = 0) -> str:
     """The kernel's source for one specialisation (compile-time constants as #defines)."""
     defs = dict(TU=cuda._CODES[tu], TBC=cuda._CODES[tbc], NN=N, S=S, K=K, WARPS=warps, PIPE=int(pipe),
+                BC16=int(bc16 and tbc != torch.float32),
                 HAS_D=int(has_d), HAS_Z=int(has_z), HAS_BIAS=int(has_bias), SOFTPLUS=int(softplus),
                 HAS_H0=int(has_h0), VEC=int(vec), STORE_TB=store_tb)
     # HELPERS' row loaders are sized by K; this kernel has its own, so K is only a name there
@@ -526,12 +594,12 @@ def source(tu: torch.dtype, tbc: torch.dtype, N: int, S: int, K: int, warps: int
 def launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, config=None, store_tb=0, ypre=None):
     """y, the final state and (``store_tb``) the stored states, as ``cuda._launch``; the caller checked
     ``cuda.available`` and ``supports``."""
-    S, K, warps, pipe = config or CONFIG
+    S, K, warps, pipe, bc16 = config or CONFIG
     batch, Dm, L = u.shape
     N = A.shape[1]
-    if pipe and not pipe_ok(N, (S, K, warps, pipe), u.element_size()):
-        pipe = False
-    config = (S, K, warps, pipe)
+    pipe = pipe and pipe_ok(N, (S, K), u.element_size())
+    bc16 = bc16 and B.element_size() == 2
+    config = (S, K, warps, pipe, bc16)
     y = torch.empty(batch, Dm, L, device=u.device, dtype=u.dtype)
     final = torch.empty(batch, Dm, N, device=u.device, dtype=torch.float32)
     nch = -(-L // store_tb) if store_tb else 0
@@ -542,7 +610,7 @@ def launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, c
     h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
     zt = z if z is not None else u
     vec = cuda._vec_ok(u.element_size(), u, delta, z, y, ypre) and cuda._vec_ok(B.element_size(), B, C)
-    src = source(u.dtype, B.dtype, N, S, K, warps, pipe, has_d=D is not None, has_z=z is not None,
+    src = source(u.dtype, B.dtype, N, S, K, warps, pipe, bc16, has_d=D is not None, has_z=z is not None,
                  has_bias=delta_bias is not None, softplus=delta_softplus, has_h0=initial_state is not None,
                  vec=vec, store_tb=store_tb)
     f = cuda._function(u.device, src, "evalkit_selective_scan_fwd_serial")
