@@ -1,7 +1,8 @@
 """The state-split CUDA selective-scan forward (``evalkit/kernels/selective_scan/cuda_serial.py``,
 kernels/NOTES.md v12) on the GPU, in one run: checks against the reference at the issue's width, a
 config sweep at the issue's shape (batch 1, d_inner 4096, N 16, bf16, L = 64k) beside the time-parallel
-CUDA forward (``cuda.py``, v10), a length table for the fastest config against the floor, and the
+CUDA forward (``cuda.py``, v10; called with its explicit config, since the default now runs this kernel),
+a length table for the fastest config against the floor, and the
 training forward (states every 256 steps + pre-gate y) of both layouts.
 
     PYTHONPATH=. python kernels/scan_serial.py [--configs 4:16:4,...] [--lengths 4096,...,1048576]
@@ -75,7 +76,7 @@ def sweep(ceil, configs):
     print("## config sweep at L = 64k (batch 1, d_inner 4096, N 16, bf16)")
     print("| kernel | S | K | WARPS | pipe | bc16 | regs | ms 64k | ÷ floor | y rel | final rel |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    k0 = ms(lambda: ss_cuda.selective_scan_fwd_cuda(**t), rep=100)
+    k0 = ms(lambda: ss_cuda.selective_scan_fwd_cuda(**t, config=ss_cuda.CONFIG), rep=100)
     print(f"| cuda (time-parallel) {ss_cuda.CONFIG} | | | | | | | {fmt(k0)} | {k0 / floor:.2f} | | |")
     best, best_ms = None, float("inf")
     for cfg in configs:
@@ -100,7 +101,7 @@ def lengths_table(ceil, cfg, lengths: str) -> None:
     print("|---|---|---|---|---|---|")
     for L in map(int, lengths.split(",")):
         t = ss_inputs(1, 4096, L, 16, torch.bfloat16, seed=L)
-        k0 = ms(lambda: ss_cuda.selective_scan_fwd_cuda(**t), rep=30)
+        k0 = ms(lambda: ss_cuda.selective_scan_fwd_cuda(**t, config=ss_cuda.CONFIG), rep=30)
         k = ms(lambda: serial(t, cfg), rep=30)
         floor, fb, fe = ss_floor(ceil, L)
         print(f"| {L} | {fmt(k0)} | {fmt(k)} | {k0 / k:.2f}x | {floor:.3f} ({fb:.3f} / {fe:.3f}) | {k / floor:.2f} |")
@@ -117,9 +118,9 @@ def train_table(cfg, lengths: str, tb: int = 256) -> None:
         t = ss_inputs(1, 4096, L, 16, torch.bfloat16, seed=L)
         a = (t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True, None)
         yp, yp2 = torch.empty_like(t["u"]), torch.empty_like(t["u"])
-        _, _, st = ss_cuda._launch(*a, None, tb, yp)
+        _, _, st = ss_cuda._launch(*a, ss_cuda.CONFIG, tb, yp)
         _, _, st2 = cuda_serial.launch(*a, cfg, tb, yp2)
-        k0 = ms(lambda: ss_cuda._launch(*a, None, tb, yp), rep=50)
+        k0 = ms(lambda: ss_cuda._launch(*a, ss_cuda.CONFIG, tb, yp), rep=50)
         k = ms(lambda: cuda_serial.launch(*a, cfg, tb, yp2), rep=50)
         print(f"| {L} | {fmt(k0)} | {fmt(k)} | {k0 / k:.2f}x | {rel(st2, st):.1e} | {rel(yp2, yp):.1e} |")
         del t, yp, yp2, st, st2

@@ -132,7 +132,7 @@ def test_training_stores_match_the_time_parallel_kernel(case, dtype, store_tb):
     yp, yp2 = torch.empty_like(t["u"]), torch.empty_like(t["u"])
     y, hT, st = _run(t, cuda_serial.CONFIG, h0=h0, store_tb=store_tb, ypre=yp)
     y2, hT2, st2 = ss_cuda._launch(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"],
-                                   True, h0, None, store_tb, yp2)
+                                   True, h0, ss_cuda.CONFIG, store_tb, yp2)  # (the explicit config: time-parallel)
     assert st.shape == st2.shape
     assert _rel(st, st2) < 1e-5 and _rel(hT, hT2) < 1e-5
     assert _rel(y, y2) < TOL[dtype] and _rel(yp, yp2) < TOL[dtype]
