@@ -396,4 +396,5 @@ def test_sources_compile_for_each_architecture(arch):
                                                       has_h0=True, vec=vec, store_tb=store_tb, **flags), arch)
             for v4 in (True, False):
                 ss_cuda.compile_source(cuda_bwd.source(dtype, dtype, *cuda_bwd.BWD_CONFIG[:3], v4, vec=vec,
+                                                       atom16=int(arch) >= 90,
                                                        **flags), arch)

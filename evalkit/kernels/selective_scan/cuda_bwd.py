@@ -23,7 +23,7 @@ state index n in turn (a runtime loop, so the registers hold one state's values 
    a block of ROWS·WARPS channels cuts the atomics by that factor against one per channel. With the
    16-byte option (the default) the slots are written and read as float4 chunks, swizzled so that no
    quarter-warp phase has a bank conflict either way, and added with 16-byte atomics
-   (``red.global.add.v4.f32``) on sm_90 and newer where L % 4 == 0 (4-byte ones elsewhere).
+   (``red.global.add.v4.f32``) on sm_90 and newer where L % 4 == 0 (4-byte ones elsewhere; ``ATOM16``).
 
 The gradient of the state after the block for state n, ∂L/∂h_n, lives in lane n's register (N <= 32),
 as the carry does in the forward. On inputs the CUDA forward does not take (``cuda.available`` false)
@@ -247,7 +247,7 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
                         s.x += o.x; s.y += o.y; s.z += o.z; s.w += o.w;
                     }
                     float* dst = (q ? g.gC : g.gB) + (b * g.N + m) * L + tb + 4 * c;
-#if __CUDA_ARCH__ >= 900
+#if ATOM16
                     if (FULLV && (L & 3) == 0) {  // 16-byte atomics are sm_90's (4-byte ones below elsewhere)
                         asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};"
                                      :: "l"(dst), "f"(s.x), "f"(s.y), "f"(s.z), "f"(s.w) : "memory");
@@ -370,9 +370,13 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
 
 @functools.lru_cache(maxsize=256)  # one str object per specialisation: the module cache's key hashes once
 def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, v4: bool = False, *, has_d: bool,
-           has_z: bool, has_bias: bool, softplus: bool, vec: bool = True) -> str:
-    """The backward's source for one specialisation (the compile-time constants as #defines)."""
+           has_z: bool, has_bias: bool, softplus: bool, vec: bool = True, atom16: bool = True) -> str:
+    """The backward's source for one specialisation (the compile-time constants as #defines).
+    ``atom16``: the target has 16-byte atomics (sm_90 and newer; NVRTC refuses them below). Chosen from
+    the device in Python: testing ``__CUDA_ARCH__`` in the source instead compiled to 255 registers and a
+    15 % slower kernel under the H200's NVRTC 13.0 (249 with 12.9; kernels/NOTES.md v12)."""
     defs = dict(TU=_cuda._CODES[tu], TBC=_cuda._CODES[tbc], K=K, ROWS=rows, WARPS=warps, V4=int(v4),
+                ATOM16=int(atom16),
                 HAS_D=int(has_d), HAS_Z=int(has_z), HAS_BIAS=int(has_bias),
                 SOFTPLUS=int(softplus), VEC=int(vec))
     return "".join(f"#define {k} {v}\n" for k, v in defs.items()) + SOURCE
@@ -412,8 +416,9 @@ def _src_for(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config) -> 
     buffers are fresh)."""
     K, rows, warps, v4 = _full(config)
     vec = _cuda._vec_ok(u.element_size(), u, delta, z, ypre) and _cuda._vec_ok(B.element_size(), B, C)
+    atom16 = torch.cuda.get_device_capability(u.device) >= (9, 0)
     return source(u.dtype, B.dtype, K, rows, warps, v4, has_d=D is not None, has_z=z is not None,
-                  has_bias=delta_bias is not None, softplus=delta_softplus, vec=vec), vec
+                  has_bias=delta_bias is not None, softplus=delta_softplus, vec=vec, atom16=atom16), vec
 
 
 def prepare(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config=None) -> None:
