@@ -187,10 +187,20 @@ def test_which_defaults_run_this_layout(monkeypatch):
 
 
 @gpu
+def test_small_grids_keep_the_time_parallel_kernel():
+    """Fewer warps than FILL per SM sub-partition: the default stays time-parallel."""
+    dev = torch.device("cuda")
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    full = int(cuda_serial.FILL * 4 * sms * 32 / 4) + 32  # channels whose N 16 / S 4 walks fill the GPU
+    assert cuda_serial.use(16, 0, full, dev) and not cuda_serial.use(16, 0, full // 4, dev)
+
+
+@gpu
 def test_default_forward_runs_this_layout_and_the_switch(monkeypatch):
     """``cuda``'s default forward (inference and training) is this kernel; EVALKIT_SCAN_SERIAL=0 brings
     back the time-parallel one; both agree with the reference."""
-    t = _inputs(2, 40, 1000, 16, torch.bfloat16, seed=21)
+    sms = torch.cuda.get_device_properties(torch.device("cuda")).multi_processor_count
+    t = _inputs(2, 16 * sms, 1000, 16, torch.bfloat16, seed=21)  # enough channels for the serial layout (FILL)
     y_ref, h_ref = _ref(t)
     y, hT = ss_cuda.selective_scan_fwd_cuda(**t)
     y_s, h_s, _ = _run(t, cuda_serial.CONFIG)

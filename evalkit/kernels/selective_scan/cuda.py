@@ -511,7 +511,7 @@ def _launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, 
     if config is None:  # the default: the state-split layout where it takes the shape (NOTES.md v12)
         from . import cuda_serial
 
-        if cuda_serial.use(A.shape[1], store_tb):
+        if cuda_serial.use(A.shape[1], store_tb, u.shape[0] * u.shape[1], u.device):
             return cuda_serial.launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, None,
                                       store_tb, ypre)
     K, rows, warps, unroll_n, bc32, two_pass, prefetch = config or CONFIG

@@ -548,11 +548,23 @@ SERIAL_INFERENCE = True
 SERIAL_TRAINING = True
 
 
-def use(N: int, store_tb: int = 0) -> bool:
+# This layout has batch·D·N/(32·S) warps, one sequential walk each; below FILL warps per SM sub-partition
+# the time-parallel kernel (batch·D/2 warps, each a share of the length) keeps more of the GPU busy: at the
+# issue's shape (d_inner 4096, batch 1: 512 warps on the H200's 528 sub-partitions) this one is 1.22× faster;
+# at the zoo trainer's (d_inner 128, batch 16: 256 warps) the Mamba trainer ran slower with it (NOTES v12).
+FILL = 0.9
+
+
+def use(N: int, store_tb: int = 0, channels: int | None = None, device: torch.device | None = None) -> bool:
     """Whether ``cuda``'s default forward runs this layout for state size ``N`` (``store_tb``: the
-    training forward's state interval); ``EVALKIT_SCAN_SERIAL=0`` keeps the time-parallel kernel."""
+    training forward's state interval; ``channels``: batch·D, with the ``device`` whose SMs count);
+    ``EVALKIT_SCAN_SERIAL=0`` keeps the time-parallel kernel."""
     if os.environ.get("EVALKIT_SCAN_SERIAL", "1") == "0" or not supports(N):
         return False
+    if channels is not None and device is not None:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        if channels * (N // CONFIG[0]) / 32 < FILL * 4 * sms:
+            return False
     if store_tb:
         return SERIAL_TRAINING and store_tb % CONFIG[1] == 0
     return SERIAL_INFERENCE
