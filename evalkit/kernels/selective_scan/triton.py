@@ -320,7 +320,8 @@ def selective_scan_fwd(
 
     ``variant`` (None: "cuda" where ``cuda.available`` holds, else ``DEFAULT_VARIANT``, for inputs
     contiguous along L without stored states or segments; otherwise "scan"): "cuda" (the CUDA C++
-    inference forward compiled by NVRTC, ``cuda.py``: the fastest on the H200, NOTES.md v10), "scan"
+    inference forward compiled by NVRTC: ``cuda_serial.py``'s state-split layout where its warps fill
+    the GPU, else ``cuda.py``'s time-parallel one; the fastest on the H200, NOTES.md v10, v12), "scan"
     (``_selective_scan_kernel``: channels x N across the threads, chunks of time scanned in-thread),
     "seq" (``_selective_scan_seq_kernel``, step by step) or "time2" (``_selective_scan_tkernel2``: time
     along the lanes, the N state indices in turn; the fastest Triton variant). Two other time-parallel variants ("time", "time3") were measured
