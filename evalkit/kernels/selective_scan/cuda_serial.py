@@ -13,8 +13,9 @@ latency the unrolled, independent exponentials of a block of K steps have to hid
 
 Per block of K steps, each warp:
 
-1. converts the block's B and C (K·N values each, shared by its channels) to fp32 in its shared memory,
-   transposed to (step, state) so a lane reads its S states of one step in one vector load;
+1. writes the block's B and C (K·N values each, shared by its channels) into its shared memory, transposed
+   to (step, state) so a lane reads its S states of one step in one vector load — 16-bit as they came
+   (``BC16``, unpacked by the reader) or converted to fp32;
 2. computes softplus(Δ + bias) and Δ·u for K/Q steps per lane (the channel's Q lanes split the steps)
    and shares them through shared memory;
 3. walks the K steps: for each of its S states, a = exp2(Δ·A_n·log2 e), h = a·h + Δu·B_n, and the
@@ -22,10 +23,18 @@ Per block of K steps, each warp:
 4. sums the Q lanes' partial y of each step through shared memory (each lane sums its K/Q steps), adds
    the D skip, applies the SiLU(z) gate and stores its K/Q outputs.
 
-The next block's u, Δ, z, B and C are loaded into registers while a block computes. The final state is
-written for decoding; with ``store_tb`` the state entering every ``store_tb`` steps and the pre-gate y
-are stored as ``cuda.selective_scan_fwd_cuda_train`` stores them (for the CUDA and Triton backwards).
-Inputs as ``cuda``'s (unit stride along L; fp32 / fp16 / bf16, B and C may differ from u), and N = S·Q
+With ``PIPE`` (the default) the loop is software-pipelined over two shared-memory buffers with one warp
+barrier per block: block j + 1's steps 1–2 run beside block j's step 3, block j's step 4 after the
+barrier, and block j + 2's raw inputs travel by cp.async into a third region meanwhile (a lane copies and
+reads back only its own inputs). Nsight Compute showed why: prefetches into registers were sunk by the
+compiler and arrived late, and three barriers per block serialised the steps (NOTES v12). What bounds it
+now is one warp per SM sub-partition at the issue's shape and the shared-memory pipe: every (t, d, n)
+element needs its B_n and C_n delivered to its lane. The ragged last block, unaligned rows and shapes
+whose per-lane rows cp.async cannot copy run the same steps unpipelined.
+
+The final state is written for decoding; with ``store_tb`` the state entering every ``store_tb`` steps
+and the pre-gate y are stored as ``cuda.selective_scan_fwd_cuda_train`` stores them (for the CUDA and
+Triton backwards). Inputs as ``cuda``'s (unit stride along L; fp32 / fp16 / bf16, B and C may differ from u), and N = S·Q
 with Q a power of two ≤ 32 and Q | K; ``supports`` says whether a shape is taken.
 """
 
@@ -155,7 +164,7 @@ __device__ __forceinline__ void sts(float* p, const float (&v)[M]) {
     }
 }
 
-// One block's inputs, held in registers (the next block's are loaded while this one computes).
+// One block's raw inputs for this lane, in registers.
 struct Regs {  // (16-byte aligned members: they are filled and read through vector types)
     alignas(16) TBC bq[SEGL][SEG];
     alignas(16) TBC cq[SEGL][SEG];
@@ -204,7 +213,8 @@ __device__ __forceinline__ void load_block(const Ptrs& p, long long L, long long
 }
 
 // One block's per-lane values, computed from its raw inputs by arithmetic alone (``stage``): Δ after
-// softplus and Δ·u of this lane's K/Q steps, u and z for the D skip and the gate, B and C in fp32.
+// softplus and Δ·u of this lane's K/Q steps, u and z for the D skip and the gate, B and C (fp32, or as
+// they came with BC16).
 struct Staged {
     float dt[KQ], du[KQ], uu[KQ], zz[KQ];
 #if BC16
