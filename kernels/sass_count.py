@@ -83,10 +83,10 @@ def main() -> None:
         from evalkit.kernels.selective_scan import cuda as ss_cuda, cuda_serial
         import torch
 
-        src = cuda_serial.source(torch.bfloat16, torch.bfloat16, 16, a.TB, a.BD, a.warps, not os.environ.get("SASS_NO_PIPE"),
-                                 not os.environ.get("SASS_BC32"),
-                                 has_d=True, has_z=True,
-                                 has_bias=True, softplus=True, has_h0=False, store_tb=int(os.environ.get("SASS_TB", 0)))
+        src = cuda_serial.source(torch.bfloat16, torch.bfloat16, 16, a.TB, a.BD, a.warps,
+                                 not os.environ.get("SASS_NO_PIPE"), not os.environ.get("SASS_BC32"),
+                                 has_d=True, has_z=True, has_bias=True, softplus=True, has_h0=False,
+                                 store_tb=int(os.environ.get("SASS_TB", 0)))
         return report(ss_cuda.compile_source(src, "90"), f"cuda serial S {a.TB} K {a.BD} warps {a.warps} "
                       "(NVRTC, sm_90; per lane and block: K steps x S states)", a.BD * a.TB / 16)
     if a.kernel == "cudabwd":  # the CUDA backward: TB = K, BD = ROWS

@@ -62,17 +62,22 @@ def test_supports_and_shared_memory():
 
 
 def test_source_specialises_by_defines():
-    src = cuda_serial.source(torch.bfloat16, torch.float32, 16, 4, 16, 4, True, True, has_d=True, has_z=False, has_bias=True,
-                             softplus=True, has_h0=False, vec=False, store_tb=256)
+    src = cuda_serial.source(torch.bfloat16, torch.float32, 16, 4, 16, 4, True, True, has_d=True, has_z=False,
+                             has_bias=True, softplus=True, has_h0=False, vec=False, store_tb=256)
     head = src.split("typedef", 1)[0]
     for line in ("#define TU bf16_t", "#define TBC float", "#define NN 16", "#define S 4", "#define K 16",
-                 "#define WARPS 4", "#define PIPE 1", "#define BC16 0", "#define HAS_Z 0", "#define VEC 0", "#define STORE_TB 256"):
+                 "#define WARPS 4", "#define PIPE 1", "#define BC16 0",  # (B, C fp32: no 16-bit copies)
+                 "#define HAS_Z 0", "#define VEC 0", "#define STORE_TB 256"):
         assert line in head
     assert "evalkit_selective_scan_fwd_serial" in src
 
 
+def _cfg_id(c: tuple) -> str:
+    return "S{}-K{}-W{}".format(*c) + ("-pipe" if c[3] else "") + ("-bc16" if c[4] else "")
+
+
 @gpu
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "S{}-K{}-W{}".format(*c) + ("-pipe" if c[3] else "") + ("-bc16" if c[4] else ""))
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_cfg_id)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda d: str(d)[6:])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-D{}-L{}-N{}".format(*c))
 def test_forward_matches_reference(case, dtype, cfg):

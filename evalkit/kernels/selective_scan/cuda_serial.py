@@ -34,8 +34,8 @@ whose per-lane rows cp.async cannot copy run the same steps unpipelined.
 
 The final state is written for decoding; with ``store_tb`` the state entering every ``store_tb`` steps
 and the pre-gate y are stored as ``cuda.selective_scan_fwd_cuda_train`` stores them (for the CUDA and
-Triton backwards). Inputs as ``cuda``'s (unit stride along L; fp32 / fp16 / bf16, B and C may differ from u), and N = S·Q
-with Q a power of two ≤ 32 and Q | K; ``supports`` says whether a shape is taken.
+Triton backwards). Inputs as ``cuda``'s (unit stride along L; fp32 / fp16 / bf16, B and C may differ
+from u), and N = S·Q with Q a power of two ≤ 32 and Q | K; ``supports`` says whether a shape is taken.
 """
 
 from __future__ import annotations
@@ -83,8 +83,12 @@ struct Args {
     long long sub, sud, sdb, sdd, sad, san, sbb, sbn, scb, scn, szb, szd, syb, syd;
 };
 
-__device__ __forceinline__ float lg2(float x) { float r; asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
-__device__ __forceinline__ float rcp(float x) { float r; asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
+__device__ __forceinline__ float lg2(float x) {
+    float r; asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r;
+}
+__device__ __forceinline__ float rcp(float x) {
+    float r; asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r;
+}
 
 __device__ __forceinline__ int boff(int t) { return t * BROW + (t >> 3) * 16; }
 
@@ -645,5 +649,6 @@ def launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, c
     cw = 32 // (N // S)
     grid = (-(-Dm // (cw * warps)), batch, 1)
     with torch.cuda.device(u.device):
-        f(grid, 32 * warps, args, torch.cuda.current_stream(u.device), shared=smem_bytes(N, config, u.element_size(), B.element_size()))
+        f(grid, 32 * warps, args, torch.cuda.current_stream(u.device),
+          shared=smem_bytes(N, config, u.element_size(), B.element_size()))
     return y, final, states
