@@ -511,16 +511,10 @@ def selective_scan_fwd_cuda_train(
     return _launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, config, tb, ypre)
 
 
-def _launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, config, store_tb, ypre):
-    if config is None:  # the default: the state-split layout where it takes the shape (NOTES.md v12)
-        from . import cuda_serial
-
-        if cuda_serial.use(A.shape[1], store_tb, u.shape[0] * u.shape[1], u.device):
-            return cuda_serial.launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, None,
-                                      store_tb, ypre)
-    K, rows, warps, unroll_n, bc32, two_pass, prefetch = config or CONFIG
-    if bc32:  # B, C read as float32 (2·L·N floats, small next to u, Δ, z, y): no conversions per state
-        B, C = B.to(torch.float32).contiguous(), C.to(torch.float32).contiguous()
+def _outputs_and_args(u, delta, A, B, C, D, z, delta_bias, initial_state, store_tb, ypre):
+    """The forward's outputs (y, the final state, the stored states or None), the kernel's ``Args`` for
+    them, whether every row takes 16-byte accesses, and the fp32 copies the ``Args`` point to (the caller
+    holds them until the launch); shared by this kernel and ``cuda_serial``'s."""
     batch, Dm, L = u.shape
     N = A.shape[1]
     y = torch.empty(batch, Dm, L, device=u.device, dtype=u.dtype)
@@ -532,17 +526,32 @@ def _launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, 
     b32 = delta_bias.to(torch.float32).contiguous() if delta_bias is not None else A32
     h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
     zt = z if z is not None else u
-    vec = _vec_ok(u.element_size(), u, delta, z, y) and _vec_ok(B.element_size(), B, C)
-    src = source(u.dtype, B.dtype, K, rows, warps, unroll_n, two_pass, prefetch, has_d=D is not None,
-                 has_z=z is not None, has_bias=delta_bias is not None, softplus=delta_softplus,
-                 has_h0=initial_state is not None, vec=vec, store_tb=store_tb if store_tb else 0)
-    f = _function(u.device, src)
+    vec = _vec_ok(u.element_size(), u, delta, z, y, ypre) and _vec_ok(B.element_size(), B, C)
     ptrs = [t.data_ptr() for t in (u, delta, A32, B, C, D32, zt, b32, h0, y, final,
                                     states if states is not None else final, ypre if ypre is not None else y)]
     strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), A32.stride(0), A32.stride(1),
                B.stride(0), B.stride(1), C.stride(0), C.stride(1), zt.stride(0), zt.stride(1),
                y.stride(0), y.stride(1))
-    args = _Args(*ptrs, Dm, N, L, nch, *strides)
+    return y, final, states, _Args(*ptrs, Dm, N, L, nch, *strides), vec, (A32, D32, b32, h0)
+
+
+def _launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, config, store_tb, ypre):
+    if config is None:  # the default: the state-split layout where it takes the shape (NOTES.md v12)
+        from . import cuda_serial
+
+        if cuda_serial.use(A.shape[1], store_tb, u.shape[0] * u.shape[1], u.device):
+            return cuda_serial.launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, None,
+                                      store_tb, ypre)
+    K, rows, warps, unroll_n, bc32, two_pass, prefetch = config or CONFIG
+    if bc32:  # B, C read as float32 (2·L·N floats, small next to u, Δ, z, y): no conversions per state
+        B, C = B.to(torch.float32).contiguous(), C.to(torch.float32).contiguous()
+    y, final, states, args, vec, _keep = _outputs_and_args(u, delta, A, B, C, D, z, delta_bias, initial_state,
+                                                           store_tb, ypre)
+    src = source(u.dtype, B.dtype, K, rows, warps, unroll_n, two_pass, prefetch, has_d=D is not None,
+                 has_z=z is not None, has_bias=delta_bias is not None, softplus=delta_softplus,
+                 has_h0=initial_state is not None, vec=vec, store_tb=store_tb if store_tb else 0)
+    f = _function(u.device, src)
+    batch, Dm = u.shape[:2]
     grid = (-(-Dm // (rows * warps)), batch, 1)
     with torch.cuda.device(u.device):
         f(grid, 32 * warps, args, torch.cuda.current_stream(u.device))

@@ -621,31 +621,17 @@ def launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, c
     """y, the final state and (``store_tb``) the stored states, as ``cuda._launch``; the caller checked
     ``cuda.available`` and ``supports``."""
     S, K, warps, pipe, bc16 = config or CONFIG
-    batch, Dm, L = u.shape
+    batch, Dm = u.shape[:2]
     N = A.shape[1]
     pipe = pipe and pipe_ok(N, (S, K), u.element_size())
     bc16 = bc16 and B.element_size() == 2
     config = (S, K, warps, pipe, bc16)
-    y = torch.empty(batch, Dm, L, device=u.device, dtype=u.dtype)
-    final = torch.empty(batch, Dm, N, device=u.device, dtype=torch.float32)
-    nch = -(-L // store_tb) if store_tb else 0
-    states = torch.empty(batch, nch, Dm, N, device=u.device, dtype=torch.float32) if store_tb else None
-    A32 = A.to(torch.float32)
-    D32 = D.to(torch.float32).contiguous() if D is not None else A32
-    b32 = delta_bias.to(torch.float32).contiguous() if delta_bias is not None else A32
-    h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else final
-    zt = z if z is not None else u
-    vec = cuda._vec_ok(u.element_size(), u, delta, z, y, ypre) and cuda._vec_ok(B.element_size(), B, C)
+    y, final, states, args, vec, _keep = cuda._outputs_and_args(u, delta, A, B, C, D, z, delta_bias,
+                                                                initial_state, store_tb, ypre)
     src = source(u.dtype, B.dtype, N, S, K, warps, pipe, bc16, has_d=D is not None, has_z=z is not None,
                  has_bias=delta_bias is not None, softplus=delta_softplus, has_h0=initial_state is not None,
                  vec=vec, store_tb=store_tb)
     f = cuda._function(u.device, src, "evalkit_selective_scan_fwd_serial")
-    ptrs = [t.data_ptr() for t in (u, delta, A32, B, C, D32, zt, b32, h0, y, final,
-                                    states if states is not None else final, ypre if ypre is not None else y)]
-    strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), A32.stride(0), A32.stride(1),
-               B.stride(0), B.stride(1), C.stride(0), C.stride(1), zt.stride(0), zt.stride(1),
-               y.stride(0), y.stride(1))
-    args = cuda._Args(*ptrs, Dm, N, L, nch, *strides)
     cw = 32 // (N // S)
     grid = (-(-Dm // (cw * warps)), batch, 1)
     with torch.cuda.device(u.device):
