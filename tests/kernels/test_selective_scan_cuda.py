@@ -12,6 +12,7 @@ from evalkit.kernels import dispatch
 from evalkit.kernels.selective_scan import cuda as ss_cuda
 from evalkit.kernels.selective_scan import cuda_bwd
 from evalkit.kernels.selective_scan import selective_scan, selective_scan_ref
+from tests.kernels.scan_cases import inputs as _inputs, ref as _ref, rel as _rel
 
 ON_GPU = torch.cuda.is_available()
 gpu = pytest.mark.skipif(not ON_GPU, reason="the CUDA C++ kernel needs a GPU (no interpreter)")
@@ -21,26 +22,6 @@ TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 CASES = [(1, 8, 63, 16), (2, 5, 500, 8), (1, 4, 1000, 16), (2, 3, 37, 4), (2, 130, 4096, 16), (1, 7, 2048, 32)]
 CONFIGS = [ss_cuda.CONFIG, (8, 1, 1, 1, False, False, False), (16, 2, 4, 2, False, True, False),
            (8, 2, 2, 1, True, True, True), (16, 1, 1, 1, False, False, True), (8, 3, 2, 1, True, False, True)]
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    assert torch.isfinite(a).all()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def _inputs(b, d, L, n, dtype, seed, full=True, dev="cuda"):
-    gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
-    t = dict(u=r(b, d, L).to(dtype), delta=(r(b, d, L) - 1.0).to(dtype),
-             A=-torch.rand(d, n, generator=gen) * 4 - 0.1, B=r(b, n, L).to(dtype), C=r(b, n, L).to(dtype))
-    if full:
-        t.update(D=r(d), z=r(b, d, L).to(dtype), delta_bias=r(d) * 0.5)
-    return {k: v.to(dev) for k, v in t.items()}
-
-
-def _ref(t, **kw):
-    return selective_scan_ref(**{k: v.float() for k, v in t.items()}, return_final_state=True, **kw)
 
 
 def test_not_available_off_gpu_or_out_of_range(monkeypatch):

@@ -10,6 +10,7 @@ import torch
 
 from evalkit.kernels.selective_scan import cuda as ss_cuda
 from evalkit.kernels.selective_scan import cuda_serial
+from tests.kernels.scan_cases import inputs as _inputs, ref as _ref, rel as _rel
 
 ON_GPU = torch.cuda.is_available()
 gpu = pytest.mark.skipif(not ON_GPU, reason="the CUDA C++ kernel needs a GPU (no interpreter)")
@@ -21,28 +22,6 @@ CASES = [(1, 8, 63, 16), (2, 5, 500, 8), (1, 4, 1000, 16), (2, 3, 37, 4), (2, 13
 # (S, K, warps, software-pipelined, B / C 16-bit in shared memory)
 CONFIGS = [cuda_serial.CONFIG, (4, 16, 1, True, False), (4, 16, 4, False, True), (2, 16, 2, True, True),
            (8, 16, 4, True, False), (4, 32, 2, True, True), (4, 8, 4, False, False), (1, 16, 4, True, True)]
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    assert torch.isfinite(a).all()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def _inputs(b, d, L, n, dtype, seed, full=True, dev="cuda"):
-    gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
-    t = dict(u=r(b, d, L).to(dtype), delta=(r(b, d, L) - 1.0).to(dtype),
-             A=-torch.rand(d, n, generator=gen) * 4 - 0.1, B=r(b, n, L).to(dtype), C=r(b, n, L).to(dtype))
-    if full:
-        t.update(D=r(d), z=r(b, d, L).to(dtype), delta_bias=r(d) * 0.5)
-    return {k: v.to(dev) for k, v in t.items()}
-
-
-def _ref(t, **kw):
-    from evalkit.kernels.selective_scan import selective_scan_ref
-
-    return selective_scan_ref(**{k: v.float() for k, v in t.items()}, return_final_state=True, **kw)
 
 
 def _run(t, cfg, softplus=True, h0=None, store_tb=0, ypre=None):
