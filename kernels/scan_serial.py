@@ -6,6 +6,7 @@ a length table for the fastest config against the floor, and the
 training forward (states every 256 steps + pre-gate y) of both layouts.
 
     PYTHONPATH=. python kernels/scan_serial.py [--configs 4:16:4,...] [--lengths 4096,...,1048576]
+    PYTHONPATH=. python kernels/scan_serial.py --big 589824    # 64-bit offsets: against the time-parallel kernel
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from evalkit.kernels.selective_scan import cuda_serial
 from evalkit.kernels.selective_scan import selective_scan_ref
 from kernels.bench import fmt, ms, rel, ss_floor, ss_inputs
 from kernels.scan_cuda import header
+from kernels.scan_cuda_bwd import _rel_chunked
 
 # (S states per lane, K steps per block, warps per block, software-pipelined). Run 1 (unpipelined,
 # results-h200-v12.md) swept (4, 16, 4 / 2 / 1), (4, 32, 4), (4, 8, 4), (2, 16, 4 / 2), (8, 16, 4), (4, 16, 8).
@@ -128,15 +130,43 @@ def train_table(cfg, lengths: str, tb: int = 256) -> None:
     print()
 
 
+def big(L: int, cfg=None) -> bool:
+    """Offsets past 2**31 (d_inner 4096 × L > 2.1 G): the serial inference and training forwards (y, final
+    state, stored states, pre-gate y) against the time-parallel kernel's, whose training pair was checked
+    against the Triton pair at 576k × 4096 (NOTES v11); the serial forward timed."""
+    cfg = cfg or cuda_serial.CONFIG
+    t = ss_inputs(1, 4096, L, 16, torch.bfloat16, seed=L)
+    a = (t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True, None)
+    y, hT = serial(t, cfg)
+    k = ms(lambda: serial(t, cfg), rep=5)
+    y0, h0 = ss_cuda.selective_scan_fwd_cuda(**t, config=ss_cuda.CONFIG)[:2]
+    errs = {"y": _rel_chunked(y, y0), "final": _rel_chunked(hT, h0)}
+    del y, y0
+    yp = torch.empty_like(t["u"])
+    _, _, st = cuda_serial.launch(*a, cfg, 256, yp)
+    yp0 = torch.empty_like(t["u"])
+    _, _, st0 = ss_cuda._launch(*a, ss_cuda.CONFIG, 256, yp0)
+    errs |= {"states": _rel_chunked(st, st0), "ypre": _rel_chunked(yp, yp0)}
+    ok = errs["final"] < 1e-4 and errs["states"] < 1e-4 and errs["y"] < 1e-2 and errs["ypre"] < 1e-2
+    print(f"## 64-bit offsets: L = {L}, d_inner 4096 ({4096 * L / 2**31:.2f} × 2**31 elements), bf16, serial {cfg}")
+    print(f"serial forward {fmt(k)} ms; rel vs the time-parallel kernel: "
+          + ", ".join(f"{n} {e:.1e}" for n, e in errs.items()) + f" — {'ok' if ok else 'FAIL'}\n")
+    return ok
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", default="", help="S:K:WARPS:PIPE:BC16,... (default: the sweep list)")
     ap.add_argument("--lengths", default="4096,16384,65536,262144,1048576")
     ap.add_argument("--train-lengths", default="16384,65536")
     ap.add_argument("--no-checks", action="store_true")
+    ap.add_argument("--big", type=int, default=0, help="only the 64-bit check at this length (e.g. 589824)")
     a = ap.parse_args()
     configs = [tuple(int(x) for x in c.split(":")) for c in a.configs.split(",")] if a.configs else CONFIGS
     ceil = header()
+    if a.big:
+        print("checks:", "all passed" if big(a.big) else "FAILURES")
+        return
     ok = True if a.no_checks else checks([cuda_serial.CONFIG, (4, 16, 1, False, False), (2, 16, 2, True, True),
                                                           (8, 16, 4, True, True), (4, 32, 2, True, False)])
     best = sweep(ceil, configs)
