@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from evalkit.kernels import dispatch
 from evalkit.kernels.selective_scan import cuda as ss_cuda
 from evalkit.kernels.selective_scan import cuda_serial
 from tests.kernels.scan_cases import inputs as _inputs, ref as _ref, rel as _rel
@@ -170,6 +171,26 @@ def test_which_defaults_run_this_layout(monkeypatch):
     assert not cuda_serial.use(16)
 
 
+def _ran(before: dict) -> dict:
+    return {k: v - before.get(k, 0) for k, v in dispatch.variant_calls().items() if v > before.get(k, 0)}
+
+
+def test_the_default_records_that_this_layout_ran(monkeypatch):
+    """The cost probe stores the "op:variant" names a measurement launched: where ``cuda``'s default
+    forward (inference or training) hands the shape to this layout, it records ``selective_scan:cuda-serial``,
+    not the time-parallel kernel's ``selective_scan:cuda`` (that one's GPU tests check its name)."""
+    t = _inputs(1, 4, 40, 16, torch.float32, seed=1, dev="cpu")
+    calls = []
+    monkeypatch.setattr(cuda_serial, "use", lambda *a, **k: True)
+    monkeypatch.setattr(cuda_serial, "launch", lambda *a: calls.append(a) or ("y", "final", "states"))
+    before = dispatch.variant_calls()
+    assert ss_cuda.selective_scan_fwd_cuda(**t) == ("y", "final")
+    a = (t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True, None, 256)
+    assert ss_cuda.selective_scan_fwd_cuda_train(*a, torch.empty_like(t["u"])) == ("y", "final", "states")
+    assert _ran(before) == {"selective_scan:cuda-serial": 2}
+    assert [c[10:12] for c in calls] == [(None, 0), (None, 256)]  # its own default config; the state interval
+
+
 @gpu
 def test_small_grids_keep_the_time_parallel_kernel():
     """Fewer warps than FILL per SM sub-partition: the default stays time-parallel."""
@@ -186,7 +207,9 @@ def test_default_forward_runs_this_layout_and_the_switch(monkeypatch):
     sms = torch.cuda.get_device_properties(torch.device("cuda")).multi_processor_count
     t = _inputs(2, 16 * sms, 1000, 16, torch.bfloat16, seed=21)  # enough channels for the serial layout (FILL)
     y_ref, h_ref = _ref(t)
+    before = dispatch.variant_calls()
     y, hT = ss_cuda.selective_scan_fwd_cuda(**t)
+    assert _ran(before) == {"selective_scan:cuda-serial": 1}
     y_s, h_s, _ = _run(t, cuda_serial.CONFIG)
     assert torch.equal(y, y_s) and torch.equal(hT, h_s)
     a = (t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True, None, 256)
@@ -195,7 +218,9 @@ def test_default_forward_runs_this_layout_and_the_switch(monkeypatch):
     _, _, st_s = _run(t, cuda_serial.CONFIG, store_tb=256, ypre=yp_s)
     assert torch.equal(st, st_s) and torch.equal(yp, yp_s)
     monkeypatch.setenv("EVALKIT_SCAN_SERIAL", "0")
+    before = dispatch.variant_calls()
     y_p, h_p = ss_cuda.selective_scan_fwd_cuda(**t)
+    assert _ran(before) == {"selective_scan:cuda": 1}
     y_c, h_c = ss_cuda.selective_scan_fwd_cuda(**t, config=ss_cuda.CONFIG)
     assert torch.equal(y_p, y_c) and torch.equal(h_p, h_c)
     for yy, hh in ((y, hT), (y_p, h_p)):

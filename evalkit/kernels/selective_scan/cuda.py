@@ -42,6 +42,8 @@ import warnings
 
 import torch
 
+from evalkit.kernels.dispatch import note_variant
+
 # (steps per lane K, channels per warp ROWS, warps per block, state loop unroll, B and C converted to
 # float32 before the kernel, two passes over a lane's steps instead of a fix-up, B / C / z prefetched):
 # kernels/NOTES.md v10.
@@ -536,12 +538,16 @@ def _outputs_and_args(u, delta, A, B, C, D, z, delta_bias, initial_state, store_
 
 
 def _launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, config, store_tb, ypre):
+    """Runs the default layout (``config`` None) or this kernel with ``config``, and records which ran
+    (``selective_scan:cuda-serial`` or ``selective_scan:cuda``, for the cost probe)."""
     if config is None:  # the default: the state-split layout where it takes the shape (NOTES.md v12)
         from . import cuda_serial
 
         if cuda_serial.use(A.shape[1], store_tb, u.shape[0] * u.shape[1], u.device):
-            return cuda_serial.launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, None,
-                                      store_tb, ypre)
+            out = cuda_serial.launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, None,
+                                     store_tb, ypre)
+            note_variant("selective_scan", "cuda-serial")
+            return out
     K, rows, warps, unroll_n, bc32, two_pass, prefetch = config or CONFIG
     if bc32:  # B, C read as float32 (2·L·N floats, small next to u, Δ, z, y): no conversions per state
         B, C = B.to(torch.float32).contiguous(), C.to(torch.float32).contiguous()
@@ -555,4 +561,5 @@ def _launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, 
     grid = (-(-Dm // (rows * warps)), batch, 1)
     with torch.cuda.device(u.device):
         f(grid, 32 * warps, args, torch.cuda.current_stream(u.device))
+    note_variant("selective_scan", "cuda")
     return y, final, states

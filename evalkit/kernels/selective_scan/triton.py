@@ -360,8 +360,7 @@ def selective_scan_fwd(
             _cuda.disable(str(e))
             variant = DEFAULT_VARIANT
         else:
-            note_variant("selective_scan", "cuda")
-            return y, final, None
+            return y, final, None  # (the CUDA module recorded which of its layouts ran)
     if store_states and variant not in ("scan", "time2"):
         raise ValueError("store_states needs variant 'scan' or 'time2'")
     if ypre is not None and not (store_states and variant == "time2" and z is not None):
@@ -471,7 +470,6 @@ class _SelectiveScanFn(torch.autograd.Function):
                         y, final, states = _cuda.selective_scan_fwd_cuda_train(
                             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                             _cuda_bwd.store_tb(), ypre)
-                        note_variant("selective_scan", "cuda")
                         path = "cuda"
                     except _cuda.CompileError as e:
                         _cuda.disable(str(e))
@@ -479,7 +477,6 @@ class _SelectiveScanFn(torch.autograd.Function):
                     try:  # the CUDA forward storing the same states and pre-gate y (NOTES.md v10)
                         y, final, states = _cuda.selective_scan_fwd_cuda_train(
                             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, TB, ypre)
-                        note_variant("selective_scan", "cuda")
                     except _cuda.CompileError as e:
                         _cuda.disable(str(e))
             if y is None:
