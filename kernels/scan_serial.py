@@ -139,8 +139,8 @@ def big(L: int, cfg=None) -> bool:
     a = (t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True, None)
     y, hT = serial(t, cfg)
     k = ms(lambda: serial(t, cfg), rep=5)
-    y0, h0 = ss_cuda.selective_scan_fwd_cuda(**t, config=ss_cuda.CONFIG)[:2]
-    errs = {"y": _rel_chunked(y, y0), "final": _rel_chunked(hT, h0)}
+    y0, hT0 = ss_cuda.selective_scan_fwd_cuda(**t, config=ss_cuda.CONFIG)[:2]
+    errs = {"y": _rel_chunked(y, y0), "final": _rel_chunked(hT, hT0)}
     del y, y0
     yp = torch.empty_like(t["u"])
     _, _, st = cuda_serial.launch(*a, cfg, 256, yp)
