@@ -2,7 +2,10 @@
 for Nsight Compute (no warm-up launch: ncu would profile it too; NVRTC compiles before the launch). E.g.
 
     ncu --clock-control none -k regex:evalkit_selective_scan --section WarpStateStats ... \\
-        python kernels/ncu_scan.py [--L 16384] [--serial 4:16:4:1:1,4:16:1:1:1] [--parallel]
+        python kernels/ncu_scan.py [--L 16384] [--serial 4:16:4:1:1,4:16:1:1:1] [--parallel] [--bwd]
+
+``--bwd``: also the CUDA training forward (time-parallel, states every 32·K steps) and one launch of the CUDA
+backward (``cuda_bwd.BWD_CONFIG``) on a random output gradient; select it with ``-k regex:scan_bwd``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import argparse
 import torch
 
 from evalkit.kernels.selective_scan import cuda as ss_cuda
-from evalkit.kernels.selective_scan import cuda_serial
+from evalkit.kernels.selective_scan import cuda_bwd, cuda_serial
 from kernels.bench import ss_inputs
 
 
@@ -21,6 +24,7 @@ def main() -> None:
     ap.add_argument("--L", type=int, default=16384)
     ap.add_argument("--serial", default="4:16:4:1:1,4:16:4:1:0")
     ap.add_argument("--parallel", action="store_true", help="also the time-parallel kernel (cuda.py)")
+    ap.add_argument("--bwd", action="store_true", help="also the CUDA backward (cuda_bwd.py)")
     a = ap.parse_args()
     t = ss_inputs(1, 4096, a.L, 16, torch.bfloat16, seed=1)
     args = (t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True, None)
@@ -31,6 +35,12 @@ def main() -> None:
     if a.parallel:
         print("time-parallel", ss_cuda.CONFIG, flush=True)
         ss_cuda._launch(*args, None, 0, None)
+    if a.bwd:
+        print("backward", cuda_bwd.BWD_CONFIG, flush=True)
+        ypre = torch.empty_like(t["u"])
+        _, _, st = ss_cuda.selective_scan_fwd_cuda_train(*args[:9], None, cuda_bwd.store_tb(), ypre)
+        gy = torch.randn_like(t["u"])
+        cuda_bwd.selective_scan_bwd_cuda(*args[:8], None, st, ypre, gy, None)
     torch.cuda.synchronize()
 
 
