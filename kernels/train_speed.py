@@ -11,7 +11,9 @@ the steps after the first ``SKIP`` (which hold Triton's compiles and the graph c
 trainer's own log windows.
 
     PYTHONPATH=. python kernels/train_speed.py [--models mamba2,hybrid,mamba] [--steps 50]
-        [--compile-models mamba2,hybrid] [--skip-plain mamba2] [--no-profile]
+        [--compile-models mamba2,hybrid] [--skip-plain mamba2] [--no-profile] [--profile-compile]
+
+``--profile-compile``: the profiled step runs its model and loss under torch.compile, as ``--compile`` trains.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def run(model: str, mode: str, graph: bool, steps: int, tmp: Path, device: str =
     return tps
 
 
-def profile(model: str, mode: str, reps: int = 5) -> None:
+def profile(model: str, mode: str, reps: int = 5, compile: bool = False) -> None:
     """Kernels per replayed step and their GPU time (torch.profiler sees the kernels a graph launches)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
@@ -69,7 +71,7 @@ def profile(model: str, mode: str, reps: int = 5) -> None:
     torch.manual_seed(0)
     m = NativeLM(NativeAdapter.config(load_model_spec(f"models/{model}.yaml")), seed=0).cuda().train()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True, capturable=True)
-    step = _GraphedStep(m, opt, TrainConfig(), Path(os.devnull))
+    step = _GraphedStep(m, opt, TrainConfig(), Path(os.devnull), compile=compile)
     ids = torch.randint(0, m.cfg.vocab_size, (16, 1024), device="cuda")
     tgt = torch.full_like(ids, -100)
     tgt[:, -16:] = ids[:, -16:]
@@ -83,12 +85,34 @@ def profile(model: str, mode: str, reps: int = 5) -> None:
     ev = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
     total = sum(e.self_device_time_total for e in ev) / reps / 1e3
     count = sum(e.count for e in ev) / reps
-    print(f"\n{model} / {'kernels' if mode == 'auto' else 'references'}, graphed step: {count:.0f} GPU ops, "
+    how = "graphed + compiled" if compile else "graphed"
+    print(f"\n{model} / {'kernels' if mode == 'auto' else 'references'}, {how} step: {count:.0f} GPU ops, "
           f"{total:.3f} ms GPU time per step")
     print("| kernel | calls/step | ms/step |")
     print("|---|---|---|")
-    for e in sorted(ev, key=lambda e: -e.self_device_time_total)[:10]:
+    for e in sorted(ev, key=lambda e: -e.self_device_time_total)[:12]:
         print(f"| {e.key[:70]} | {e.count / reps:.0f} | {e.self_device_time_total / reps / 1e3:.3f} |")
+    groups: dict[str, list[float]] = {}
+    for e in ev:
+        g = groups.setdefault(kind_of(e.key), [0.0, 0.0])
+        g[0] += e.count / reps
+        g[1] += e.self_device_time_total / reps / 1e3
+    print("| group (by kernel name) | calls/step | ms/step | share |")
+    print("|---|---|---|---|")
+    for k, (n, t) in sorted(groups.items(), key=lambda kv: -kv[1][1]):
+        print(f"| {k} | {n:.0f} | {t:.3f} | {t / total:.0%} |")
+
+
+KINDS = (("attention", ("flash", "fmha", "attention", "sdpa")), ("ssd", ("ssd",)),
+         ("selective scan", ("selective_scan",)), ("conv1d", ("conv1d", "causal_conv")),
+         ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "gemv")), ("optimizer", ("adam", "foreach")),
+         ("inductor-fused", ("triton_",)))
+
+
+def kind_of(name: str) -> str:
+    """A coarse group for a GPU kernel's name (first match in KINDS; 'other' when none)."""
+    low = name.lower()
+    return next((k for k, keys in KINDS if any(x in low for x in keys)), "other")
 
 
 def main() -> None:
@@ -96,6 +120,7 @@ def main() -> None:
     ap.add_argument("--models", default="mamba2,hybrid,mamba")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--profile-compile", action="store_true", help="profile the step under torch.compile")
     ap.add_argument("--compile-models", default=None,
                     help="models also trained with --compile (default: all of --models; '' for none)")
     ap.add_argument("--skip-plain", default="", help="models whose graph/eager runs are skipped (measured before)")
@@ -138,7 +163,7 @@ def main() -> None:
     if not a.no_profile:
         for model in a.models.split(",")[:1]:
             for mode in ("auto", "ref"):
-                profile(model, mode)
+                profile(model, mode, compile=a.profile_compile)
     os.environ.pop("EVALKIT_KERNELS", None)
 
 
