@@ -291,12 +291,12 @@ def test_cost_cli_options_reach_the_model_and_bad_ones_exit_2(cli, tiny_models, 
 def test_probe_records_the_kernel_variants_that_ran(monkeypatch):
     """With the kernels on (Triton's interpreter here), the cost row names the kernel variants its
     timed prefills launched: the Mamba mixer's L-contiguous operands take the time-parallel scan,
-    Mamba-2's chunked SSD its state-chunk path."""
+    Mamba-2's chunked SSD its state-chunk path; both their convs the conv kernel."""
     pytest.importorskip("triton")
     monkeypatch.setenv("EVALKIT_KERNELS", "triton")
     for ssm, want in (("mamba", "selective_scan:time2"), ("mamba2", "ssd:state-chunk-")):
         model = NativeLM(NativeConfig.from_dict({"flavor": "debug", "ssm": ssm, "attention_fraction": 0}))
         (r,) = cost.probe(model, [40], "cpu", repeats=1, decode_tokens=1)
         assert r["status"] == "ok" and r["path"] == "kernel", r["error"]
-        (ran,) = r["model_info"]["kernel_variants"]
-        assert ran.startswith(want) and "kernel_variants" not in model.describe()
+        conv, ran = r["model_info"]["kernel_variants"]  # sorted
+        assert conv == "causal_conv1d:triton" and ran.startswith(want) and "kernel_variants" not in model.describe()

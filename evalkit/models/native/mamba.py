@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evalkit.kernels.conv1d import causal_conv1d, causal_conv1d_ref
 from evalkit.kernels.selective_scan import selective_scan, selective_scan_step
 from evalkit.models.native.config import NativeConfig
 from evalkit.models.native.mixer import (Mixer, init_dt_bias_, init_normal_, init_uniform_,
@@ -35,20 +36,19 @@ def causal_conv_step(conv_state: torch.Tensor, x_t: torch.Tensor, conv: nn.Conv1
 def causal_conv(x: torch.Tensor, conv: nn.Conv1d, conv_state: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal depthwise conv over a sequence (before the activation), continuing from
-    ``conv_state`` (B, C, K-1), the inputs that came before (zeros when None).
+    ``conv_state`` (B, C, K-1), the inputs that came before (zeros when None), always on the reference
+    (the mixers whose activation follows at once call ``causal_conv1d``, which has a kernel).
 
     x: (B, C, L) → (y (B, C, L), the conv state after x (B, C, K-1))."""
-    L, k = x.shape[-1], conv.kernel_size[0]
-    if conv_state is None:
-        return conv(x)[..., :L], conv_tail(x, k)
-    xp = torch.cat([conv_state.to(x.dtype), x], dim=2)  # (B, C, K-1+L): the real left context
-    return F.conv1d(xp, conv.weight, conv.bias, groups=conv.groups), conv_tail(xp, k)
+    return causal_conv1d_ref(x, conv.weight[:, 0], conv.bias, conv_state, None, return_final_state=True)
 
 
-def conv_tail(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The conv state after a prefix: last k-1 inputs of x: (B, C, L), zero-padded on the left."""
-    x = F.pad(x, (k - 1, 0))  # (B, C, L + k - 1)
-    return x[:, :, x.shape[2] - (k - 1):]
+def conv_silu(x: torch.Tensor, conv: nn.Conv1d, conv_state: torch.Tensor | None, return_state: bool
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """SiLU(causal depthwise conv(x)) continuing from ``conv_state`` (the kernel on CUDA: ``causal_conv1d``),
+    and the conv state after x where ``return_state``. x: (B, C, L), any strides; y keeps x's layout."""
+    out = causal_conv1d(x, conv.weight[:, 0], conv.bias, conv_state, "silu", return_final_state=return_state)
+    return out if return_state else (out, None)
 
 
 @register_mixer("mamba")
@@ -98,8 +98,7 @@ class Mamba(Mixer):
         N = self.cfg.d_state
         xz = torch.matmul(self.in_proj.weight, u.transpose(1, 2))  # (B, 2*d_inner, L)
         x, z = xz.chunk(2, dim=1)  # (B, d_inner, L) each
-        xc, conv_state = causal_conv(x, self.conv1d, None if state is None else state[0])
-        xc = F.silu(xc)  # (B, d_inner, L)
+        xc, conv_state = conv_silu(x, self.conv1d, None if state is None else state[0], return_state)  # (B, E, L)
         dt, B, C = torch.matmul(self.x_proj.weight, xc).split([self.dt_rank, N, N], dim=1)  # (B, ·, L)
         dt = torch.matmul(self.dt_proj.weight, dt)  # (B, d_inner, L), before the bias
         out = selective_scan(

@@ -13,7 +13,7 @@ from torch import nn
 
 from evalkit.kernels.ssd import ssd, ssd_step
 from evalkit.models.native.config import NativeConfig
-from evalkit.models.native.mamba import causal_conv, causal_conv_step
+from evalkit.models.native.mamba import causal_conv_step, conv_silu
 from evalkit.models.native.mixer import (Mixer, init_dt_bias_, init_normal_, init_uniform_,
                                          out_proj_std, register_mixer)
 from evalkit.models.native.mlp import RMSNorm
@@ -68,8 +68,9 @@ class Mamba2(Mixer):
     def _forward(self, u: torch.Tensor, return_state: bool, state: SSMState | None = None):
         Bsz, L, _ = u.shape
         z, xBC, dt = self._split(self.in_proj(u))  # (B, L, ·)
-        xBC, conv_state = causal_conv(xBC.transpose(1, 2), self.conv1d, None if state is None else state[0])
-        xBC = F.silu(xBC).transpose(1, 2)  # (B, L, conv_dim)
+        xBC, conv_state = conv_silu(xBC.transpose(1, 2), self.conv1d, None if state is None else state[0],
+                                    return_state)
+        xBC = xBC.transpose(1, 2)  # (B, L, conv_dim)
         x, B, C = xBC.split([self.d_inner, self.N, self.N], dim=-1)
         dt = F.softplus(dt + self.dt_bias)  # (B, L, H)
         out = ssd(

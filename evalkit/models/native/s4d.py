@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evalkit.models.native.config import NativeConfig
-from evalkit.models.native.mamba import causal_conv, causal_conv_step
+from evalkit.models.native.mamba import causal_conv_step, conv_silu
 from evalkit.models.native.mixer import (
     Mixer,
     init_normal_,
@@ -115,8 +115,8 @@ class S4D(Mixer):
     def _forward(self, u: torch.Tensor, return_state: bool, state: SSMState | None = None):
         ct = torch.float64 if u.dtype == torch.float64 else torch.float32  # FFTs need fp32+
         x, z = self.in_proj(u).transpose(1, 2).chunk(2, dim=1)  # (B, E, L) each
-        xc, conv_state = causal_conv(x, self.conv1d, None if state is None else state[0])
-        xc = F.silu(xc).to(ct)  # (B, E, L)
+        xc, conv_state = conv_silu(x, self.conv1d, None if state is None else state[0], return_state)
+        xc = xc.to(ct)  # (B, E, L)
         y, h = self._ssm(xc, return_state, None if state is None else state[1])
         y = (y + self.D.to(ct)[:, None] * xc) * F.silu(z.to(ct))
         y = self.out_proj(y.transpose(1, 2).to(u.dtype))  # (B, L, D)

@@ -1,0 +1,86 @@
+"""The causal depthwise conv1d + SiLU kernels (``evalkit/kernels/conv1d/triton.py``, kernels/NOTES.md v13) on the
+GPU, in one run: checks against the reference (fp64) at the shapes the mixers pass, then forward and
+forward + backward times against the reference path (``F.conv1d`` + SiLU under bf16 autocast, as the models ran
+before) and the
+byte floor (x read and y written; the backward reads x and the output gradient, writes the input gradient,
+and writes and reads its fp32 pre-activation gradient once: that last part is not counted, it is the price
+of the simpler two-pass backward).
+
+    PYTHONPATH=. python kernels/conv_bench.py
+"""
+
+from __future__ import annotations
+
+import torch
+
+from evalkit.kernels.conv1d import causal_conv1d_ref
+from evalkit.kernels.conv1d import triton as conv_triton
+from kernels.bench import ceilings, fmt, ms, rel
+
+# (name, batch, channels, length, channels-last): the zoo's training shapes (d_model 64: Mamba's d_inner 128
+# channel-major, Mamba-2's x/B/C 160 channels-last) and the d_model-2048 prefill pieces (Mamba 4096 channels,
+# Mamba-2 4096 + 2·128)
+SHAPES = [("zoo mamba", 16, 128, 1024, False), ("zoo mamba2", 16, 160, 1024, True),
+          ("d2048 mamba 64k", 1, 4096, 65536, False), ("d2048 mamba2 64k", 1, 4352, 65536, True)]
+
+
+def inputs(Bn, C, L, last, dtype=torch.bfloat16, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = (torch.randn(Bn, L, C, device="cuda", generator=g, dtype=dtype).transpose(1, 2) if last
+         else torch.randn(Bn, C, L, device="cuda", generator=g, dtype=dtype))
+    w = torch.randn(C, 4, device="cuda", generator=g) * 0.5
+    b = torch.randn(C, device="cuda", generator=g)
+    return x, w, b
+
+
+def ref_autocast(x, w, b):
+    """The reference path as the models ran it: F.conv1d + SiLU under bf16 autocast (weights cast to bf16)."""
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        return causal_conv1d_ref(x, w, b, None, "silu")
+
+
+def main() -> None:
+    print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
+    ceil = ceilings()
+    bw = ceil["copy_Bps"]
+    print(f"ceilings: copy {bw / 1e12:.2f} TB/s")
+    print("\n## checks: kernel vs the reference in fp64 (bf16 inputs, SiLU, with an initial state)")
+    print("| shape | y rel | gx rel | gw rel | gbias rel | gh0 rel |")
+    print("|---|---|---|---|---|---|")
+    ok = True
+    for name, Bn, C, L, last in SHAPES[:2] + [("odd", 3, 77, 1001, True), ("odd cm", 2, 45, 333, False)]:
+        x, w, b = inputs(Bn, C, L, last)
+        h0 = torch.randn(Bn, C, 3, device="cuda", dtype=x.dtype)
+        gy = torch.randn(Bn, C, L, device="cuda", dtype=x.dtype)
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, b, h0)]
+        y = conv_triton.causal_conv1d(*leaves, True)
+        g = torch.autograd.grad(y, leaves, gy)
+        ref = [t.detach().double().requires_grad_(True) for t in (x, w, b, h0)]
+        yr = causal_conv1d_ref(*ref, "silu")
+        gr = torch.autograd.grad(yr, ref, gy.double())
+        errs = [rel(y, yr)] + [rel(a, r) for a, r in zip(g, gr)]
+        good = errs[0] < 1e-2 and max(errs[1:]) < 2e-2
+        ok &= good
+        print(f"| {name} {Bn}×{C}×{L}{' (B, L, C)' if last else ''} | " + " | ".join(f"{e:.1e}" for e in errs)
+              + f"{'' if good else ' FAIL'} |")
+    print("\n## times (bf16, SiLU, width 4, no initial state): kernel vs reference (F.conv1d + SiLU, autograd)")
+    print("| shape | fwd kernel ms | fwd ref ms | fwd floor ms | fwd ÷ floor | fwd+bwd kernel ms | fwd+bwd ref ms "
+          "| speed-up fwd / fwd+bwd |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, Bn, C, L, last in SHAPES:
+        x, w, b = inputs(Bn, C, L, last)
+        gy = torch.randn(Bn, C, L, device="cuda", dtype=x.dtype)
+        xl, wl, bl = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
+        kf = ms(lambda: conv_triton.causal_conv1d(x, w, b, None, True), rep=100)
+        rf = ms(lambda: ref_autocast(x, w, b), rep=100)
+        kb = ms(lambda: torch.autograd.grad(conv_triton.causal_conv1d(xl, wl, bl, None, True), (xl, wl, bl), gy),
+                rep=100)
+        rb = ms(lambda: torch.autograd.grad(ref_autocast(xl, wl, bl), (xl, wl, bl), gy), rep=100)
+        floor = 2 * x.numel() * x.element_size() / bw * 1e3
+        print(f"| {name} {Bn}×{C}×{L}{' (B, L, C)' if last else ''} | {fmt(kf)} | {fmt(rf)} | {fmt(floor)} | "
+              f"{kf / floor:.1f} | {fmt(kb)} | {fmt(rb)} | {rf / kf:.1f}× / {rb / kb:.1f}× |")
+    print("\nchecks: " + ("all passed" if ok else "FAILED"))
+
+
+if __name__ == "__main__":
+    main()
