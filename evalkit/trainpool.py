@@ -113,5 +113,9 @@ class Pools:
 
         ids, tgt = self._get(spec, length)
         idx = rng.choice(self.n, size=size, replace=size > self.n)
-        sel = torch.from_numpy(idx).to(self.device)
+        sel = torch.from_numpy(idx)
+        if torch.device(self.device).type == "cuda":  # a pageable copy would wait for the GPU every step
+            sel = sel.pin_memory().to(self.device, non_blocking=True)
+        else:
+            sel = sel.to(self.device)
         return ids.index_select(0, sel), tgt.index_select(0, sel)

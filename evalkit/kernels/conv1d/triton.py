@@ -24,7 +24,8 @@ import triton.language as tl
 
 from evalkit.kernels import dispatch
 
-BC, BL, WARPS = 32, 64, 4  # channels × steps per tile
+WARPS = 4
+TILES = {False: (16, 128), True: (128, 16)}  # (channels, steps) per tile, by layout: channel-major / channels-last
 TARGET_PROGRAMS = 1024  # the weight-gradient pass splits the steps into segments until about this many programs
 
 
@@ -67,8 +68,8 @@ def _conv_fwd_kernel(x, w, bias, h0, y, C, L, sxb, sxc, sxl, shb, shc, shl, syb,
 
 
 @triton.jit
-def _conv_bwd_gs_kernel(x, w, bias, h0, gy, gs, pw, pb, C, L, tiles_per_seg,
-                        sxb, sxc, sxl, shb, shc, shl, sgb, sgc, sgl,
+def _conv_bwd_gs_kernel(x, w, bias, h0, gy, gs, pw, C, L, tiles_per_seg,
+                        sxb, sxc, sxl, shb, shc, shl, sgb, sgc, sgl, ssb, ssc, ssl,
                         W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
                         SILU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, BIG: tl.constexpr):
     b = tl.program_id(0)
@@ -99,18 +100,18 @@ def _conv_bwd_gs_kernel(x, w, bias, h0, gy, gs, pw, pb, C, L, tiles_per_seg,
         if SILU:  # d/ds s·σ(s) = σ(s) (1 + s (1 - σ(s)))
             sg = tl.sigmoid(acc)
             g = g * sg * (1.0 + acc * (1.0 - sg))
-        tl.store(gs + (b * C + c[:, None]) * L + t[None, :], g, mask=m)
+        tl.store(gs + b * ssb + c[:, None] * ssc + t[None, :] * ssl, g, mask=m)
         gb += tl.sum(g, axis=1)
         for j in tl.static_range(W):
             v = _load_window(x, h0, b, c, t - (W - 1) + j, cm, tm, L, sxb, sxc, sxl, shb, shc, shl, W, HAS_H0)
             gw += tl.where(jj[None, :] == j, tl.sum(g * v, axis=1)[:, None], 0.0)
+    gw += tl.where(jj[None, :] == W, gb[:, None], 0.0)  # the bias's partial in slot W
     p = b * tl.num_programs(2) + seg  # this program's partial row
     tl.store(pw + (p * C + c[:, None]) * WP + jj[None, :], gw, mask=cm[:, None])
-    tl.store(pb + p * C + c, gb, mask=cm)
 
 
 @triton.jit
-def _conv_bwd_gx_kernel(gs, w, gx, C, L, sxb, sxc, sxl, W: tl.constexpr, BLOCK_C: tl.constexpr,
+def _conv_bwd_gx_kernel(gs, w, gx, C, L, ssb, ssc, ssl, sxb, sxc, sxl, W: tl.constexpr, BLOCK_C: tl.constexpr,
                         BLOCK_L: tl.constexpr, BIG: tl.constexpr):
     b = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -125,18 +126,23 @@ def _conv_bwd_gx_kernel(gs, w, gx, C, L, sxb, sxc, sxl, W: tl.constexpr, BLOCK_C
     for j in tl.static_range(W):
         wj = tl.load(w + c * W + j, mask=cm, other=0.0)
         u = t + (W - 1 - j)  # the outputs that read x[t] through tap j
-        acc += wj[:, None] * tl.load(gs + (b * C + c[:, None]) * L + u[None, :],
+        acc += wj[:, None] * tl.load(gs + b * ssb + c[:, None] * ssc + u[None, :] * ssl,
                                      mask=cm[:, None] & (tm & (u < L))[None, :], other=0.0)
     tl.store(gx + b * sxb + c[:, None] * sxc + t[None, :] * sxl, acc.to(gx.dtype.element_ty),
              mask=cm[:, None] & tm[None, :])
 
 
+def _last(x: torch.Tensor) -> bool:
+    """Whether x (B, C, L) is channels-last (a (B, L, C) tensor's transpose)."""
+    return x.stride(1) == 1 and x.shape[1] > 1 and x.shape[2] > 1
+
+
 def _like(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A fresh (B, C, L) tensor in x's layout: channels-last when x is (a (B, L, C) tensor's transpose), else
-    channel-major, so that the caller's transpose back stays contiguous."""
+    """A fresh (B, C, L) tensor in x's layout: channels-last when x is, else channel-major, so that a caller's
+    transpose back stays contiguous and every access in a kernel runs along the same axis."""
     Bn, C, L = x.shape
     dtype = dtype or x.dtype
-    if x.stride(1) == 1 and L > 1 and C > 1:
+    if _last(x):
         return torch.empty(Bn, L, C, device=x.device, dtype=dtype).transpose(1, 2)
     return torch.empty(Bn, C, L, device=x.device, dtype=dtype)
 
@@ -151,6 +157,7 @@ def conv_fwd(x, w, bias, h0, silu: bool) -> torch.Tensor:
     W = w.shape[1]
     y = _like(x)
     big = dispatch.needs_int64(x, y, h0)
+    BC, BL = TILES[_last(x)]
     grid = (Bn, triton.cdiv(C, BC), triton.cdiv(L, BL))
     _conv_fwd_kernel[grid](x, w, bias if bias is not None else w, h0 if h0 is not None else x, y, C, L,
                            *x.stride(), *_h0_strides(h0), *y.stride(), W=W, HAS_BIAS=bias is not None,
@@ -158,7 +165,7 @@ def conv_fwd(x, w, bias, h0, silu: bool) -> torch.Tensor:
     return y
 
 
-def _segments(Bn: int, C: int, L: int) -> tuple[int, int]:
+def _segments(Bn: int, C: int, L: int, BC: int, BL: int) -> tuple[int, int]:
     """(segments, tiles per segment) for the weight-gradient pass: about TARGET_PROGRAMS programs in all."""
     tiles = triton.cdiv(L, BL)
     want = max(1, min(tiles, triton.cdiv(TARGET_PROGRAMS, Bn * triton.cdiv(C, BC))))
@@ -170,22 +177,23 @@ def conv_bwd(x, w, bias, h0, gy, silu: bool, need_h0: bool):
     """(gx in x's dtype and layout, gw (C, W) fp32, gbias (C,) fp32 or None, gh0 (B, C, W-1) fp32 or None)."""
     Bn, C, L = x.shape
     W = w.shape[1]
-    WP = triton.next_power_of_2(W)
-    segs, per = _segments(Bn, C, L)
-    gs = torch.empty(Bn, C, L, device=x.device, dtype=torch.float32)
+    WP = triton.next_power_of_2(W + 1)  # W taps and the bias
+    BC, BL = TILES[_last(x)]
+    segs, per = _segments(Bn, C, L, BC, BL)
+    gs = _like(x, torch.float32)  # the gradient before the SiLU, in x's layout
     pw = torch.empty(Bn * segs, C, WP, device=x.device, dtype=torch.float32)
-    pb = torch.empty(Bn * segs, C, device=x.device, dtype=torch.float32)
-    big = dispatch.needs_int64(x, gs, gy, h0)
+    gx = _like(x)
+    big = dispatch.needs_int64(x, gs, gy, h0, gx)
     nc = triton.cdiv(C, BC)
     _conv_bwd_gs_kernel[(Bn, nc, segs)](x, w, bias if bias is not None else w, h0 if h0 is not None else x, gy, gs,
-                                        pw, pb, C, L, per, *x.stride(), *_h0_strides(h0), *gy.stride(), W=W, WP=WP,
-                                        HAS_BIAS=bias is not None, HAS_H0=h0 is not None, SILU=silu,
+                                        pw, C, L, per, *x.stride(), *_h0_strides(h0), *gy.stride(), *gs.stride(),
+                                        W=W, WP=WP, HAS_BIAS=bias is not None, HAS_H0=h0 is not None, SILU=silu,
                                         BLOCK_C=BC, BLOCK_L=BL, BIG=big, num_warps=WARPS)
-    gx = _like(x)
-    _conv_bwd_gx_kernel[(Bn, nc, triton.cdiv(L, BL))](gs, w, gx, C, L, *gx.stride(), W=W, BLOCK_C=BC, BLOCK_L=BL,
-                                                      BIG=big or dispatch.needs_int64(gx), num_warps=WARPS)
-    gw = pw.sum(0)[:, :W]
-    gb = pb.sum(0) if bias is not None else None
+    _conv_bwd_gx_kernel[(Bn, nc, triton.cdiv(L, BL))](gs, w, gx, C, L, *gs.stride(), *gx.stride(), W=W, BLOCK_C=BC,
+                                                      BLOCK_L=BL, BIG=big, num_warps=WARPS)
+    part = pw.sum(0)  # (C, WP): one reduction for the weight's and the bias's partials
+    gw = part[:, :W]
+    gb = part[:, W] if bias is not None else None
     gh0 = None
     if need_h0:  # initial-state slot i (position i - (W-1)) feeds output u = i - j through tap j
         gh0 = torch.zeros(Bn, C, W - 1, device=x.device, dtype=torch.float32)
