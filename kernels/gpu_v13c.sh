@@ -9,7 +9,8 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 step() { echo; echo "+ $*"; }
 step pytest
 timeout 240 python -m pytest -q -n 8 -p no:cacheprovider --tb=short tests/kernels/test_conv1d_triton.py \
-  tests/kernels/test_decode_step.py tests/train/test_train.py tests/cost/test_cost.py tests/train/test_pool.py tests/models 2>tests/cost/test_cost.py tests/models 2>&11 | tail -25
+  tests/kernels/test_decode_step.py tests/train/test_train.py tests/cost/test_cost.py tests/train/test_pool.py \
+  tests/models 2>&1 | tail -25
 step conv_bench
 timeout 120 python kernels/conv_bench.py
 step train_speed
