@@ -15,7 +15,7 @@ import torch
 
 from evalkit.kernels.conv1d import causal_conv1d_ref
 from evalkit.kernels.conv1d import triton as conv_triton
-from kernels.bench import ceilings, fmt, ms, rel
+from kernels.bench import ceilings, fmt, gpu_profile, ms, rel
 
 # (name, batch, channels, length, channels-last): the zoo's training shapes (d_model 64: Mamba's d_inner 128
 # channel-major, Mamba-2's x/B/C 160 channels-last) and the d_model-2048 prefill pieces (Mamba 4096 channels,
@@ -79,6 +79,23 @@ def main() -> None:
         floor = 2 * x.numel() * x.element_size() / bw * 1e3
         print(f"| {name} {Bn}×{C}×{L}{' (B, L, C)' if last else ''} | {fmt(kf)} | {fmt(rf)} | {fmt(floor)} | "
               f"{kf / floor:.1f} | {fmt(kb)} | {fmt(rb)} | {rf / kf:.1f}× / {rb / kb:.1f}× |")
+    print("\n## GPU time per call by kernel (torch.profiler, 20 calls; the zoo shapes are launch-bound in the table "
+          "above): forward, and the backward with the output gradient in x's layout and in the other one")
+    print("| shape | pass | GPU µs per call | kernels (µs per call) |")
+    print("|---|---|---|---|")
+    for name, Bn, C, L, last in SHAPES:
+        x, w, b = inputs(Bn, C, L, last)
+        same = conv_triton._like(x).copy_(torch.randn(Bn, C, L, device="cuda", dtype=x.dtype))
+        other = (torch.randn(Bn, C, L, device="cuda", dtype=x.dtype) if last
+                 else torch.randn(Bn, L, C, device="cuda", dtype=x.dtype).transpose(1, 2))
+        runs = [("forward", lambda: conv_triton.conv_fwd(x, w, b, None, True)),
+                ("backward, gy same layout", lambda: conv_triton.conv_bwd(x, w, b, None, same, True, False)),
+                ("backward, gy other layout", lambda: conv_triton.conv_bwd(x, w, b, None, other, True, False))]
+        for what, fn in runs:
+            fn()
+            _, gpu, _, ks = gpu_profile(fn, 20)
+            desc = ", ".join(f"{k[:28]} {t * 1e3:.1f}" for k, t, _ in ks[:4])
+            print(f"| {name} | {what} | {gpu * 1e3:.1f} | {desc} |")
     print("\nchecks: " + ("all passed" if ok else "FAILED"))
 
 

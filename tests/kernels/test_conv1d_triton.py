@@ -106,6 +106,18 @@ def test_dispatch_runs_the_kernel_when_forced(monkeypatch) -> None:
     assert _rel(torch.cat([y1, y2], 2), yr) < 1e-5
 
 
+def test_wider_convs_run_the_reference(monkeypatch) -> None:
+    """Widths past the kernels' 4 run the reference even when the kernels are forced; the kernel refuses them."""
+    t = _inputs(1, 6, 12, 6, torch.float32, 9, h0=False)
+    x, w, b = t["x"].detach(), t["weight"].detach(), t["bias"].detach()
+    monkeypatch.setenv("EVALKIT_KERNELS", "triton")
+    before = dispatch.variant_calls().get("causal_conv1d:triton", 0)
+    assert torch.equal(causal_conv1d(x, w, b), causal_conv1d_ref(x, w, b))
+    assert dispatch.variant_calls().get("causal_conv1d:triton", 0) == before
+    with pytest.raises(ValueError, match="width 6"):
+        conv_triton.causal_conv1d(x, w, b, None, True)
+
+
 def test_unknown_activation_is_refused() -> None:
     x = torch.zeros(1, 2, 3)
     with pytest.raises(ValueError, match="activation"):

@@ -22,7 +22,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} is not one of {ACTIVATIONS}")
     W = weight.shape[-1]
-    if x.dim() == 3 and 1 <= W <= 8 and use_kernel(x):  # the kernels take widths up to 8 (d_conv is 4)
+    if x.dim() == 3 and 1 <= W <= 4 and use_kernel(x):  # the kernels take widths 1-4 (d_conv is 4)
         from evalkit.kernels.conv1d import triton as _triton  # lazy: triton is heavy to import
 
         y = _triton.causal_conv1d(x, weight, bias, initial_state, activation == "silu")

@@ -1,4 +1,5 @@
-"""Causal depthwise conv1d + SiLU as Triton kernels, forward and backward (the semantics of ``ref.py``).
+"""Causal depthwise conv1d + SiLU as Triton kernels, forward and backward (the semantics of ``ref.py``), for
+widths 1-4 (Mamba's d_conv is 4; wider convs run the reference).
 
 Why a kernel: in the zoo's graphed + compiled training step the conv ran as ATen's depthwise-conv2d kernels
 (forward, input gradient, weight gradient), 0.23 of 1.45 ms of GPU time in the hybrid's step (kernels/NOTES.md
@@ -8,9 +9,9 @@ v13), for an op that moves a few MB. Here:
   the cache; steps before 0 read the initial state), fp32 sums with fp32 weights, bias and SiLU, one store in
   x's dtype and x's layout (channel-major or channels-last: any strides);
 - backward, two kernels: (1) per (batch, BC channels, segment of steps) program, walking its segment's tiles,
-  the pre-activation is recomputed and the gradient before the SiLU, ``gs``, stored in fp32, with the weight's
-  and the bias's gradient partials summed per program (reduced over programs in PyTorch: deterministic, no
-  atomics); (2) the input gradient, ``gx[t] = Σ_j w_j gs[t + W-1-j]``, by W shifted loads of ``gs``. The initial
+  the pre-activation is recomputed and the gradient before the SiLU, ``gs``, stored in fp32 in x's layout, with
+  the weight's and the bias's gradient partials summed per program (reduced over programs in PyTorch:
+  deterministic, no atomics); (2) the input gradient, ``gx[t] = Σ_j w_j gs[t + W-1-j]``, by W shifted loads of ``gs``. The initial
   state's gradient (W-1 positions) is a few PyTorch ops on the first W-1 steps of ``gs``.
 
 Offsets are 32-bit unless an operand spans 2**31 elements (``BIG``: ``dispatch.needs_int64``).
@@ -26,6 +27,7 @@ from evalkit.kernels import dispatch
 
 WARPS = 4
 TILES = {False: (16, 128), True: (128, 16)}  # (channels, steps) per tile, by layout: channel-major / channels-last
+MAX_WIDTH = 4  # the backward keeps one register tile per tap
 TARGET_PROGRAMS = 1024  # the weight-gradient pass splits the steps into segments until about this many programs
 
 
@@ -72,6 +74,9 @@ def _conv_bwd_gs_kernel(x, w, bias, h0, gy, gs, pw, C, L, tiles_per_seg,
                         sxb, sxc, sxl, shb, shc, shl, sgb, sgc, sgl, ssb, ssc, ssl,
                         W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
                         SILU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, BIG: tl.constexpr):
+    # widths 1-4, one register tile per tap: the W shifted windows are loaded once per tile and kept for the
+    # weight's gradient, whose products (and the bias's) accumulate elementwise over the segment's tiles and
+    # are reduced over steps once at the end (a reduction per tap and tile cost more than the whole tile)
     b = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     seg = tl.program_id(2)
@@ -84,28 +89,54 @@ def _conv_bwd_gs_kernel(x, w, bias, h0, gy, gs, pw, C, L, tiles_per_seg,
     bv = tl.zeros((BLOCK_C,), dtype=tl.float32)
     if HAS_BIAS:
         bv = tl.load(bias + c, mask=cm, other=0.0)
-    gw = tl.zeros((BLOCK_C, WP), dtype=tl.float32)
-    gb = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    w0 = tl.load(w + c * W, mask=cm, other=0.0)
+    if W > 1:
+        w1 = tl.load(w + c * W + 1, mask=cm, other=0.0)
+    if W > 2:
+        w2 = tl.load(w + c * W + 2, mask=cm, other=0.0)
+    if W > 3:
+        w3 = tl.load(w + c * W + 3, mask=cm, other=0.0)
+    a0 = tl.zeros((BLOCK_C, BLOCK_L), dtype=tl.float32)
+    a1 = tl.zeros((BLOCK_C, BLOCK_L), dtype=tl.float32)
+    a2 = tl.zeros((BLOCK_C, BLOCK_L), dtype=tl.float32)
+    a3 = tl.zeros((BLOCK_C, BLOCK_L), dtype=tl.float32)
+    ab = tl.zeros((BLOCK_C, BLOCK_L), dtype=tl.float32)
     for it in range(tiles_per_seg):
         t = (seg * tiles_per_seg + it) * BLOCK_L + tl.arange(0, BLOCK_L)
         tm = t < L
-        acc = tl.zeros((BLOCK_C, BLOCK_L), dtype=tl.float32)
-        for j in tl.static_range(W):
-            wj = tl.load(w + c * W + j, mask=cm, other=0.0)
-            acc += wj[:, None] * _load_window(x, h0, b, c, t - (W - 1) + j, cm, tm, L, sxb, sxc, sxl, shb, shc,
-                                              shl, W, HAS_H0)
-        acc += bv[:, None]
+        v0 = _load_window(x, h0, b, c, t - (W - 1), cm, tm, L, sxb, sxc, sxl, shb, shc, shl, W, HAS_H0)
+        acc = w0[:, None] * v0 + bv[:, None]
+        if W > 1:
+            v1 = _load_window(x, h0, b, c, t - (W - 2), cm, tm, L, sxb, sxc, sxl, shb, shc, shl, W, HAS_H0)
+            acc += w1[:, None] * v1
+        if W > 2:
+            v2 = _load_window(x, h0, b, c, t - (W - 3), cm, tm, L, sxb, sxc, sxl, shb, shc, shl, W, HAS_H0)
+            acc += w2[:, None] * v2
+        if W > 3:
+            v3 = _load_window(x, h0, b, c, t - (W - 4), cm, tm, L, sxb, sxc, sxl, shb, shc, shl, W, HAS_H0)
+            acc += w3[:, None] * v3
         m = cm[:, None] & tm[None, :]
         g = tl.load(gy + b * sgb + c[:, None] * sgc + t[None, :] * sgl, mask=m, other=0.0).to(tl.float32)
         if SILU:  # d/ds s·σ(s) = σ(s) (1 + s (1 - σ(s)))
             sg = tl.sigmoid(acc)
             g = g * sg * (1.0 + acc * (1.0 - sg))
         tl.store(gs + b * ssb + c[:, None] * ssc + t[None, :] * ssl, g, mask=m)
-        gb += tl.sum(g, axis=1)
-        for j in tl.static_range(W):
-            v = _load_window(x, h0, b, c, t - (W - 1) + j, cm, tm, L, sxb, sxc, sxl, shb, shc, shl, W, HAS_H0)
-            gw += tl.where(jj[None, :] == j, tl.sum(g * v, axis=1)[:, None], 0.0)
-    gw += tl.where(jj[None, :] == W, gb[:, None], 0.0)  # the bias's partial in slot W
+        ab += g
+        a0 += g * v0
+        if W > 1:
+            a1 += g * v1
+        if W > 2:
+            a2 += g * v2
+        if W > 3:
+            a3 += g * v3
+    gw = tl.where(jj[None, :] == 0, tl.sum(a0, axis=1)[:, None], 0.0)
+    gw += tl.where(jj[None, :] == W, tl.sum(ab, axis=1)[:, None], 0.0)  # the bias's partial in slot W
+    if W > 1:
+        gw += tl.where(jj[None, :] == 1, tl.sum(a1, axis=1)[:, None], 0.0)
+    if W > 2:
+        gw += tl.where(jj[None, :] == 2, tl.sum(a2, axis=1)[:, None], 0.0)
+    if W > 3:
+        gw += tl.where(jj[None, :] == 3, tl.sum(a3, axis=1)[:, None], 0.0)
     p = b * tl.num_programs(2) + seg  # this program's partial row
     tl.store(pw + (p * C + c[:, None]) * WP + jj[None, :], gw, mask=cm[:, None])
 
@@ -180,6 +211,8 @@ def conv_bwd(x, w, bias, h0, gy, silu: bool, need_h0: bool):
     WP = triton.next_power_of_2(W + 1)  # W taps and the bias
     BC, BL = TILES[_last(x)]
     segs, per = _segments(Bn, C, L, BC, BL)
+    if _last(gy) != _last(x):  # every access of both passes along one axis: the output gradient in x's layout
+        gy = _like(x).copy_(gy)
     gs = _like(x, torch.float32)  # the gradient before the SiLU, in x's layout
     pw = torch.empty(Bn * segs, C, WP, device=x.device, dtype=torch.float32)
     gx = _like(x)
@@ -231,4 +264,6 @@ class _CausalConv1dFn(torch.autograd.Function):
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   initial_state: torch.Tensor | None, silu: bool) -> torch.Tensor:
     """y (B, C, L): ``ref.causal_conv1d_ref``'s output, differentiable in every tensor argument."""
+    if not 1 <= weight.shape[-1] <= MAX_WIDTH:
+        raise ValueError(f"conv width {weight.shape[-1]}: the kernels take 1-{MAX_WIDTH} (the reference any)")
     return _CausalConv1dFn.apply(x, weight, bias, initial_state, silu)
