@@ -6,10 +6,15 @@ byte floor (x read and y written; the backward reads x and the output gradient, 
 and writes and reads its fp32 pre-activation gradient once: that last part is not counted, it is the price
 of the simpler two-pass backward).
 
-    PYTHONPATH=. python kernels/conv_bench.py
+    PYTHONPATH=. python kernels/conv_bench.py [--sweep]
+
+``--sweep``: only the tile sweep (per layout: channels × steps per tile, and the backward's target program count),
+GPU time per call from the profiler.
 """
 
 from __future__ import annotations
+
+import argparse
 
 import torch
 
@@ -39,8 +44,37 @@ def ref_autocast(x, w, b):
         return causal_conv1d_ref(x, w, b, None, "silu")
 
 
+def sweep() -> None:
+    print("## tile sweep: GPU µs per call (profiler, 20 calls), bf16, SiLU, width 4; backward with gy in x's layout")
+    print("| shape | tile (channels × steps) | target programs | forward | backward | gs pass | gx pass | reduce |")
+    print("|---|---|---|---|---|---|---|---|")
+    tiles0, target0 = dict(conv_triton.TILES), conv_triton.TARGET_PROGRAMS
+    for name, Bn, C, L, last in SHAPES:
+        x, w, b = inputs(Bn, C, L, last)
+        gy = conv_triton._like(x).copy_(torch.randn(Bn, C, L, device="cuda", dtype=x.dtype))
+        for tile in ((128, 16), (64, 32), (32, 64), (32, 32), (16, 128), (16, 64)):
+            for target in (256, 1024):
+                conv_triton.TILES[last], conv_triton.TARGET_PROGRAMS = tile, target
+                conv_triton.conv_fwd(x, w, b, None, True)
+                conv_triton.conv_bwd(x, w, b, None, gy, True, False)
+                _, f, _, _ = gpu_profile(lambda: conv_triton.conv_fwd(x, w, b, None, True), 20)
+                _, g, _, ks = gpu_profile(lambda: conv_triton.conv_bwd(x, w, b, None, gy, True, False), 20)
+                by = {k: t for k, t, _ in ks}
+                part = [sum(t for k, t in by.items() if key in k) * 1e3 for key in ("gs_kernel", "gx_kernel", "reduce")]
+                print(f"| {name} | {tile[0]} × {tile[1]} | {target} | {f * 1e3:.1f} | {g * 1e3:.1f} | "
+                      + " | ".join(f"{v:.1f}" for v in part) + " |")
+        conv_triton.TILES.update(tiles0)
+        conv_triton.TARGET_PROGRAMS = target0
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sweep", action="store_true")
+    a = ap.parse_args()
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
+    if a.sweep:
+        sweep()
+        return
     ceil = ceilings()
     bw = ceil["copy_Bps"]
     print(f"ceilings: copy {bw / 1e12:.2f} TB/s")
