@@ -11,8 +11,8 @@ v13), for an op that moves a few MB. Here:
 - backward, two kernels: (1) per (batch, BC channels, segment of steps) program, walking its segment's tiles,
   the pre-activation is recomputed and the gradient before the SiLU, ``gs``, stored in fp32 in x's layout, with
   the weight's and the bias's gradient partials summed per program (reduced over programs in PyTorch:
-  deterministic, no atomics); (2) the input gradient, ``gx[t] = Σ_j w_j gs[t + W-1-j]``, by W shifted loads of ``gs``. The initial
-  state's gradient (W-1 positions) is a few PyTorch ops on the first W-1 steps of ``gs``.
+  deterministic, no atomics); (2) the input gradient, ``gx[t] = Σ_j w_j gs[t + W-1-j]``, by W shifted loads of
+  ``gs``. The initial state's gradient (W-1 positions) is a few PyTorch ops on the first W-1 steps of ``gs``.
 
 Offsets are 32-bit unless an operand spans 2**31 elements (``BIG``: ``dispatch.needs_int64``).
 """
