@@ -44,6 +44,15 @@ def ref_autocast(x, w, b):
         return causal_conv1d_ref(x, w, b, None, "silu")
 
 
+def in_gy_layout(x, w, b, gy):
+    """The backward with ``BWD_LAYOUT = "gy"``: no copy of the output gradient; x read across the tiles."""
+    conv_triton.BWD_LAYOUT = "gy"
+    try:
+        return conv_triton.conv_bwd(x, w, b, None, gy, True, False)
+    finally:
+        conv_triton.BWD_LAYOUT = "x"
+
+
 def sweep() -> None:
     print("## tile sweep: GPU µs per call (profiler, 20 calls), bf16, SiLU, width 4; backward with gy in x's layout")
     print("| shape | tile (channels × steps) | target programs | forward | backward | gs pass | gx pass | reduce |")
@@ -124,7 +133,8 @@ def main() -> None:
                  else torch.randn(Bn, L, C, device="cuda", dtype=x.dtype).transpose(1, 2))
         runs = [("forward", lambda: conv_triton.conv_fwd(x, w, b, None, True)),
                 ("backward, gy same layout", lambda: conv_triton.conv_bwd(x, w, b, None, same, True, False)),
-                ("backward, gy other layout", lambda: conv_triton.conv_bwd(x, w, b, None, other, True, False))]
+                ("backward, gy other layout", lambda: conv_triton.conv_bwd(x, w, b, None, other, True, False)),
+                ("backward, gy other layout, worked in gy's", lambda: in_gy_layout(x, w, b, other))]
         for what, fn in runs:
             fn()
             _, gpu, _, ks = gpu_profile(fn, 20)

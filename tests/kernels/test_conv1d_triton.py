@@ -77,6 +77,28 @@ def test_kernel_matches_reference(case, dtype, layout, activation) -> None:
         assert _rel(g[k], gr[k]) < 4 * TOL[dtype], (k, _rel(g[k], gr[k]))
 
 
+@pytest.mark.parametrize("layout", ["x", "gy"])
+@pytest.mark.parametrize("segments", ["one", "many"])
+def test_backward_layouts_and_segments(layout, segments, monkeypatch) -> None:
+    """The backward with the output gradient in the other layout than x, worked in either's (``BWD_LAYOUT``),
+    and with the weight-gradient pass split into one or many segments per row (their partials summed)."""
+    monkeypatch.setattr(conv_triton, "BWD_LAYOUT", layout)
+    if segments == "many":
+        monkeypatch.setattr(conv_triton, "MIN_TILES", 1)
+        monkeypatch.setattr(conv_triton, "TARGET_PROGRAMS", 10**6)
+    Bn, C, L = 2, 20, 300
+    assert conv_triton._segments(Bn, C, L, *conv_triton.TILES[False])[0] == (1 if segments == "one" else 3)
+    for last in (False, True):
+        t = _inputs(Bn, C, L, 4, torch.float32, 11, channels_last=last)
+        r = {k: v.detach().double().requires_grad_(True) for k, v in t.items()}
+        g0 = torch.randn(Bn, L, C, generator=torch.Generator().manual_seed(2)).to(DEV)
+        gy = g0.transpose(1, 2) if not last else g0.transpose(1, 2).contiguous()  # the other layout than x's
+        _, g = _run(lambda *a: conv_triton.causal_conv1d(*a[:4], True), t, "silu", gy)
+        _, gr = _run(causal_conv1d_ref, r, "silu", gy.double())
+        for k in gr:
+            assert _rel(g[k], gr[k]) < 1e-5, (last, k, _rel(g[k], gr[k]))
+
+
 @pytest.mark.parametrize("h0", [True, False], ids=["h0", "zeros"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 def test_optional_operands_and_final_state(h0, bias) -> None:

@@ -29,6 +29,8 @@ WARPS = 4
 TILES = {False: (16, 128), True: (128, 16)}  # (channels, steps) per tile, by layout: channel-major / channels-last
 MAX_WIDTH = 4  # the backward keeps one register tile per tap
 TARGET_PROGRAMS = 1024  # the weight-gradient pass splits the steps into segments until about this many programs
+MIN_TILES = 8  # ... each walking at least this many tiles
+BWD_LAYOUT = "x"  # the backward's working layout where x's and the output gradient's differ: "x" or "gy"
 
 
 @triton.jit
@@ -197,25 +199,29 @@ def conv_fwd(x, w, bias, h0, silu: bool) -> torch.Tensor:
 
 
 def _segments(Bn: int, C: int, L: int, BC: int, BL: int) -> tuple[int, int]:
-    """(segments, tiles per segment) for the weight-gradient pass: about TARGET_PROGRAMS programs in all."""
+    """(segments, tiles per segment) for the weight-gradient pass: about TARGET_PROGRAMS programs in all, each
+    walking at least MIN_TILES tiles (a program's fixed cost, its loads of the taps and its five reductions, is
+    several tiles' worth: kernels/NOTES.md v13, the sweep)."""
     tiles = triton.cdiv(L, BL)
     want = max(1, min(tiles, triton.cdiv(TARGET_PROGRAMS, Bn * triton.cdiv(C, BC))))
-    per = triton.cdiv(tiles, want)
+    per = min(tiles, max(MIN_TILES, triton.cdiv(tiles, want)))
     return triton.cdiv(tiles, per), per
 
 
 def conv_bwd(x, w, bias, h0, gy, silu: bool, need_h0: bool):
-    """(gx in x's dtype and layout, gw (C, W) fp32, gbias (C,) fp32 or None, gh0 (B, C, W-1) fp32 or None)."""
+    """(gx, gw (C, W) fp32, gbias (C,) fp32 or None, gh0 (B, C, W-1) fp32 or None). Both passes run in one
+    layout (``BWD_LAYOUT``): x's, copying the output gradient into it where it comes in the other one, or the
+    output gradient's, where x is then read across its tiles; gx comes in that layout."""
     Bn, C, L = x.shape
     W = w.shape[1]
     WP = triton.next_power_of_2(W + 1)  # W taps and the bias
-    BC, BL = TILES[_last(x)]
-    segs, per = _segments(Bn, C, L, BC, BL)
-    if _last(gy) != _last(x):  # every access of both passes along one axis: the output gradient in x's layout
+    if _last(gy) != _last(x) and BWD_LAYOUT == "x":
         gy = _like(x).copy_(gy)
-    gs = _like(x, torch.float32)  # the gradient before the SiLU, in x's layout
+    BC, BL = TILES[_last(gy)]
+    segs, per = _segments(Bn, C, L, BC, BL)
+    gs = _like(gy, torch.float32)  # the gradient before the SiLU
     pw = torch.empty(Bn * segs, C, WP, device=x.device, dtype=torch.float32)
-    gx = _like(x)
+    gx = _like(gy, x.dtype)
     big = dispatch.needs_int64(x, gs, gy, h0, gx)
     nc = triton.cdiv(C, BC)
     _conv_bwd_gs_kernel[(Bn, nc, segs)](x, w, bias if bias is not None else w, h0 if h0 is not None else x, gy, gs,
