@@ -104,7 +104,7 @@ def profile(model: str, mode: str, reps: int = 5, compile: bool = False) -> None
 
 
 KINDS = (("attention", ("flash", "fmha", "attention", "sdpa")), ("ssd", ("ssd",)),
-         ("selective scan", ("selective_scan",)), ("conv1d", ("conv1d", "causal_conv")),
+         ("selective scan", ("selective_scan",)), ("conv1d", ("conv1d", "causal_conv", "_conv_", "conv_depthwise")),
          ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "gemv")), ("optimizer", ("adam", "foreach")),
          ("inductor-fused", ("triton_",)))
 
