@@ -9,6 +9,8 @@ triton is imported) at small sizes; on a GPU the same tests run, with bf16 too. 
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import torch
 
@@ -63,7 +65,7 @@ def _run(fn, t, activation, gy):
 @pytest.mark.parametrize("activation", ["silu", None])
 def test_kernel_matches_reference(case, dtype, layout, activation) -> None:
     Bn, C, L, W = case
-    seed = hash((case, layout, activation)) % 2**31
+    seed = zlib.crc32(repr((case, layout, activation)).encode())  # fresh per case, the same in every run
     t = _inputs(Bn, C, L, W, dtype, seed, channels_last=layout == "channels-last")
     r = {k: (v.detach().double().requires_grad_(True) if v is not None else None) for k, v in t.items()}
     gy = torch.randn(Bn, C, L, generator=torch.Generator().manual_seed(seed + 1)).to(DEV)
@@ -104,7 +106,7 @@ def test_backward_layouts_and_segments(layout, segments, monkeypatch) -> None:
 def test_optional_operands_and_final_state(h0, bias) -> None:
     t = _inputs(2, 12, 9, 4, torch.float32, 5, h0=h0, bias=bias)
     args = (t["x"], t["weight"], t["bias"], t["initial_state"])
-    y, tail = conv_triton.causal_conv1d(*args, True), None
+    y = conv_triton.causal_conv1d(*args, True)
     yr, tail = causal_conv1d_ref(*args, "silu", return_final_state=True)
     assert _rel(y, yr) < 1e-5
     assert torch.equal(tail, (t["x"] if not h0 else torch.cat([t["initial_state"], t["x"]], 2))[:, :, -3:])
