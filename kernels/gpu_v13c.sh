@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Session 13's third device call (kernels/NOTES.md v13): the causal conv1d + SiLU kernels (evalkit/kernels/conv1d/)
-# on the GPU: the tests that run them, their benchmark, and the zoo trainer's speed with them (graphed + compiled),
-# profiling the hybrid's step.
-# Usage (repo root, on the GPU machine): bash kernels/gpu_v13c.sh OUT_DIR
+# Session 13's third to seventh device calls (kernels/NOTES.md v13): the causal conv1d + SiLU kernels
+# (evalkit/kernels/conv1d/) on the GPU: the tests that run them, their benchmark, and the zoo trainer's speed with
+# them (graphed + compiled; the plain graph / eager runs too for the models not in SKIP_PLAIN), profiling the
+# hybrid's step.
+# Usage (repo root, on the GPU machine): [SKIP_PLAIN=hybrid,mamba2,mamba] bash kernels/gpu_v13c.sh OUT_DIR
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
