@@ -46,9 +46,8 @@ def _load_window(x, h0, b, c, s, cm, tm, L, sxb, sxc, sxl, shb, shc, shl, W: tl.
 
 
 @triton.jit
-def _conv_fwd_kernel(x, w, bias, h0, y, C, L, sxb, sxc, sxl, shb, shc, shl, syb, syc, syl,
-                     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, SILU: tl.constexpr,
-                     BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, BIG: tl.constexpr):
+def _tile(C, L, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, BIG: tl.constexpr):
+    """This program's (batch, channels, steps) tile of a (B, C, L) grid, 64-bit where BIG, and its masks."""
     b = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     t = tl.program_id(2) * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -56,8 +55,14 @@ def _conv_fwd_kernel(x, w, bias, h0, y, C, L, sxb, sxc, sxl, shb, shc, shl, syb,
         b = b.to(tl.int64)
         c = c.to(tl.int64)
         t = t.to(tl.int64)
-    cm = c < C
-    tm = t < L
+    return b, c, t, c < C, t < L
+
+
+@triton.jit
+def _conv_fwd_kernel(x, w, bias, h0, y, C, L, sxb, sxc, sxl, shb, shc, shl, syb, syc, syl,
+                     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, SILU: tl.constexpr,
+                     BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, BIG: tl.constexpr):
+    b, c, t, cm, tm = _tile(C, L, BLOCK_C, BLOCK_L, BIG)
     acc = tl.zeros((BLOCK_C, BLOCK_L), dtype=tl.float32)
     for j in tl.static_range(W):
         wj = tl.load(w + c * W + j, mask=cm, other=0.0)
@@ -146,15 +151,7 @@ def _conv_bwd_gs_kernel(x, w, bias, h0, gy, gs, pw, C, L, tiles_per_seg,
 @triton.jit
 def _conv_bwd_gx_kernel(gs, w, gx, C, L, ssb, ssc, ssl, sxb, sxc, sxl, W: tl.constexpr, BLOCK_C: tl.constexpr,
                         BLOCK_L: tl.constexpr, BIG: tl.constexpr):
-    b = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    t = tl.program_id(2) * BLOCK_L + tl.arange(0, BLOCK_L)
-    if BIG:
-        b = b.to(tl.int64)
-        c = c.to(tl.int64)
-        t = t.to(tl.int64)
-    cm = c < C
-    tm = t < L
+    b, c, t, cm, tm = _tile(C, L, BLOCK_C, BLOCK_L, BIG)
     acc = tl.zeros((BLOCK_C, BLOCK_L), dtype=tl.float32)
     for j in tl.static_range(W):
         wj = tl.load(w + c * W + j, mask=cm, other=0.0)
