@@ -6,15 +6,20 @@ byte floor (x read and y written; the backward reads x and the output gradient, 
 and writes and reads its fp32 pre-activation gradient once: that last part is not counted, it is the price
 of the simpler two-pass backward).
 
-    PYTHONPATH=. python kernels/conv_bench.py [--sweep]
+    PYTHONPATH=. python kernels/conv_bench.py [--sweep | --big L]
 
 ``--sweep``: only the tile sweep (per layout: channels × steps per tile, and the backward's target program count),
 GPU time per call from the profiler.
+
+``--big L``: only the 64-bit (``BIG``) variant's check: 1 × 4096 × L in both layouts (L = 600000 is 1.14 × 2³¹
+elements), forward and every gradient against the fp32 reference run on 256 channels at a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import time
 
 import torch
 
@@ -76,14 +81,63 @@ def sweep() -> None:
         conv_triton.TARGET_PROGRAMS = target0
 
 
+def big(L: int, C: int = 4096, chunk: int = 256) -> bool:
+    """The kernels past 2³¹ elements (64-bit offsets) against the reference, per chunk of channels."""
+    from evalkit.kernels import dispatch
+    print(f"## 64-bit check: 1 × {C} × {L} = {C * L / 2**31:.2f} × 2³¹ elements, bf16, SiLU, with an initial state")
+    print("| layout | BIG | fwd ms | bwd ms | y rel | gx rel | gw rel | gbias rel | gh0 rel |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    ok = True
+    for last in (False, True):
+        x, w, b = inputs(1, C, L, last)
+        h0 = torch.randn(1, C, 3, device="cuda", dtype=x.dtype)
+        gy = conv_triton._like(x)
+        gy.copy_(torch.randn(1, L, C, device="cuda", dtype=x.dtype).transpose(1, 2) if last
+                 else torch.randn(1, C, L, device="cuda", dtype=x.dtype))
+        flag = dispatch.needs_int64(x, gy, h0)
+        sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        y = conv_triton.conv_fwd(x, w, b, h0, True)
+        sync()
+        t1 = time.perf_counter()
+        gx, gw, gb, gh0 = conv_triton.conv_bwd(x, w, b, h0, gy, True, True)
+        sync()
+        t2 = time.perf_counter()
+        worst = [0.0] * 5
+        for c0 in range(0, C, chunk):
+            sl = slice(c0, c0 + chunk)
+            ref = [t[sl].detach().float().requires_grad_(True) for t in (w, b)]
+            xs = x[:, sl].float().requires_grad_(True)
+            hs = h0[:, sl].float().requires_grad_(True)
+            yr = causal_conv1d_ref(xs, ref[0], ref[1], hs, "silu")
+            gr = torch.autograd.grad(yr, (xs, ref[0], ref[1], hs), gy[:, sl].float())
+            got = (y[:, sl], gx[:, sl], gw[sl], gb[sl], gh0[:, sl])
+            for i, (a, r) in enumerate(zip(got, (yr,) + gr)):
+                e = rel(a, r)
+                worst[i] = e if math.isnan(e) or e > worst[i] else worst[i]  # a NaN stays
+            del yr, gr, xs
+        good = worst[0] < 1e-2 and all(e < 2e-2 for e in worst[1:]) and flag
+        ok &= good
+        print(f"| {'channels-last' if last else 'channel-major'} | {flag} | {(t1 - t0) * 1e3:.2f} | "
+              f"{(t2 - t1) * 1e3:.2f} | " + " | ".join(f"{e:.1e}" for e in worst) + f"{'' if good else ' FAIL'} |")
+        del x, gy, y, gx
+        torch.cuda.empty_cache()
+    print("\nbig checks: " + ("all passed" if ok else "FAILED"))
+    return ok
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--big", type=int, default=0, metavar="L")
     a = ap.parse_args()
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
     if a.sweep:
         sweep()
         return
+    if a.big:
+        raise SystemExit(0 if big(a.big) else 1)
     ceil = ceilings()
     bw = ceil["copy_Bps"]
     print(f"ceilings: copy {bw / 1e12:.2f} TB/s")

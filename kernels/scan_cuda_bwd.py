@@ -11,7 +11,7 @@ v11) on the GPU, in one run:
 3. a length table for the fastest config: inference forward, training forward, the CUDA and Triton
    backwards, backward ÷ inference forward (the issue's target: ≤ 3), and the training pairs.
 
-    PYTHONPATH=. python kernels/scan_cuda_bwd.py [--configs 8:2:4:1,16:1:4:0] [--lengths 4096,16384,65536]
+    PYTHONPATH=. python kernels/scan_cuda_bwd.py [--configs 8:2:4:1,16:1:4:0,8:2:4:1:3] [--lengths 4096,16384,65536]
     PYTHONPATH=. python kernels/scan_cuda_bwd.py --big 589824    # 64-bit offsets: against the Triton backward
 """
 
@@ -40,8 +40,9 @@ TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 
 
 def _cfg(s: str) -> tuple:
-    K, R, W, v4 = (int(x) for x in (s + ":0").split(":")[:4])
-    return (K, R, W, bool(v4))
+    """K:ROWS:WARPS[:16-byte slots[:MINB]] (MINB: launch bounds asking MINB blocks per SM, a register cap)."""
+    K, R, W, v4, minb = ([int(x) for x in s.split(":")] + [0, 1][len(s.split(":")) - 3:])[:5]
+    return (K, R, W, bool(v4)) if minb == 1 else (K, R, W, bool(v4), minb)
 
 
 def pair(t, cfg, h0=None, gy=None, gT=None, softplus=True):
@@ -160,9 +161,9 @@ def sweep(cfgs, L=65536):
           "backward)")
     print(f"CUDA inference forward {fmt(ki)} ms; Triton time backward {TIME_BWD_CONFIG}: {fmt(kt)} ms "
           f"({kt / ki:.2f}x the forward)")
-    print("| K | ROWS | WARPS | 16-byte slots | regs | train fwd ms | bwd ms | bwd ÷ inference fwd | "
+    print("| K:ROWS:WARPS:16-byte slots[:MINB] | regs | train fwd ms | bwd ms | bwd ÷ inference fwd | "
           "max rel vs Triton |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     best, best_ms = None, float("inf")
     for cfg in cfgs:
         try:
@@ -171,10 +172,10 @@ def sweep(cfgs, L=65536):
             kf = ms(lambda: _train_fwd(t, cuda_bwd.store_tb(cfg)), rep=30)
             kb = ms(lambda: _cuda_bwd(t, st, yp, gy, cfg), rep=30)
         except Exception as e:  # noqa: BLE001
-            print(f"| {' | '.join(map(str, cfg))} | | failed: {type(e).__name__}: {e} | | | |")
+            print(f"| {':'.join(map(str, map(int, cfg)))} | | failed: {type(e).__name__}: {e} | | | |")
             continue
         err = max(rel(a, r) for a, r in zip(g, g_t) if a is not None)
-        print(f"| {' | '.join(map(str, cfg))} | {_regs(t, cfg)} | {fmt(kf)} | {fmt(kb)} | {kb / ki:.2f} | {err:.1e} |")
+        print(f"| {':'.join(map(str, map(int, cfg)))} | {_regs(t, cfg)} | {fmt(kf)} | {fmt(kb)} | {kb / ki:.2f} | {err:.1e} |")
         if err < 3e-2 and kb < best_ms:
             best, best_ms = cfg, kb
     print(f"\nfastest config agreeing with Triton: {best} ({fmt(best_ms)} ms)\n")

@@ -321,7 +321,11 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+#if MINB > 1  // a register cap: MINB blocks of 32·WARPS threads per SM
+extern "C" __global__ void __launch_bounds__(32 * WARPS, MINB) evalkit_selective_scan_bwd(const BArgs g) {
+#else
 extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_bwd(const BArgs g) {
+#endif
     extern __shared__ __align__(16) float smem[];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const long long b = blockIdx.y;
@@ -369,13 +373,14 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
 
 
 @functools.lru_cache(maxsize=256)  # one str object per specialisation: the module cache's key hashes once
-def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, v4: bool = False, *, has_d: bool,
+def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, v4: bool = False, minb: int = 1, *,
+           has_d: bool,
            has_z: bool, has_bias: bool, softplus: bool, vec: bool = True, atom16: bool = True) -> str:
     """The backward's source for one specialisation (the compile-time constants as #defines).
     ``atom16``: the target has 16-byte atomics (sm_90 and newer; NVRTC refuses them below). Chosen from
     the device in Python: testing ``__CUDA_ARCH__`` in the source instead compiled to 255 registers and a
     15 % slower kernel under the H200's NVRTC 13.0 (249 with 12.9; kernels/NOTES.md v12)."""
-    defs = dict(TU=_cuda._CODES[tu], TBC=_cuda._CODES[tbc], K=K, ROWS=rows, WARPS=warps, V4=int(v4),
+    defs = dict(TU=_cuda._CODES[tu], TBC=_cuda._CODES[tbc], K=K, ROWS=rows, WARPS=warps, V4=int(v4), MINB=minb,
                 ATOM16=int(atom16),
                 HAS_D=int(has_d), HAS_Z=int(has_z), HAS_BIAS=int(has_bias),
                 SOFTPLUS=int(softplus), VEC=int(vec))
@@ -392,10 +397,11 @@ def enabled() -> bool:
     return os.environ.get("EVALKIT_SCAN_CUDA_BWD", "1") != "0"
 
 
-def _full(config: tuple | None) -> tuple[int, int, int, bool]:
-    """A config with its option: (K, ROWS, WARPS) alone means 4-byte slots and atomics."""
+def _full(config: tuple | None) -> tuple[int, int, int, bool, int]:
+    """A config with its options: (K, ROWS, WARPS) alone means 4-byte slots and atomics; the fifth, MINB, asks
+    the compiler for MINB resident blocks per SM (a register cap; 1: none)."""
     c = tuple(config or BWD_CONFIG)
-    return (*c, False) if len(c) == 3 else c
+    return (*c, False, 1)[:5] if len(c) == 3 else (*c, 1)[:5]
 
 
 def _shared_bytes(K: int, rows: int, warps: int, N: int) -> int:
@@ -414,10 +420,10 @@ def _src_for(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config) -> 
     """The source for these inputs and whether it takes 16-byte accesses: every row of u, delta, z, the
     pre-gate y, B and C 16-byte aligned (the output gradient is made so where it is not; the gradient
     buffers are fresh)."""
-    K, rows, warps, v4 = _full(config)
+    K, rows, warps, v4, minb = _full(config)
     vec = _cuda._vec_ok(u.element_size(), u, delta, z, ypre) and _cuda._vec_ok(B.element_size(), B, C)
     atom16 = torch.cuda.get_device_capability(u.device) >= (9, 0)
-    return source(u.dtype, B.dtype, K, rows, warps, v4, has_d=D is not None, has_z=z is not None,
+    return source(u.dtype, B.dtype, K, rows, warps, v4, minb, has_d=D is not None, has_z=z is not None,
                   has_bias=delta_bias is not None, softplus=delta_softplus, vec=vec, atom16=atom16), vec
 
 
