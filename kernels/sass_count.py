@@ -14,9 +14,11 @@ comparisons and as per-element budgets, not as what the H200 runs (kernels/NOTES
     PYTHONPATH=.:<same> python kernels/sass_count.py serial 4 16 4    # the state-split CUDA forward (S, K, warps;
         SASS_TB=256 with the training stores, SASS_NO_PIPE=1 unpipelined, SASS_BC32=1 fp32 B/C in shared memory)
     PYTHONPATH=.:<same> python kernels/sass_count.py cudabwd 8 2 4    # the CUDA C++ backward (K, ROWS, warps;
-        SASS_V4=1 16-byte shared-memory slots and atomics; SASS_MINB=3 launch bounds asking 3 blocks per SM)
+        SASS_V4=1 16-byte shared-memory slots and atomics; SASS_MINB=3 launch bounds asking 3 blocks per SM;
+        SASS_BC32=1 fp32 B/C; SASS_SCANX=1 window products from dt sums)
 
-SASS_TOP=40 lists the 40 most frequent opcodes per loop instead of 14; SASS_IR=file keeps the TTGIR.
+SASS_TOP=40 lists the 40 most frequent opcodes per loop instead of 14; SASS_IR=file keeps the TTGIR; SASS_DUMP=file
+the whole SASS.
 """
 
 from __future__ import annotations
@@ -93,8 +95,9 @@ def main() -> None:
         from evalkit.kernels.selective_scan import cuda as ss_cuda, cuda_bwd
         import torch
 
-        src = cuda_bwd.source(torch.bfloat16, torch.bfloat16, a.TB, a.BD, a.warps, bool(os.environ.get("SASS_V4")),
-                              int(os.environ.get("SASS_MINB", 1)), has_d=True, has_z=True, has_bias=True, softplus=True, vec=True)
+        tbc = torch.float32 if os.environ.get("SASS_BC32") else torch.bfloat16
+        src = cuda_bwd.source(torch.bfloat16, tbc, a.TB, a.BD, a.warps, bool(os.environ.get("SASS_V4")),
+                              int(os.environ.get("SASS_MINB", 1)), bool(os.environ.get("SASS_SCANX")), has_d=True, has_z=True, has_bias=True, softplus=True, vec=True)
         return report(ss_cuda.compile_source(src, "90"), f"cuda bwd K {a.TB} ROWS {a.BD} warps {a.warps} "
                       "(NVRTC, sm_90)", a.TB * a.BD)
     consts = {**FLAGS, "TB": a.TB, "BD": a.BD}
@@ -117,6 +120,9 @@ def report(image: bytes, title: str, per_thread: int) -> None:
             f.write(image)
         res = subprocess.run([os.path.join(tools, "cuobjdump"), "-res-usage", cubin], capture_output=True, text=True)
         sass = subprocess.run([os.path.join(tools, "cuobjdump"), "-sass", cubin], capture_output=True, text=True).stdout
+    if os.environ.get("SASS_DUMP"):  # the whole SASS, to read a loop's instructions
+        with open(os.environ["SASS_DUMP"], "w") as f:
+            f.write(sass)
     usage = re.search(r"REG:\d+ STACK:\d+ SHARED:\d+ LOCAL:\d+", res.stdout)
     print(f"{title}: {usage.group(0) if usage else res.stdout[-200:]}")
     ins = []
