@@ -40,9 +40,9 @@ TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 
 
 def _cfg(s: str) -> tuple:
-    """K:ROWS:WARPS[:V4[:MINB[:BC32[:SCANX]]]] as ints (``cuda_bwd._full`` says what each option does)."""
+    """K:ROWS:WARPS[:V4[:MINB]] as ints (``cuda_bwd._full`` says what each option does)."""
     f = [int(x) for x in s.split(":")]
-    return tuple(v if i in (0, 1, 2, 4) else bool(v) for i, v in enumerate(f))
+    return tuple(bool(v) if i == 3 else v for i, v in enumerate(f))
 
 
 def pair(t, cfg, h0=None, gy=None, gT=None, softplus=True):
@@ -125,8 +125,8 @@ def checks(cfgs) -> bool:
 
 def _regs(t, cfg) -> int:
     full = cuda_bwd._full(cfg)
-    src = cuda_bwd.source(torch.bfloat16, torch.float32 if full[5] else torch.bfloat16, *full[:5], full[6],
-                          has_d=True, has_z=True, has_bias=True, softplus=True, vec=True)
+    src = cuda_bwd.source(torch.bfloat16, torch.bfloat16, *full, has_d=True, has_z=True, has_bias=True,
+                          softplus=True, vec=True)
     f = ss_cuda._function(t["u"].device, src, "evalkit_selective_scan_bwd")
     v = ctypes.c_int()
     ss_cuda._cuda().cuFuncGetAttribute(ctypes.byref(v), 4, f.func)
@@ -162,7 +162,7 @@ def sweep(cfgs, L=65536):
           "backward)")
     print(f"CUDA inference forward {fmt(ki)} ms; Triton time backward {TIME_BWD_CONFIG}: {fmt(kt)} ms "
           f"({kt / ki:.2f}x the forward)")
-    print("| K:ROWS:WARPS:V4[:MINB[:BC32[:SCANX]]] | regs | train fwd ms | bwd ms | bwd ÷ inference fwd | "
+    print("| K:ROWS:WARPS:V4[:MINB] | regs | train fwd ms | bwd ms | bwd ÷ inference fwd | "
           "max rel vs Triton |")
     print("|---|---|---|---|---|---|")
     best, best_ms = None, float("inf")

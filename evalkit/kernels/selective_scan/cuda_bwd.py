@@ -68,9 +68,7 @@ __device__ __forceinline__ void bwd_state(int n, int lane, const int N, const TB
                                           const TBC (&cq)[K], const float (&a2)[ROWS], const float (&hblk)[ROWS],
                                           float (&Gc)[ROWS], const float (&dlt)[ROWS][K],
                                           const float (&dlu)[ROWS][K], const float (&gyv)[ROWS][K],
-                                          const float (&sdt)[ROWS], const float (&wf)[ROWS][5],
-                                          const float (&wr)[ROWS][5], const float (&ends)[ROWS][3],
-                                          float (&S1)[ROWS][K], float (&S2)[ROWS][K],
+                                          const float (&sdt)[ROWS], float (&S1)[ROWS][K], float (&S2)[ROWS][K],
                                           float* __restrict__ sA, float (&gBp)[K], float (&gCp)[K]) {
     const unsigned FULL = 0xffffffffu;
 #pragma unroll
@@ -92,49 +90,26 @@ __device__ __forceinline__ void bwd_state(int n, int lane, const int N, const TB
         for (int k = K - 1; k >= 0; --k)  // backwards from a zero gradient: λ_k = gy C_k + a_k+1 λ_k+1
             lam = (k == K - 1) ? gyv[r][k] * f32_of(cq[k]) : fmaf(av[k + 1], lam, gyv[r][k] * f32_of(cq[k]));
         float qr = av[0] * lam;  // the lane's contribution to ∂L/∂(state before it)
-        float pe, he, pn, qn, p0, q0;
-#if SCANX
-        if (an < -1e-25f) {  // (warp-uniform) window products from the block's dt sums: no product scans
+        float pf = ex2(sdt[r] * an), pr = pf;  // the lane's decay product
 #pragma unroll
-            for (int j = 0; j < 5; ++j) {  // forward scan up, reverse scan down, interleaved; the multiplier is
-                const int off = 1 << j;    // 0 where the partner is out of range (window sum 1e30)
-                const float h2 = __shfl_up_sync(FULL, hf, off);
-                const float q3 = __shfl_down_sync(FULL, qr, off);
-                hf = fmaf(ex2(an * wf[r][j]), h2, hf);
-                qr = fmaf(ex2(an * wr[r][j]), q3, qr);
-            }
-            he = __shfl_up_sync(FULL, hf, 1);
-            qn = __shfl_down_sync(FULL, qr, 1);
-            q0 = __shfl_sync(FULL, qr, 0);
-            if (lane == 0) he = 0.f;
-            if (lane == 31) qn = 0.f;
-            pe = ex2(an * ends[r][0]);
-            pn = ex2(an * ends[r][1]);
-            p0 = ex2(an * ends[r][2]);
-        } else
-#endif
-        {
-            float pf = ex2(sdt[r] * an), pr = pf;  // the lane's decay product
-#pragma unroll
-            for (int off = 1; off < 32; off <<= 1) {  // forward scan up, reverse scan down, interleaved
-                const float p2 = __shfl_up_sync(FULL, pf, off);
-                const float h2 = __shfl_up_sync(FULL, hf, off);
-                const float p3 = __shfl_down_sync(FULL, pr, off);
-                const float q3 = __shfl_down_sync(FULL, qr, off);
-                if (lane >= off) { hf = fmaf(pf, h2, hf); pf *= p2; }
-                if (lane + off < 32) { qr = fmaf(pr, q3, qr); pr *= p3; }
-            }
-            pe = __shfl_up_sync(FULL, pf, 1);
-            he = __shfl_up_sync(FULL, hf, 1);
-            if (lane == 0) { pe = 1.f; he = 0.f; }
-            pn = __shfl_down_sync(FULL, pr, 1);
-            qn = __shfl_down_sync(FULL, qr, 1);
-            if (lane == 31) { pn = 1.f; qn = 0.f; }
-            p0 = __shfl_sync(FULL, pr, 0);
-            q0 = __shfl_sync(FULL, qr, 0);
+        for (int off = 1; off < 32; off <<= 1) {  // forward scan up, reverse scan down, interleaved
+            const float p2 = __shfl_up_sync(FULL, pf, off);
+            const float h2 = __shfl_up_sync(FULL, hf, off);
+            const float p3 = __shfl_down_sync(FULL, pr, off);
+            const float q3 = __shfl_down_sync(FULL, qr, off);
+            if (lane >= off) { hf = fmaf(pf, h2, hf); pf *= p2; }
+            if (lane + off < 32) { qr = fmaf(pr, q3, qr); pr *= p3; }
         }
+        float pe = __shfl_up_sync(FULL, pf, 1);
+        float he = __shfl_up_sync(FULL, hf, 1);
+        if (lane == 0) { pe = 1.f; he = 0.f; }
         const float hin = fmaf(pe, hc, he);  // the state entering this lane's steps
+        float pn = __shfl_down_sync(FULL, pr, 1);
+        float qn = __shfl_down_sync(FULL, qr, 1);
+        if (lane == 31) { pn = 1.f; qn = 0.f; }
         const float gin = fmaf(pn, gc, qn);  // ∂L/∂h at this lane's last step, from the steps after it
+        const float p0 = __shfl_sync(FULL, pr, 0);
+        const float q0 = __shfl_sync(FULL, qr, 0);
         if (lane == n) Gc[r] = fmaf(p0, gc, q0);  // ∂L/∂h_n before the block
         float hv[K];
         float h = hin;
@@ -222,29 +197,6 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
             S2[r][k] = 0.f;
         }
     }
-    // SCANX: per row, the sums of dt over the lane windows that the scans' rounds combine (they do not depend
-    // on the state n): wf[j] over the 2^j lanes ending at this one, wr[j] over the 2^j starting at it (1e30 where
-    // the round takes nothing), and ends = (Σ before this lane, Σ after it, Σ over the warp)
-    float wf[ROWS][5], wr[ROWS][5], ends[ROWS][3];
-#if SCANX
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-        float wu = sdt[r], wd = sdt[r];
-#pragma unroll
-        for (int j = 0; j < 5; ++j) {
-            const int off = 1 << j;
-            wf[r][j] = lane >= off ? wu : 1e30f;
-            wr[r][j] = lane + off < 32 ? wd : 1e30f;
-            const float a = __shfl_up_sync(0xffffffffu, wu, off), c = __shfl_down_sync(0xffffffffu, wd, off);
-            if (lane >= off) wu += a;
-            if (lane + off < 32) wd += c;
-        }
-        const float before = __shfl_up_sync(0xffffffffu, wu, 1), after = __shfl_down_sync(0xffffffffu, wd, 1);
-        ends[r][0] = lane == 0 ? 0.f : before;
-        ends[r][1] = lane == 31 ? 0.f : after;
-        ends[r][2] = __shfl_sync(0xffffffffu, wu, 31);
-    }
-#endif
     const int tid = threadIdx.x;
     // running pointers, advanced once per state (cheaper than rebuilding 64-bit addresses from n in the loop):
     // the next state's B / C rows (the prefetch), and this state's gB / gC rows at this block's first step
@@ -266,8 +218,7 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
                     Bx += g.sbn;
                     Cx += g.scn;
                 }
-                bwd_state(m, lane, g.N, bq0, cq0, a2, hblk, Gc, dlt, dlu, gyv, sdt, wf, wr, ends, S1, S2, sA, gBp,
-                          gCp);
+                bwd_state(m, lane, g.N, bq0, cq0, a2, hblk, Gc, dlt, dlu, gyv, sdt, S1, S2, sA, gBp, gCp);
             } else {
                 if (m + 1 < g.N) {
                     load_raw<FULLV>(Bx, t0, L, bq0);
@@ -275,8 +226,7 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
                     Bx += g.sbn;
                     Cx += g.scn;
                 }
-                bwd_state(m, lane, g.N, bq1, cq1, a2, hblk, Gc, dlt, dlu, gyv, sdt, wf, wr, ends, S1, S2, sA, gBp,
-                          gCp);
+                bwd_state(m, lane, g.N, bq1, cq1, a2, hblk, Gc, dlt, dlu, gyv, sdt, S1, S2, sA, gBp, gCp);
             }
 #if V4
             // 16-byte slots: chunk c (steps 4c..4c+3) at chunk position c ^ ((c >> 3) & 7), so that the 8
@@ -435,14 +385,13 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
 
 
 @functools.lru_cache(maxsize=256)  # one str object per specialisation: the module cache's key hashes once
-def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, v4: bool = False, minb: int = 1,
-           scanx: bool = False, *, has_d: bool,
-           has_z: bool, has_bias: bool, softplus: bool, vec: bool = True, atom16: bool = True) -> str:
+def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, v4: bool = False, minb: int = 1, *,
+           has_d: bool, has_z: bool, has_bias: bool, softplus: bool, vec: bool = True, atom16: bool = True) -> str:
     """The backward's source for one specialisation (the compile-time constants as #defines).
     ``atom16``: the target has 16-byte atomics (sm_90 and newer; NVRTC refuses them below). Chosen from
     the device in Python: testing ``__CUDA_ARCH__`` in the source instead compiled to 255 registers and a
     15 % slower kernel under the H200's NVRTC 13.0 (249 with 12.9; kernels/NOTES.md v12)."""
-    defs = dict(TU=_cuda._CODES[tu], TBC=_cuda._CODES[tbc], K=K, ROWS=rows, WARPS=warps, V4=int(v4), MINB=minb, SCANX=int(scanx),
+    defs = dict(TU=_cuda._CODES[tu], TBC=_cuda._CODES[tbc], K=K, ROWS=rows, WARPS=warps, V4=int(v4), MINB=minb,
                 ATOM16=int(atom16),
                 HAS_D=int(has_d), HAS_Z=int(has_z), HAS_BIAS=int(has_bias),
                 SOFTPLUS=int(softplus), VEC=int(vec))
@@ -459,25 +408,15 @@ def enabled() -> bool:
     return os.environ.get("EVALKIT_SCAN_CUDA_BWD", "1") != "0"
 
 
-_DEFAULTS = (None, None, None, False, 1, False, False)
+_DEFAULTS = (None, None, None, False, 1)
 
 
-def _full(config: tuple | None) -> tuple[int, int, int, bool, int, bool, bool]:
-    """A config with its options filled in: (K, ROWS, WARPS, V4, MINB, BC32, SCANX). V4: 16-byte shared-memory
-    slots and atomics; MINB asks the compiler for MINB resident blocks per SM (a register cap; 1: none); BC32
-    reads B and C as fp32 copies (no conversion per state in the loop); SCANX takes the scans' decay products
-    over lane windows from the block's dt sums (``ex2`` of a window sum) instead of scanning them."""
+def _full(config: tuple | None) -> tuple[int, int, int, bool, int]:
+    """A config with its options filled in: (K, ROWS, WARPS, V4, MINB). V4: 16-byte shared-memory slots and
+    atomics; MINB asks the compiler for MINB resident blocks per SM (a register cap; 1: none; every cap tried was
+    slower: kernels/NOTES.md v14)."""
     c = tuple(config or BWD_CONFIG)
     return c + _DEFAULTS[len(c):]
-
-
-def _bc(B: torch.Tensor, C: torch.Tensor, config: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """B and C as the kernel reads them: fp32 contiguous copies under BC32 (2·L·N values per batch row, small
-    next to the (D, L) operands), else as given."""
-    if _full(config)[5] and B.dtype != torch.float32:
-        return (B.to(torch.float32, memory_format=torch.contiguous_format),
-                C.to(torch.float32, memory_format=torch.contiguous_format))
-    return B, C
 
 
 def _shared_bytes(K: int, rows: int, warps: int, N: int) -> int:
@@ -496,17 +435,16 @@ def _src_for(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config) -> 
     """The source for these inputs and whether it takes 16-byte accesses: every row of u, delta, z, the
     pre-gate y, B and C 16-byte aligned (the output gradient is made so where it is not; the gradient
     buffers are fresh)."""
-    K, rows, warps, v4, minb, _, scanx = _full(config)
+    K, rows, warps, v4, minb = _full(config)
     vec = _cuda._vec_ok(u.element_size(), u, delta, z, ypre) and _cuda._vec_ok(B.element_size(), B, C)
     atom16 = torch.cuda.get_device_capability(u.device) >= (9, 0)
-    return source(u.dtype, B.dtype, K, rows, warps, v4, minb, scanx, has_d=D is not None, has_z=z is not None,
+    return source(u.dtype, B.dtype, K, rows, warps, v4, minb, has_d=D is not None, has_z=z is not None,
                   has_bias=delta_bias is not None, softplus=delta_softplus, vec=vec, atom16=atom16), vec
 
 
 def prepare(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config=None) -> None:
     """Compile (or find) the backward for these inputs now, so that a module NVRTC or the driver refuses
     shows before the forward stores states for it (raises ``cuda.CompileError``)."""
-    B, C = _bc(B, C, config)
     _cuda._function(u.device, _src_for(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config)[0],
                     "evalkit_selective_scan_bwd")
 
@@ -533,8 +471,6 @@ def selective_scan_bwd_cuda(
                          f"state entering every {32 * K} steps")
     if z is not None and (ypre is None or ypre.shape != u.shape):
         raise ValueError("the backward with z needs the pre-gate y")
-    B_in, C_in = B, C  # the gradients come back in these dtypes
-    B, C = _bc(B, C, config)
     src, vec = _src_for(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config)
     if gy is not None and (gy.dtype != u.dtype or gy.stride(-1) != 1
                            or (vec and not _cuda._vec_ok(u.element_size(), gy))):  # e.g. sum()'s expanded ones
@@ -558,4 +494,4 @@ def selective_scan_bwd_cuda(
     grid = (-(-Dm // (rows * warps)), batch, 1)
     with torch.cuda.device(u.device):
         f(grid, 32 * warps, args, torch.cuda.current_stream(u.device), shared=_shared_bytes(K, rows, warps, N))
-    return _grads_out(bufs, A, B_in, C_in, D, delta_bias, initial_state)
+    return _grads_out(bufs, A, B, C, D, delta_bias, initial_state)
