@@ -2,6 +2,8 @@
 # Session 14's second device call (kernels/NOTES.md v14): the CUDA backward with running pointers, fp32 B / C
 # copies (BC32) and window-sum scans (SCANX): GPU tests of the CUDA selective-scan file, then the config sweep.
 # Usage (repo root, on the GPU machine): bash kernels/gpu_v14b.sh
+# (Run 2's list; its sixth and seventh fields were BC32 and SCANX then, both removed after it: the sixth is now
+# PAIRBAR, see gpu_v14c.sh.)
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader

@@ -49,6 +49,7 @@ SOURCE = _cuda.HELPERS + r"""
 #define LN2 0.6931471805599453f
 constexpr int BLK = 32 * K;
 constexpr int SLOT = BLK + K;  // one partial row of a block, one pad word per 32 (bank conflicts)
+constexpr int NSETS = PAIRBAR ? 4 : 2;  // slot sets: double-buffered states, or pairs of states
 static_assert((K & (K - 1)) == 0 && K <= 32 && BLK % (32 * WARPS) == 0, "K a power of two, 32·WARPS divides 32·K");
 static_assert(!V4 || K % (2 * WARPS) == 0, "16-byte slots: each thread reduces whole chunks");
 
@@ -133,6 +134,86 @@ __device__ __forceinline__ void bwd_state(int n, int lane, const int N, const TB
         }
         sA[(r * N + n) * 32 + lane] += gAl;
     }
+}
+
+// This warp's gB_m / gC_m partials (gBp, gCp: its lane's K steps, summed over its rows) into slot set `set`.
+// 16-byte slots: chunk c (steps 4c..4c+3) at chunk position c ^ ((c >> 3) & 7), so that the 8 lanes of each
+// quarter-warp phase hit distinct bank groups, writing (lane l: chunks l·K/4 + v) and reading (thread i: chunk
+// i). 4-byte slots: a lane's K steps never cross a pad word (K is a power of two <= 32).
+__device__ __forceinline__ void slot_write(float* __restrict__ slots, int set, int w, int lane, const float (&gBp)[K],
+                                           const float (&gCp)[K]) {
+#if V4
+    float4* mine = reinterpret_cast<float4*>(slots + (set * WARPS + w) * 2 * SLOT);
+#pragma unroll
+    for (int v = 0; v < K / 4; ++v) {
+        const int c = lane * (K / 4) + v;
+        const int pc = c ^ ((c >> 3) & 7);
+        mine[pc] = make_float4(gBp[4 * v], gBp[4 * v + 1], gBp[4 * v + 2], gBp[4 * v + 3]);
+        mine[SLOT / 4 + pc] = make_float4(gCp[4 * v], gCp[4 * v + 1], gCp[4 * v + 2], gCp[4 * v + 3]);
+    }
+#else
+    float* my = slots + (set * WARPS + w) * 2 * SLOT + padj(lane * K);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        my[k] = gBp[k];
+        my[SLOT + k] = gCp[k];
+    }
+#endif
+}
+
+// After a barrier: the block sums its warps' partials in slot set `set` and adds them to the gB / gC rows of
+// this state at the block's first step (gBrow, gCrow) — one atomic per (t, n) and block, 16-byte ones on sm_90
+// where L % 4 == 0. 4-byte slots: thread tid takes steps tid + i·32·WARPS, padded index padj(tid) + i·33·WARPS.
+template <bool FULLV>
+__device__ __forceinline__ void slot_reduce(const BArgs& g, const float* __restrict__ slots, int set, long long tb,
+                                            float* gBrow, float* gCrow) {
+    const int tid = threadIdx.x;
+    const long long L = g.L;
+#if V4
+    const float4* base = reinterpret_cast<const float4*>(slots + set * WARPS * 2 * SLOT);
+#pragma unroll
+    for (int i = 0; i < K / (2 * WARPS); ++i) {
+        const int j = tid + i * 32 * WARPS;  // chunk j of the gB (q 0) then gC (q 1) rows
+        const int q = j / (BLK / 4), c = j - q * (BLK / 4);
+        const int pc = c ^ ((c >> 3) & 7);
+        float4 s = base[q * (SLOT / 4) + pc];
+#pragma unroll
+        for (int ww = 1; ww < WARPS; ++ww) {
+            const float4 o = base[(ww * 2 + q) * (SLOT / 4) + pc];
+            s.x += o.x; s.y += o.y; s.z += o.z; s.w += o.w;
+        }
+        float* dst = (q ? gCrow : gBrow) + 4 * c;
+#if ATOM16
+        if (FULLV && (L & 3) == 0) {  // 16-byte atomics are sm_90's (4-byte ones below elsewhere)
+            asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};"
+                         :: "l"(dst), "f"(s.x), "f"(s.y), "f"(s.z), "f"(s.w) : "memory");
+        } else
+#endif
+        {
+            const float sv[4] = {s.x, s.y, s.z, s.w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                if (tb + 4 * c + e < L) atomicAdd(dst + e, sv[e]);
+        }
+    }
+#else
+    const float* rd = slots + set * WARPS * 2 * SLOT + padj(tid);
+    float* gBo = gBrow + tid;
+    float* gCo = gCrow + tid;
+#pragma unroll
+    for (int i = 0; i < BLK / (32 * WARPS); ++i) {
+        float sb = 0.f, sc = 0.f;
+#pragma unroll
+        for (int ww = 0; ww < WARPS; ++ww) {
+            sb += rd[ww * 2 * SLOT + i * 33 * WARPS];
+            sc += rd[(ww * 2 + 1) * SLOT + i * 33 * WARPS];
+        }
+        if (FULLV || tb + tid + i * 32 * WARPS < L) {
+            atomicAdd(gBo + i * 32 * WARPS, sb);
+            atomicAdd(gCo + i * 32 * WARPS, sc);
+        }
+    }
+#endif
 }
 
 // One block of 32·K steps (tb: its first step). FULLV: every step in range and 16-byte accesses.
@@ -228,81 +309,23 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
                 }
                 bwd_state(m, lane, g.N, bq1, cq1, a2, hblk, Gc, dlt, dlu, gyv, sdt, S1, S2, sA, gBp, gCp);
             }
-#if V4
-            // 16-byte slots: chunk c (steps 4c..4c+3) at chunk position c ^ ((c >> 3) & 7), so that the 8
-            // lanes of each quarter-warp phase hit distinct bank groups, writing (lane l: chunks l·K/4 + v)
-            // and reading (thread i: chunk i); one 16-byte atomic per chunk where L % 4 == 0
-            {
-                float4* mine = reinterpret_cast<float4*>(slots + (buf * WARPS + w) * 2 * SLOT);
-#pragma unroll
-                for (int v = 0; v < K / 4; ++v) {
-                    const int c = lane * (K / 4) + v;
-                    const int pc = c ^ ((c >> 3) & 7);
-                    mine[pc] = make_float4(gBp[4 * v], gBp[4 * v + 1], gBp[4 * v + 2], gBp[4 * v + 3]);
-                    mine[SLOT / 4 + pc] = make_float4(gCp[4 * v], gCp[4 * v + 1], gCp[4 * v + 2], gCp[4 * v + 3]);
-                }
-            }
+            slot_write(slots, PAIRBAR ? 2 * buf + half : buf, w, lane, gBp, gCp);
+#if !PAIRBAR
             __syncthreads();
-            {
-                const float4* base = reinterpret_cast<const float4*>(slots + buf * WARPS * 2 * SLOT);
-#pragma unroll
-                for (int i = 0; i < K / (2 * WARPS); ++i) {
-                    const int j = tid + i * 32 * WARPS;  // chunk j of the gB (q 0) then gC (q 1) rows
-                    const int q = j / (BLK / 4), c = j - q * (BLK / 4);
-                    const int pc = c ^ ((c >> 3) & 7);
-                    float4 s = base[q * (SLOT / 4) + pc];
-#pragma unroll
-                    for (int ww = 1; ww < WARPS; ++ww) {
-                        const float4 o = base[(ww * 2 + q) * (SLOT / 4) + pc];
-                        s.x += o.x; s.y += o.y; s.z += o.z; s.w += o.w;
-                    }
-                    float* dst = (q ? gCrow : gBrow) + 4 * c;
-#if ATOM16
-                    if (FULLV && (L & 3) == 0) {  // 16-byte atomics are sm_90's (4-byte ones below elsewhere)
-                        asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};"
-                                     :: "l"(dst), "f"(s.x), "f"(s.y), "f"(s.z), "f"(s.w) : "memory");
-                    } else
-#endif
-                    {
-                        const float sv[4] = {s.x, s.y, s.z, s.w};
-#pragma unroll
-                        for (int e = 0; e < 4; ++e)
-                            if (tb + 4 * c + e < L) atomicAdd(dst + e, sv[e]);
-                    }
-                }
-            }
-#else
-            // this warp's gB_m / gC_m partials into its slot (a lane's K steps never cross a pad word: K is
-            // a power of two <= 32), then the block sums its warps' slots: thread tid takes steps
-            // tid + i·32·WARPS, whose padded index is padj(tid) + i·33·WARPS
-            float* my = slots + (buf * WARPS + w) * 2 * SLOT + padj(lane * K);
-#pragma unroll
-            for (int k = 0; k < K; ++k) {
-                my[k] = gBp[k];
-                my[SLOT + k] = gCp[k];
-            }
-            __syncthreads();
-            const float* rd = slots + buf * WARPS * 2 * SLOT + padj(tid);
-            float* gBo = gBrow + tid;
-            float* gCo = gCrow + tid;
-#pragma unroll
-            for (int i = 0; i < BLK / (32 * WARPS); ++i) {
-                float sb = 0.f, sc = 0.f;
-#pragma unroll
-                for (int ww = 0; ww < WARPS; ++ww) {
-                    sb += rd[ww * 2 * SLOT + i * 33 * WARPS];
-                    sc += rd[(ww * 2 + 1) * SLOT + i * 33 * WARPS];
-                }
-                if (FULLV || tb + tid + i * 32 * WARPS < L) {
-                    atomicAdd(gBo + i * 32 * WARPS, sb);
-                    atomicAdd(gCo + i * 32 * WARPS, sc);
-                }
-            }
-#endif
+            slot_reduce<FULLV>(g, slots, buf, tb, gBrow, gCrow);
             gBrow += L;
             gCrow += L;
             buf ^= 1;
+#endif
         }
+#if PAIRBAR  // one barrier for both states of the pair: four slot sets, the pair's two read after it
+        __syncthreads();
+        slot_reduce<FULLV>(g, slots, 2 * buf, tb, gBrow, gCrow);
+        if (has1) slot_reduce<FULLV>(g, slots, 2 * buf + 1, tb, gBrow + L, gCrow + L);
+        gBrow += 2 * L;
+        gCrow += 2 * L;
+        buf ^= 1;
+#endif
     }
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
@@ -342,8 +365,8 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const long long b = blockIdx.y;
     const int d0 = (blockIdx.x * WARPS + w) * ROWS;
-    float* slots = smem;  // [2 buffers][WARPS][gB, gC][SLOT]
-    float* sA = smem + 2 * WARPS * 2 * SLOT + w * ROWS * g.N * 32;  // this warp's gA partials [ROWS][N][32]
+    float* slots = smem;  // [NSETS slot sets][WARPS][gB, gC][SLOT]
+    float* sA = smem + NSETS * WARPS * 2 * SLOT + w * ROWS * g.N * 32;  // this warp's gA partials [ROWS][N][32]
     for (int i = lane; i < ROWS * g.N * 32; i += 32) sA[i] = 0.f;
     float a2[ROWS], Gc[ROWS], dskip[ROWS], dbias[ROWS], gDl[ROWS], gbl[ROWS];
     bool ok[ROWS];
@@ -385,13 +408,13 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
 
 
 @functools.lru_cache(maxsize=256)  # one str object per specialisation: the module cache's key hashes once
-def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, v4: bool = False, minb: int = 1, *,
-           has_d: bool, has_z: bool, has_bias: bool, softplus: bool, vec: bool = True, atom16: bool = True) -> str:
+def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, v4: bool = False, minb: int = 1,
+           pairbar: bool = False, *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool, vec: bool = True, atom16: bool = True) -> str:
     """The backward's source for one specialisation (the compile-time constants as #defines).
     ``atom16``: the target has 16-byte atomics (sm_90 and newer; NVRTC refuses them below). Chosen from
     the device in Python: testing ``__CUDA_ARCH__`` in the source instead compiled to 255 registers and a
     15 % slower kernel under the H200's NVRTC 13.0 (249 with 12.9; kernels/NOTES.md v12)."""
-    defs = dict(TU=_cuda._CODES[tu], TBC=_cuda._CODES[tbc], K=K, ROWS=rows, WARPS=warps, V4=int(v4), MINB=minb,
+    defs = dict(TU=_cuda._CODES[tu], TBC=_cuda._CODES[tbc], K=K, ROWS=rows, WARPS=warps, V4=int(v4), MINB=minb, PAIRBAR=int(pairbar),
                 ATOM16=int(atom16),
                 HAS_D=int(has_d), HAS_Z=int(has_z), HAS_BIAS=int(has_bias),
                 SOFTPLUS=int(softplus), VEC=int(vec))
@@ -408,19 +431,20 @@ def enabled() -> bool:
     return os.environ.get("EVALKIT_SCAN_CUDA_BWD", "1") != "0"
 
 
-_DEFAULTS = (None, None, None, False, 1)
+_DEFAULTS = (None, None, None, False, 1, False)
 
 
-def _full(config: tuple | None) -> tuple[int, int, int, bool, int]:
-    """A config with its options filled in: (K, ROWS, WARPS, V4, MINB). V4: 16-byte shared-memory slots and
-    atomics; MINB asks the compiler for MINB resident blocks per SM (a register cap; 1: none; every cap tried was
-    slower: kernels/NOTES.md v14)."""
+def _full(config: tuple | None) -> tuple[int, int, int, bool, int, bool]:
+    """A config with its options filled in: (K, ROWS, WARPS, V4, MINB, PAIRBAR). V4: 16-byte shared-memory slots
+    and atomics; MINB asks the compiler for MINB resident blocks per SM (a register cap; 1: none; every cap tried
+    was slower: kernels/NOTES.md v14); PAIRBAR: one block barrier per two states (four slot sets) instead of one
+    per state."""
     c = tuple(config or BWD_CONFIG)
     return c + _DEFAULTS[len(c):]
 
 
-def _shared_bytes(K: int, rows: int, warps: int, N: int) -> int:
-    return 4 * (2 * warps * 2 * (32 * K + K) + warps * rows * N * 32)
+def _shared_bytes(K: int, rows: int, warps: int, N: int, pairbar: bool = False) -> int:
+    return 4 * ((4 if pairbar else 2) * warps * 2 * (32 * K + K) + warps * rows * N * 32)
 
 
 class _BArgs(ctypes.Structure):  # the kernel's ``struct BArgs``, passed by value
@@ -435,10 +459,10 @@ def _src_for(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config) -> 
     """The source for these inputs and whether it takes 16-byte accesses: every row of u, delta, z, the
     pre-gate y, B and C 16-byte aligned (the output gradient is made so where it is not; the gradient
     buffers are fresh)."""
-    K, rows, warps, v4, minb = _full(config)
+    K, rows, warps, v4, minb, pairbar = _full(config)
     vec = _cuda._vec_ok(u.element_size(), u, delta, z, ypre) and _cuda._vec_ok(B.element_size(), B, C)
     atom16 = torch.cuda.get_device_capability(u.device) >= (9, 0)
-    return source(u.dtype, B.dtype, K, rows, warps, v4, minb, has_d=D is not None, has_z=z is not None,
+    return source(u.dtype, B.dtype, K, rows, warps, v4, minb, pairbar, has_d=D is not None, has_z=z is not None,
                   has_bias=delta_bias is not None, softplus=delta_softplus, vec=vec, atom16=atom16), vec
 
 
@@ -462,7 +486,7 @@ def selective_scan_bwd_cuda(
     ``cuda.available`` takes them."""
     from evalkit.kernels.selective_scan.triton_bwd import _grad_buffers, _grads_out
 
-    K, rows, warps = _full(config)[:3]
+    K, rows, warps, _, _, pairbar = _full(config)
     batch, Dm, L = u.shape
     N = A.shape[1]
     nch = -(-L // (32 * K))
@@ -493,5 +517,5 @@ def selective_scan_bwd_cuda(
     args = _BArgs(*ptrs, Dm, N, L, nch, *strides)
     grid = (-(-Dm // (rows * warps)), batch, 1)
     with torch.cuda.device(u.device):
-        f(grid, 32 * warps, args, torch.cuda.current_stream(u.device), shared=_shared_bytes(K, rows, warps, N))
+        f(grid, 32 * warps, args, torch.cuda.current_stream(u.device), shared=_shared_bytes(K, rows, warps, N, pairbar))
     return _grads_out(bufs, A, B, C, D, delta_bias, initial_state)
