@@ -203,16 +203,15 @@ def test_training_forward_stores_time2s_states(case, dtype, monkeypatch):
 # ---------------------------------------------------------------------------------------------------
 # the CUDA backward (cuda_bwd.py): the CUDA training forward storing every 32·K steps, then the backward
 
-# the default, other shapes, and the options (cuda_bwd._full): a register cap, one barrier per two states
+# the default, other shapes, and the options (cuda_bwd._full): a register cap, 1 / 2 / 4 states per barrier
 BWD_CONFIGS = list(dict.fromkeys([cuda_bwd.BWD_CONFIG, (16, 1, 4), (16, 1, 8, True), (8, 1, 2), (16, 2, 2),
-                                  (8, 2, 4, False), (8, 2, 4, True, 3), (8, 2, 4, True, 1, True),
-                                  (8, 2, 4, False, 1, True)]))
+                                  (8, 2, 4, False), (8, 2, 4, True, 3), (8, 2, 4, True, 1, 1), (8, 2, 4, True, 1, 2),
+                                  (8, 2, 4, False, 1, 2), (8, 2, 4, True, 1, 4), (16, 1, 4, False, 1, 4)]))
 
 
 def _cfg_id(c: tuple) -> str:
-    K, R, W, v4, minb, pairbar = cuda_bwd._full(c)
-    return (f"K{K}-R{R}-W{W}" + ("-v4" if v4 else "") + (f"-minb{minb}" if minb > 1 else "")
-            + ("-pairbar" if pairbar else ""))
+    K, R, W, v4, minb, spb = cuda_bwd._full(c)
+    return f"K{K}-R{R}-W{W}" + ("-v4" if v4 else "") + (f"-minb{minb}" if minb > 1 else "") + f"-spb{spb}"
 
 
 def _bwd_pair(t, cfg, h0, gy, gT, softplus=True):
@@ -252,10 +251,10 @@ def test_cuda_backward_matches_reference(case, dtype, cfg):
 
 @gpu
 @pytest.mark.parametrize("cfg", BWD_CONFIGS, ids=_cfg_id)
-@pytest.mark.parametrize("n", [1, 5, 3])
+@pytest.mark.parametrize("n", [1, 5, 3, 6])
 def test_cuda_backward_odd_state_counts(cfg, n):
-    """The state loop runs in pairs (the second state's B / C prefetched during the first; with PAIRBAR one
-    barrier per pair): an odd N leaves a last pair of one."""
+    """The state loop runs in pairs (the second state's B / C prefetched during the first) with a block barrier
+    every SPB states: N not a multiple of either leaves a short last group."""
     t = _inputs(2, 11, 777, n, torch.float32, seed=40 + n)
     f = {k: v.float().requires_grad_(True) for k, v in t.items()}
     yr, hr = selective_scan_ref(**f, return_final_state=True)
@@ -396,7 +395,7 @@ def test_sources_compile_for_each_architecture(arch):
             for store_tb in (0, cuda_bwd.store_tb()):
                 ss_cuda.compile_source(ss_cuda.source(dtype, dtype, K, rows, warps, unroll, two_pass, prefetch,
                                                       has_h0=True, vec=vec, store_tb=store_tb, **flags), arch)
-            for v4, pairbar in ((True, False), (False, False), (True, True), (False, True)):
-                ss_cuda.compile_source(cuda_bwd.source(dtype, dtype, *cuda_bwd.BWD_CONFIG[:3], v4, 1, pairbar, vec=vec,
+            for v4, spb in ((True, 1), (False, 1), (True, 2), (False, 4)):
+                ss_cuda.compile_source(cuda_bwd.source(dtype, dtype, *cuda_bwd.BWD_CONFIG[:3], v4, 1, spb, vec=vec,
                                                        atom16=int(arch) >= 90,
                                                        **flags), arch)
