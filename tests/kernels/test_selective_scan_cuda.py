@@ -41,8 +41,8 @@ def test_not_available_off_gpu_or_out_of_range(monkeypatch):
 
 
 def test_source_specialises_by_defines():
-    src = ss_cuda.source(torch.bfloat16, torch.float32, 16, 2, 4, 1, True, False, has_d=True, has_z=False, has_bias=True,
-                         softplus=True, has_h0=False, vec=False)
+    src = ss_cuda.source(torch.bfloat16, torch.float32, 16, 2, 4, 1, True, False, has_d=True, has_z=False,
+                         has_bias=True, softplus=True, has_h0=False, vec=False)
     head = src.split("typedef", 1)[0]
     for line in ("#define TU bf16_t", "#define TBC float", "#define K 16", "#define ROWS 2", "#define WARPS 4",
                  "#define HAS_Z 0", "#define VEC 0", "#define TWO_PASS 1",
@@ -203,15 +203,18 @@ def test_training_forward_stores_time2s_states(case, dtype, monkeypatch):
 # ---------------------------------------------------------------------------------------------------
 # the CUDA backward (cuda_bwd.py): the CUDA training forward storing every 32·K steps, then the backward
 
-# the default, other shapes, and the options (cuda_bwd._full): a register cap, 1 / 2 / 4 states per barrier
+# the default, other shapes, and the options (cuda_bwd._full): a register cap, one barrier per two states, with
+# the reductions deferred
 BWD_CONFIGS = list(dict.fromkeys([cuda_bwd.BWD_CONFIG, (16, 1, 4), (16, 1, 8, True), (8, 1, 2), (16, 2, 2),
-                                  (8, 2, 4, False), (8, 2, 4, True, 3), (8, 2, 4, True, 1, 1), (8, 2, 4, True, 1, 2),
-                                  (8, 2, 4, False, 1, 2), (8, 2, 4, True, 1, 4), (16, 1, 4, False, 1, 4)]))
+                                  (8, 2, 4, False), (8, 2, 4, True, 3), (8, 2, 4, True, 1, True),
+                                  (8, 2, 4, False, 1, True), (8, 2, 4, True, 1, True, True),
+                                  (16, 1, 4, False, 1, True, True), (8, 2, 4, True, 1, False)]))
 
 
 def _cfg_id(c: tuple) -> str:
-    K, R, W, v4, minb, spb = cuda_bwd._full(c)
-    return f"K{K}-R{R}-W{W}" + ("-v4" if v4 else "") + (f"-minb{minb}" if minb > 1 else "") + f"-spb{spb}"
+    K, R, W, v4, minb, pairbar, defer = cuda_bwd._full(c)
+    return (f"K{K}-R{R}-W{W}" + ("-v4" if v4 else "") + (f"-minb{minb}" if minb > 1 else "")
+            + ("-pairbar" if pairbar else "") + ("-defer" if defer else ""))
 
 
 def _bwd_pair(t, cfg, h0, gy, gT, softplus=True):
@@ -253,8 +256,8 @@ def test_cuda_backward_matches_reference(case, dtype, cfg):
 @pytest.mark.parametrize("cfg", BWD_CONFIGS, ids=_cfg_id)
 @pytest.mark.parametrize("n", [1, 5, 3, 6])
 def test_cuda_backward_odd_state_counts(cfg, n):
-    """The state loop runs in pairs (the second state's B / C prefetched during the first) with a block barrier
-    every SPB states: N not a multiple of either leaves a short last group."""
+    """The state loop runs in pairs (the second state's B / C prefetched during the first; with PAIRBAR one
+    barrier per pair): an odd N leaves a last pair of one."""
     t = _inputs(2, 11, 777, n, torch.float32, seed=40 + n)
     f = {k: v.float().requires_grad_(True) for k, v in t.items()}
     yr, hr = selective_scan_ref(**f, return_final_state=True)
@@ -395,7 +398,9 @@ def test_sources_compile_for_each_architecture(arch):
             for store_tb in (0, cuda_bwd.store_tb()):
                 ss_cuda.compile_source(ss_cuda.source(dtype, dtype, K, rows, warps, unroll, two_pass, prefetch,
                                                       has_h0=True, vec=vec, store_tb=store_tb, **flags), arch)
-            for v4, spb in ((True, 1), (False, 1), (True, 2), (False, 4)):
-                ss_cuda.compile_source(cuda_bwd.source(dtype, dtype, *cuda_bwd.BWD_CONFIG[:3], v4, 1, spb, vec=vec,
+            for v4, pairbar, defer in ((True, False, False), (False, False, False), (True, True, False),
+                                       (False, True, True)):
+                ss_cuda.compile_source(cuda_bwd.source(dtype, dtype, *cuda_bwd.BWD_CONFIG[:3], v4, 1, pairbar, defer,
+                                                       vec=vec,
                                                        atom16=int(arch) >= 90,
                                                        **flags), arch)

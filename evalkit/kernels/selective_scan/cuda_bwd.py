@@ -49,8 +49,8 @@ SOURCE = _cuda.HELPERS + r"""
 #define LN2 0.6931471805599453f
 constexpr int BLK = 32 * K;
 constexpr int SLOT = BLK + K;  // one partial row of a block, one pad word per 32 (bank conflicts)
-constexpr int NSETS = 2 * SPB;  // slot sets: SPB states between barriers, double-buffered
-static_assert(SPB == 1 || SPB == 2 || SPB == 4, "states per barrier: 1, 2 or 4");
+constexpr int NSETS = PAIRBAR ? 4 : 2;  // slot sets: double-buffered states, or pairs of states
+static_assert(!DEFER || PAIRBAR, "DEFER reduces a pair after the next pair's first state");
 static_assert((K & (K - 1)) == 0 && K <= 32 && BLK % (32 * WARPS) == 0, "K a power of two, 32·WARPS divides 32·K");
 static_assert(!V4 || K % (2 * WARPS) == 0, "16-byte slots: each thread reduces whole chunks");
 
@@ -166,10 +166,8 @@ __device__ __forceinline__ void slot_write(float* __restrict__ slots, int set, i
 // this state at the block's first step (gBrow, gCrow) — one atomic per (t, n) and block, 16-byte ones on sm_90
 // where L % 4 == 0. 4-byte slots: thread tid takes steps tid + i·32·WARPS, padded index padj(tid) + i·33·WARPS.
 template <bool FULLV>
-__device__ __forceinline__ void slot_reduce(const BArgs& g, const float* __restrict__ slots, int set, long long tb,
-                                            float* gBrow, float* gCrow) {
-    const int tid = threadIdx.x;
-    const long long L = g.L;
+__device__ __forceinline__ void slot_reduce(const float* __restrict__ slots, int set, int tid, long long tb,
+                                            long long L, float* gBrow, float* gCrow) {
 #if V4
     const float4* base = reinterpret_cast<const float4*>(slots + set * WARPS * 2 * SLOT);
 #pragma unroll
@@ -279,12 +277,14 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
             S2[r][k] = 0.f;
         }
     }
+    const int tid = threadIdx.x;
     // running pointers, advanced once per state (cheaper than rebuilding 64-bit addresses from n in the loop):
     // the next state's B / C rows (the prefetch), and this state's gB / gC rows at this block's first step
     const TBC* Bx = Bb + g.sbn;
     const TBC* Cx = Cb + g.scn;
     float* gBrow = g.gB + b * g.N * L + tb;
     float* gCrow = g.gC + b * g.N * L + tb;
+    float *pendB = gBrow, *pendC = gCrow;  // DEFER: the gB / gC rows of the pair whose reduction is pending
     for (int n = 0; n < g.N; n += 2) {
         float gBp[K], gCp[K];
         const bool has1 = n + 1 < g.N;
@@ -309,30 +309,39 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
                 }
                 bwd_state(m, lane, g.N, bq1, cq1, a2, hblk, Gc, dlt, dlu, gyv, sdt, S1, S2, sA, gBp, gCp);
             }
-            // SPB states' partials between block barriers: slot set buf·SPB + m % SPB
-            slot_write(slots, SPB == 1 ? buf : buf * SPB + ((n & (SPB - 1)) | half), w, lane, gBp, gCp);
-#if SPB == 1
+            slot_write(slots, PAIRBAR ? 2 * buf + half : buf, w, lane, gBp, gCp);
+#if PAIRBAR && DEFER
+            if (half == 0 && n > 0) {  // the previous pair (two states), reduced after this pair's first state
+                slot_reduce<FULLV>(slots, 2 * (buf ^ 1), tid, tb, L, pendB, pendC);
+                slot_reduce<FULLV>(slots, 2 * (buf ^ 1) + 1, tid, tb, L, pendB + L, pendC + L);
+            }
+#endif
+#if !PAIRBAR
             __syncthreads();
-            slot_reduce<FULLV>(g, slots, buf, tb, gBrow, gCrow);
+            slot_reduce<FULLV>(slots, buf, tid, tb, L, gBrow, gCrow);
             gBrow += L;
             gCrow += L;
             buf ^= 1;
 #endif
         }
-#if SPB > 1
-        // after the group's last pair (or the last of all N): one barrier, then the block reduces each state
-        const int cnt = (n & (SPB - 1)) + (has1 ? 2 : 1);
-        if (cnt == SPB || n + 2 >= g.N) {
-            __syncthreads();
-#pragma unroll
-            for (int i = 0; i < SPB; ++i)
-                if (i < cnt) slot_reduce<FULLV>(g, slots, buf * SPB + i, tb, gBrow + i * L, gCrow + i * L);
-            gBrow += SPB * L;
-            gCrow += SPB * L;
-            buf ^= 1;
-        }
+#if PAIRBAR  // one barrier for both states of the pair: four slot sets, the pair's two read after it
+        __syncthreads();
+#if DEFER
+        pendB = gBrow;
+        pendC = gCrow;
+#else
+        slot_reduce<FULLV>(slots, 2 * buf, tid, tb, L, gBrow, gCrow);
+        if (has1) slot_reduce<FULLV>(slots, 2 * buf + 1, tid, tb, L, gBrow + L, gCrow + L);
+#endif
+        gBrow += 2 * L;
+        gCrow += 2 * L;
+        buf ^= 1;
 #endif
     }
+#if PAIRBAR && DEFER  // the last pair (one state where N is odd)
+    slot_reduce<FULLV>(slots, 2 * (buf ^ 1), tid, tb, L, pendB, pendC);
+    if ((g.N & 1) == 0) slot_reduce<FULLV>(slots, 2 * (buf ^ 1) + 1, tid, tb, L, pendB + L, pendC + L);
+#endif
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         TU uq[K], xq[K];
@@ -415,13 +424,14 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
 
 @functools.lru_cache(maxsize=256)  # one str object per specialisation: the module cache's key hashes once
 def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, v4: bool = False, minb: int = 1,
-           spb: int = 1, *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool, vec: bool = True,
-           atom16: bool = True) -> str:
+           pairbar: bool = False, defer: bool = False, *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool,
+           vec: bool = True, atom16: bool = True) -> str:
     """The backward's source for one specialisation (the compile-time constants as #defines).
     ``atom16``: the target has 16-byte atomics (sm_90 and newer; NVRTC refuses them below). Chosen from
     the device in Python: testing ``__CUDA_ARCH__`` in the source instead compiled to 255 registers and a
     15 % slower kernel under the H200's NVRTC 13.0 (249 with 12.9; kernels/NOTES.md v12)."""
-    defs = dict(TU=_cuda._CODES[tu], TBC=_cuda._CODES[tbc], K=K, ROWS=rows, WARPS=warps, V4=int(v4), MINB=minb, SPB=spb,
+    defs = dict(TU=_cuda._CODES[tu], TBC=_cuda._CODES[tbc], K=K, ROWS=rows, WARPS=warps, V4=int(v4), MINB=minb,
+                PAIRBAR=int(pairbar), DEFER=int(defer),
                 ATOM16=int(atom16),
                 HAS_D=int(has_d), HAS_Z=int(has_z), HAS_BIAS=int(has_bias),
                 SOFTPLUS=int(softplus), VEC=int(vec))
@@ -438,19 +448,21 @@ def enabled() -> bool:
     return os.environ.get("EVALKIT_SCAN_CUDA_BWD", "1") != "0"
 
 
-_DEFAULTS = (None, None, None, False, 1, 1)
+_DEFAULTS = (None, None, None, False, 1, False, False)
 
 
-def _full(config: tuple | None) -> tuple[int, int, int, bool, int, int]:
-    """A config with its options filled in: (K, ROWS, WARPS, V4, MINB, SPB). V4: 16-byte shared-memory slots and
-    atomics; MINB asks the compiler for MINB resident blocks per SM (a register cap; 1: none; every cap tried was
-    slower: kernels/NOTES.md v14); SPB: states per block barrier (1, 2 or 4; 2·SPB slot sets)."""
+def _full(config: tuple | None) -> tuple[int, int, int, bool, int, bool, bool]:
+    """A config with its options filled in: (K, ROWS, WARPS, V4, MINB, PAIRBAR, DEFER). V4: 16-byte shared-memory
+    slots and atomics; MINB asks the compiler for MINB resident blocks per SM (a register cap; 1: none; every cap
+    tried was slower: kernels/NOTES.md v14); PAIRBAR: one block barrier per two states (four slot sets) instead of
+    one per state; DEFER (with PAIRBAR): a pair's reduction runs after the next pair's first state instead of
+    right after the barrier."""
     c = tuple(config or BWD_CONFIG)
     return c + _DEFAULTS[len(c):]
 
 
-def _shared_bytes(K: int, rows: int, warps: int, N: int, spb: int = 1) -> int:
-    return 4 * (2 * spb * warps * 2 * (32 * K + K) + warps * rows * N * 32)
+def _shared_bytes(K: int, rows: int, warps: int, N: int, pairbar: bool = False) -> int:
+    return 4 * ((4 if pairbar else 2) * warps * 2 * (32 * K + K) + warps * rows * N * 32)
 
 
 class _BArgs(ctypes.Structure):  # the kernel's ``struct BArgs``, passed by value
@@ -465,10 +477,10 @@ def _src_for(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config) -> 
     """The source for these inputs and whether it takes 16-byte accesses: every row of u, delta, z, the
     pre-gate y, B and C 16-byte aligned (the output gradient is made so where it is not; the gradient
     buffers are fresh)."""
-    K, rows, warps, v4, minb, spb = _full(config)
+    K, rows, warps, v4, minb, pairbar, defer = _full(config)
     vec = _cuda._vec_ok(u.element_size(), u, delta, z, ypre) and _cuda._vec_ok(B.element_size(), B, C)
     atom16 = torch.cuda.get_device_capability(u.device) >= (9, 0)
-    return source(u.dtype, B.dtype, K, rows, warps, v4, minb, spb, has_d=D is not None, has_z=z is not None,
+    return source(u.dtype, B.dtype, K, rows, warps, v4, minb, pairbar, defer, has_d=D is not None, has_z=z is not None,
                   has_bias=delta_bias is not None, softplus=delta_softplus, vec=vec, atom16=atom16), vec
 
 
@@ -492,7 +504,7 @@ def selective_scan_bwd_cuda(
     ``cuda.available`` takes them."""
     from evalkit.kernels.selective_scan.triton_bwd import _grad_buffers, _grads_out
 
-    K, rows, warps, _, _, spb = _full(config)
+    K, rows, warps, _, _, pairbar, _ = _full(config)
     batch, Dm, L = u.shape
     N = A.shape[1]
     nch = -(-L // (32 * K))
@@ -523,5 +535,6 @@ def selective_scan_bwd_cuda(
     args = _BArgs(*ptrs, Dm, N, L, nch, *strides)
     grid = (-(-Dm // (rows * warps)), batch, 1)
     with torch.cuda.device(u.device):
-        f(grid, 32 * warps, args, torch.cuda.current_stream(u.device), shared=_shared_bytes(K, rows, warps, N, spb))
+        f(grid, 32 * warps, args, torch.cuda.current_stream(u.device),
+          shared=_shared_bytes(K, rows, warps, N, pairbar))
     return _grads_out(bufs, A, B, C, D, delta_bias, initial_state)
