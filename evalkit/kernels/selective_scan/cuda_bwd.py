@@ -40,17 +40,18 @@ import torch
 
 from evalkit.kernels.selective_scan import cuda as _cuda
 
-# (steps per lane K, channels per warp ROWS, warps per block, 16-byte shared-memory slots and atomics):
-# kernels/NOTES.md v11 (results-h200-v11.md run 2: 8.71 ms at 64k, 2.6x the CUDA inference forward;
-# 4-byte slots 9.83 ms, K 16 / ROWS 1 11.2-11.4 ms, 8 warps per block slower at every shape).
-BWD_CONFIG = (8, 2, 4, True)
+# (steps per lane K, channels per warp ROWS, warps per block, 16-byte shared-memory slots and atomics, MINB,
+# PAIRBAR): kernels/NOTES.md v11 (results-h200-v11.md run 2: 8.71 ms at 64k; 4-byte slots 9.83 ms, K 16 / ROWS 1
+# 11.2-11.4 ms, 8 warps per block slower at every shape) and v14 (results-h200-v14.md runs 3-5: one barrier per
+# two states 8.13 ms against 8.39 with one per state, 3.02x the 2.70 ms serial inference forward; register caps,
+# fp32 B / C copies, window-sum scans, deferred reductions and 4 states per barrier all slower).
+BWD_CONFIG = (8, 2, 4, True, 1, True)
 
 SOURCE = _cuda.HELPERS + r"""
 #define LN2 0.6931471805599453f
 constexpr int BLK = 32 * K;
 constexpr int SLOT = BLK + K;  // one partial row of a block, one pad word per 32 (bank conflicts)
 constexpr int NSETS = PAIRBAR ? 4 : 2;  // slot sets: double-buffered states, or pairs of states
-static_assert(!DEFER || PAIRBAR, "DEFER reduces a pair after the next pair's first state");
 static_assert((K & (K - 1)) == 0 && K <= 32 && BLK % (32 * WARPS) == 0, "K a power of two, 32·WARPS divides 32·K");
 static_assert(!V4 || K % (2 * WARPS) == 0, "16-byte slots: each thread reduces whole chunks");
 
@@ -284,7 +285,6 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
     const TBC* Cx = Cb + g.scn;
     float* gBrow = g.gB + b * g.N * L + tb;
     float* gCrow = g.gC + b * g.N * L + tb;
-    float *pendB = gBrow, *pendC = gCrow;  // DEFER: the gB / gC rows of the pair whose reduction is pending
     for (int n = 0; n < g.N; n += 2) {
         float gBp[K], gCp[K];
         const bool has1 = n + 1 < g.N;
@@ -310,12 +310,6 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
                 bwd_state(m, lane, g.N, bq1, cq1, a2, hblk, Gc, dlt, dlu, gyv, sdt, S1, S2, sA, gBp, gCp);
             }
             slot_write(slots, PAIRBAR ? 2 * buf + half : buf, w, lane, gBp, gCp);
-#if PAIRBAR && DEFER
-            if (half == 0 && n > 0) {  // the previous pair (two states), reduced after this pair's first state
-                slot_reduce<FULLV>(slots, 2 * (buf ^ 1), tid, tb, L, pendB, pendC);
-                slot_reduce<FULLV>(slots, 2 * (buf ^ 1) + 1, tid, tb, L, pendB + L, pendC + L);
-            }
-#endif
 #if !PAIRBAR
             __syncthreads();
             slot_reduce<FULLV>(slots, buf, tid, tb, L, gBrow, gCrow);
@@ -326,22 +320,13 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
         }
 #if PAIRBAR  // one barrier for both states of the pair: four slot sets, the pair's two read after it
         __syncthreads();
-#if DEFER
-        pendB = gBrow;
-        pendC = gCrow;
-#else
         slot_reduce<FULLV>(slots, 2 * buf, tid, tb, L, gBrow, gCrow);
         if (has1) slot_reduce<FULLV>(slots, 2 * buf + 1, tid, tb, L, gBrow + L, gCrow + L);
-#endif
         gBrow += 2 * L;
         gCrow += 2 * L;
         buf ^= 1;
 #endif
     }
-#if PAIRBAR && DEFER  // the last pair (one state where N is odd)
-    slot_reduce<FULLV>(slots, 2 * (buf ^ 1), tid, tb, L, pendB, pendC);
-    if ((g.N & 1) == 0) slot_reduce<FULLV>(slots, 2 * (buf ^ 1) + 1, tid, tb, L, pendB + L, pendC + L);
-#endif
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         TU uq[K], xq[K];
@@ -424,14 +409,14 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
 
 @functools.lru_cache(maxsize=256)  # one str object per specialisation: the module cache's key hashes once
 def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, v4: bool = False, minb: int = 1,
-           pairbar: bool = False, defer: bool = False, *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool,
-           vec: bool = True, atom16: bool = True) -> str:
+           pairbar: bool = False, *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool, vec: bool = True,
+           atom16: bool = True) -> str:
     """The backward's source for one specialisation (the compile-time constants as #defines).
     ``atom16``: the target has 16-byte atomics (sm_90 and newer; NVRTC refuses them below). Chosen from
     the device in Python: testing ``__CUDA_ARCH__`` in the source instead compiled to 255 registers and a
     15 % slower kernel under the H200's NVRTC 13.0 (249 with 12.9; kernels/NOTES.md v12)."""
     defs = dict(TU=_cuda._CODES[tu], TBC=_cuda._CODES[tbc], K=K, ROWS=rows, WARPS=warps, V4=int(v4), MINB=minb,
-                PAIRBAR=int(pairbar), DEFER=int(defer),
+                PAIRBAR=int(pairbar),
                 ATOM16=int(atom16),
                 HAS_D=int(has_d), HAS_Z=int(has_z), HAS_BIAS=int(has_bias),
                 SOFTPLUS=int(softplus), VEC=int(vec))
@@ -448,15 +433,14 @@ def enabled() -> bool:
     return os.environ.get("EVALKIT_SCAN_CUDA_BWD", "1") != "0"
 
 
-_DEFAULTS = (None, None, None, False, 1, False, False)
+_DEFAULTS = (None, None, None, False, 1, False)
 
 
-def _full(config: tuple | None) -> tuple[int, int, int, bool, int, bool, bool]:
-    """A config with its options filled in: (K, ROWS, WARPS, V4, MINB, PAIRBAR, DEFER). V4: 16-byte shared-memory
-    slots and atomics; MINB asks the compiler for MINB resident blocks per SM (a register cap; 1: none; every cap
-    tried was slower: kernels/NOTES.md v14); PAIRBAR: one block barrier per two states (four slot sets) instead of
-    one per state; DEFER (with PAIRBAR): a pair's reduction runs after the next pair's first state instead of
-    right after the barrier."""
+def _full(config: tuple | None) -> tuple[int, int, int, bool, int, bool]:
+    """A config with its options filled in: (K, ROWS, WARPS, V4, MINB, PAIRBAR). V4: 16-byte shared-memory slots
+    and atomics; MINB asks the compiler for MINB resident blocks per SM (a register cap; 1: none; every cap tried
+    was slower: kernels/NOTES.md v14); PAIRBAR: one block barrier per two states (four slot sets) instead of one
+    per state."""
     c = tuple(config or BWD_CONFIG)
     return c + _DEFAULTS[len(c):]
 
@@ -477,10 +461,10 @@ def _src_for(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config) -> 
     """The source for these inputs and whether it takes 16-byte accesses: every row of u, delta, z, the
     pre-gate y, B and C 16-byte aligned (the output gradient is made so where it is not; the gradient
     buffers are fresh)."""
-    K, rows, warps, v4, minb, pairbar, defer = _full(config)
+    K, rows, warps, v4, minb, pairbar = _full(config)
     vec = _cuda._vec_ok(u.element_size(), u, delta, z, ypre) and _cuda._vec_ok(B.element_size(), B, C)
     atom16 = torch.cuda.get_device_capability(u.device) >= (9, 0)
-    return source(u.dtype, B.dtype, K, rows, warps, v4, minb, pairbar, defer, has_d=D is not None, has_z=z is not None,
+    return source(u.dtype, B.dtype, K, rows, warps, v4, minb, pairbar, has_d=D is not None, has_z=z is not None,
                   has_bias=delta_bias is not None, softplus=delta_softplus, vec=vec, atom16=atom16), vec
 
 
@@ -504,7 +488,7 @@ def selective_scan_bwd_cuda(
     ``cuda.available`` takes them."""
     from evalkit.kernels.selective_scan.triton_bwd import _grad_buffers, _grads_out
 
-    K, rows, warps, _, _, pairbar, _ = _full(config)
+    K, rows, warps, _, _, pairbar = _full(config)
     batch, Dm, L = u.shape
     N = A.shape[1]
     nch = -(-L // (32 * K))
