@@ -205,7 +205,12 @@ class ForkServer:
         import sys
 
         self._json = json
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        # CUDA_VISIBLE_DEVICES="": the victims fork from a warm server, and CUDA does not survive a fork once the
+        # parent has touched it (nor autograd's device threads, which its first backward starts on a CUDA build
+        # with a GPU): on the GPU machine every forked training child failed (kernels/NOTES.md v14). The crash
+        # and concurrency properties under test do not depend on the device; the victims run on the CPU.
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+               "CUDA_VISIBLE_DEVICES": ""}
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("victim.py")), json.dumps(list(warm_argv))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=cwd, env=env, text=True, bufsize=1)
