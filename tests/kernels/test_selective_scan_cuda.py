@@ -255,7 +255,7 @@ def test_cuda_backward_matches_reference(case, dtype, cfg):
 @pytest.mark.parametrize("n", [1, 5, 3, 6])
 def test_cuda_backward_odd_state_counts(cfg, n):
     """The state loop runs in pairs (the second state's B / C prefetched during the first; with PAIRBAR one
-    barrier per pair): an odd N leaves a last pair of one."""
+    barrier per pair): an odd N leaves a last pair of one; N 6 ends on a full pair."""
     t = _inputs(2, 11, 777, n, torch.float32, seed=40 + n)
     f = {k: v.float().requires_grad_(True) for k, v in t.items()}
     yr, hr = selective_scan_ref(**f, return_final_state=True)

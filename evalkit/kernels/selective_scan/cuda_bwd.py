@@ -18,8 +18,10 @@ state index n in turn (a runtime loop, so the registers hold one state's values 
 2. the lane reruns both recurrences from those true values (two passes instead of a fix-up: fewer
    registers) and accumulates Σ_n λ B and Σ_n λ A (h - b) for gu and gΔ in registers, gA's partial
    in shared memory, and its gB_n / gC_n partials (summed over its rows);
-3. the block's warps reduce gB_n and gC_n over their channels in shared memory (double-buffered, one
-   block barrier per state) and add them to fp32 buffers with one atomic per (t, n) and block — so
+3. the block's warps reduce gB_n and gC_n over their channels in shared memory (by default one block
+   barrier per two states, ``PAIRBAR``: four slot sets, both states of a pair reduced after its barrier;
+   else double-buffered, one barrier per state) and add them to fp32 buffers with one atomic per (t, n)
+   and block — so
    a block of ROWS·WARPS channels cuts the atomics by that factor against one per channel. With the
    16-byte option (the default) the slots are written and read as float4 chunks, swizzled so that no
    quarter-warp phase has a bank conflict either way, and added with 16-byte atomics
