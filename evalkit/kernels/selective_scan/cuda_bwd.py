@@ -46,7 +46,7 @@ from evalkit.kernels.selective_scan import cuda as _cuda
 # PAIRBAR): kernels/NOTES.md v11 (results-h200-v11.md run 2: 8.71 ms at 64k; 4-byte slots 9.83 ms, K 16 / ROWS 1
 # 11.2-11.4 ms, 8 warps per block slower at every shape) and v14 (results-h200-v14.md runs 3-5: one barrier per
 # two states 8.13 ms against 8.39 with one per state, 3.02x the 2.70 ms serial inference forward; register caps,
-# fp32 B / C copies, window-sum scans, deferred reductions and 4 states per barrier all slower).
+# fp32 B / C copies, window-sum scans, deferred reductions, 4 states per barrier and interleaved rows all slower).
 BWD_CONFIG = (8, 2, 4, True, 1, True)
 
 SOURCE = _cuda.HELPERS + r"""
@@ -139,107 +139,6 @@ __device__ __forceinline__ void bwd_state(int n, int lane, const int N, const TB
         sA[(r * N + n) * 32 + lane] += gAl;
     }
 }
-
-#if ILP
-// bwd_state with the rows interleaved step by step (each loop over k runs every row's step before the next k),
-// so that the rows' recurrences, scans and accumulations are independent instructions next to each other: the
-// same arithmetic in the same order per value, more registers live at once.
-__device__ __forceinline__ void bwd_state_ilp(int n, int lane, const int N, const TBC (&bq)[K],
-                                              const TBC (&cq)[K], const float (&a2)[ROWS],
-                                              const float (&hblk)[ROWS], float (&Gc)[ROWS],
-                                              const float (&dlt)[ROWS][K], const float (&dlu)[ROWS][K],
-                                              const float (&gyv)[ROWS][K], const float (&sdt)[ROWS],
-                                              float (&S1)[ROWS][K], float (&S2)[ROWS][K], float* __restrict__ sA,
-                                              float (&gBp)[K], float (&gCp)[K]) {
-    const unsigned FULL = 0xffffffffu;
-    float an[ROWS], hc[ROWS], gc[ROWS], hf[ROWS], lam[ROWS], qr[ROWS], pf[ROWS], pr[ROWS], av[ROWS][K];
-#pragma unroll
-    for (int k = 0; k < K; ++k) { gBp[k] = 0.f; gCp[k] = 0.f; }
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-        an[r] = __shfl_sync(FULL, a2[r], n);
-        hc[r] = __shfl_sync(FULL, hblk[r], n);
-        gc[r] = __shfl_sync(FULL, Gc[r], n);
-        hf[r] = 0.f;
-    }
-#pragma unroll
-    for (int k = 0; k < K; ++k) {  // forwards from a zero state
-#pragma unroll
-        for (int r = 0; r < ROWS; ++r) {
-            av[r][k] = ex2(dlt[r][k] * an[r]);
-            hf[r] = fmaf(av[r][k], hf[r], dlu[r][k] * f32_of(bq[k]));
-        }
-    }
-#pragma unroll
-    for (int k = K - 1; k >= 0; --k) {  // backwards from a zero gradient: λ_k = gy C_k + a_k+1 λ_k+1
-#pragma unroll
-        for (int r = 0; r < ROWS; ++r)
-            lam[r] = (k == K - 1) ? gyv[r][k] * f32_of(cq[k]) : fmaf(av[r][k + 1], lam[r], gyv[r][k] * f32_of(cq[k]));
-    }
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-        qr[r] = av[r][0] * lam[r];
-        pf[r] = ex2(sdt[r] * an[r]);
-        pr[r] = pf[r];
-    }
-#pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {  // forward scans up, reverse scans down, all rows interleaved
-#pragma unroll
-        for (int r = 0; r < ROWS; ++r) {
-            const float p2 = __shfl_up_sync(FULL, pf[r], off);
-            const float h2 = __shfl_up_sync(FULL, hf[r], off);
-            const float p3 = __shfl_down_sync(FULL, pr[r], off);
-            const float q3 = __shfl_down_sync(FULL, qr[r], off);
-            if (lane >= off) { hf[r] = fmaf(pf[r], h2, hf[r]); pf[r] *= p2; }
-            if (lane + off < 32) { qr[r] = fmaf(pr[r], q3, qr[r]); pr[r] *= p3; }
-        }
-    }
-    float h[ROWS], hin[ROWS], gAl[ROWS], hv[ROWS][K];
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-        float pe = __shfl_up_sync(FULL, pf[r], 1);
-        float he = __shfl_up_sync(FULL, hf[r], 1);
-        if (lane == 0) { pe = 1.f; he = 0.f; }
-        hin[r] = fmaf(pe, hc[r], he);
-        float pn = __shfl_down_sync(FULL, pr[r], 1);
-        float qn = __shfl_down_sync(FULL, qr[r], 1);
-        if (lane == 31) { pn = 1.f; qn = 0.f; }
-        lam[r] = fmaf(pn, gc[r], qn);  // the incoming gradient gin
-        const float p0 = __shfl_sync(FULL, pr[r], 0);
-        const float q0 = __shfl_sync(FULL, qr[r], 0);
-        if (lane == n) Gc[r] = fmaf(p0, gc[r], q0);
-        h[r] = hin[r];
-        gAl[r] = 0.f;
-    }
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-#pragma unroll
-        for (int r = 0; r < ROWS; ++r) {
-            h[r] = fmaf(av[r][k], h[r], dlu[r][k] * f32_of(bq[k]));
-            hv[r][k] = h[r];
-            gCp[k] = fmaf(gyv[r][k], h[r], gCp[k]);
-        }
-    }
-#pragma unroll
-    for (int k = K - 1; k >= 0; --k) {
-#pragma unroll
-        for (int r = 0; r < ROWS; ++r) {
-            const float gyc = gyv[r][k] * f32_of(cq[k]);
-            lam[r] = (k == K - 1) ? lam[r] + gyc : fmaf(av[r][k + 1], lam[r], gyc);
-            gBp[k] = fmaf(lam[r], dlu[r][k], gBp[k]);
-            S1[r][k] = fmaf(lam[r], f32_of(bq[k]), S1[r][k]);
-            const float tt = lam[r] * (av[r][k] * (k > 0 ? hv[r][k > 0 ? k - 1 : 0] : hin[r]));
-            S2[r][k] = fmaf(an[r], tt, S2[r][k]);
-            gAl[r] = fmaf(dlt[r][k], tt, gAl[r]);
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) sA[(r * N + n) * 32 + lane] += gAl[r];
-}
-#define BWD_STATE bwd_state_ilp
-#else
-#define BWD_STATE bwd_state
-#endif
 
 // This warp's gB_m / gC_m partials (gBp, gCp: its lane's K steps, summed over its rows) into slot set `set`.
 // 16-byte slots: chunk c (steps 4c..4c+3) at chunk position c ^ ((c >> 3) & 7), so that the 8 lanes of each
@@ -402,7 +301,7 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
                     Bx += g.sbn;
                     Cx += g.scn;
                 }
-                BWD_STATE(m, lane, g.N, bq0, cq0, a2, hblk, Gc, dlt, dlu, gyv, sdt, S1, S2, sA, gBp, gCp);
+                bwd_state(m, lane, g.N, bq0, cq0, a2, hblk, Gc, dlt, dlu, gyv, sdt, S1, S2, sA, gBp, gCp);
             } else {
                 if (m + 1 < g.N) {
                     load_raw<FULLV>(Bx, t0, L, bq0);
@@ -410,7 +309,7 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
                     Bx += g.sbn;
                     Cx += g.scn;
                 }
-                BWD_STATE(m, lane, g.N, bq1, cq1, a2, hblk, Gc, dlt, dlu, gyv, sdt, S1, S2, sA, gBp, gCp);
+                bwd_state(m, lane, g.N, bq1, cq1, a2, hblk, Gc, dlt, dlu, gyv, sdt, S1, S2, sA, gBp, gCp);
             }
             slot_write(slots, PAIRBAR ? 2 * buf + half : buf, w, lane, gBp, gCp);
 #if !PAIRBAR
@@ -512,14 +411,14 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
 
 @functools.lru_cache(maxsize=256)  # one str object per specialisation: the module cache's key hashes once
 def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, v4: bool = False, minb: int = 1,
-           pairbar: bool = False, ilp: bool = False, *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool,
-           vec: bool = True, atom16: bool = True) -> str:
+           pairbar: bool = False, *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool, vec: bool = True,
+           atom16: bool = True) -> str:
     """The backward's source for one specialisation (the compile-time constants as #defines).
     ``atom16``: the target has 16-byte atomics (sm_90 and newer; NVRTC refuses them below). Chosen from
     the device in Python: testing ``__CUDA_ARCH__`` in the source instead compiled to 255 registers and a
     15 % slower kernel under the H200's NVRTC 13.0 (249 with 12.9; kernels/NOTES.md v12)."""
     defs = dict(TU=_cuda._CODES[tu], TBC=_cuda._CODES[tbc], K=K, ROWS=rows, WARPS=warps, V4=int(v4), MINB=minb,
-                PAIRBAR=int(pairbar), ILP=int(ilp),
+                PAIRBAR=int(pairbar),
                 ATOM16=int(atom16),
                 HAS_D=int(has_d), HAS_Z=int(has_z), HAS_BIAS=int(has_bias),
                 SOFTPLUS=int(softplus), VEC=int(vec))
@@ -536,14 +435,14 @@ def enabled() -> bool:
     return os.environ.get("EVALKIT_SCAN_CUDA_BWD", "1") != "0"
 
 
-_DEFAULTS = (None, None, None, False, 1, False, False)
+_DEFAULTS = (None, None, None, False, 1, False)
 
 
-def _full(config: tuple | None) -> tuple[int, int, int, bool, int, bool, bool]:
-    """A config with its options filled in: (K, ROWS, WARPS, V4, MINB, PAIRBAR, ILP). V4: 16-byte shared-memory
-    slots and atomics; MINB asks the compiler for MINB resident blocks per SM (a register cap; 1: none; every cap
-    tried was slower: kernels/NOTES.md v14); PAIRBAR: one block barrier per two states (four slot sets) instead of
-    one per state; ILP: the rows of a warp interleaved step by step in each state."""
+def _full(config: tuple | None) -> tuple[int, int, int, bool, int, bool]:
+    """A config with its options filled in: (K, ROWS, WARPS, V4, MINB, PAIRBAR). V4: 16-byte shared-memory slots
+    and atomics; MINB asks the compiler for MINB resident blocks per SM (a register cap; 1: none; every cap tried
+    was slower: kernels/NOTES.md v14); PAIRBAR: one block barrier per two states (four slot sets) instead of one
+    per state."""
     c = tuple(config or BWD_CONFIG)
     return c + _DEFAULTS[len(c):]
 
@@ -564,10 +463,10 @@ def _src_for(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config) -> 
     """The source for these inputs and whether it takes 16-byte accesses: every row of u, delta, z, the
     pre-gate y, B and C 16-byte aligned (the output gradient is made so where it is not; the gradient
     buffers are fresh)."""
-    K, rows, warps, v4, minb, pairbar, ilp = _full(config)
+    K, rows, warps, v4, minb, pairbar = _full(config)
     vec = _cuda._vec_ok(u.element_size(), u, delta, z, ypre) and _cuda._vec_ok(B.element_size(), B, C)
     atom16 = torch.cuda.get_device_capability(u.device) >= (9, 0)
-    return source(u.dtype, B.dtype, K, rows, warps, v4, minb, pairbar, ilp, has_d=D is not None, has_z=z is not None,
+    return source(u.dtype, B.dtype, K, rows, warps, v4, minb, pairbar, has_d=D is not None, has_z=z is not None,
                   has_bias=delta_bias is not None, softplus=delta_softplus, vec=vec, atom16=atom16), vec
 
 
@@ -591,7 +490,7 @@ def selective_scan_bwd_cuda(
     ``cuda.available`` takes them."""
     from evalkit.kernels.selective_scan.triton_bwd import _grad_buffers, _grads_out
 
-    K, rows, warps, _, _, pairbar, _ = _full(config)
+    K, rows, warps, _, _, pairbar = _full(config)
     batch, Dm, L = u.shape
     N = A.shape[1]
     nch = -(-L // (32 * K))
