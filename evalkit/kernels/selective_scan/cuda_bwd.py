@@ -54,8 +54,10 @@ SOURCE = _cuda.HELPERS + r"""
 constexpr int BLK = 32 * K;
 constexpr int SLOT = BLK + K;  // one partial row of a block, one pad word per 32 (bank conflicts)
 constexpr int NSETS = PAIRBAR ? 4 : 2;  // slot sets: double-buffered states, or pairs of states
+constexpr int XS2 = TSCAN ? 2 * 2 * ROWS * 32 : 0;  // float2 per warp of the transposed scans' buffers
 static_assert((K & (K - 1)) == 0 && K <= 32 && BLK % (32 * WARPS) == 0, "K a power of two, 32·WARPS divides 32·K");
 static_assert(!V4 || K % (2 * WARPS) == 0, "16-byte slots: each thread reduces whole chunks");
+static_assert(!TSCAN || (ROWS & (ROWS - 1)) == 0 && ROWS <= 8, "transposed scans: 2·ROWS divides 32");
 
 struct BArgs {
     const TU* u; const TU* dl; const float* A; const TBC* Bm; const TBC* Cm; const float* Dv; const TU* z;
@@ -67,6 +69,142 @@ struct BArgs {
 
 __device__ __forceinline__ int padj(int j) { return j + (j >> 5); }
 
+// The first pass of state n for one row: the decays av (kept for the second pass), the lane's state after its K
+// steps from a zero state (hf) and its contribution to ∂L/∂(state before it) from a zero gradient (qr).
+__device__ __forceinline__ void pass_zero(const float an, const TBC (&bq)[K], const TBC (&cq)[K], const float (&dlt)[K],
+                                          const float (&dlu)[K], const float (&gyv)[K], float (&av)[K], float& hf,
+                                          float& qr) {
+    hf = 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {  // forwards from a zero state
+        av[k] = ex2(dlt[k] * an);
+        hf = fmaf(av[k], hf, dlu[k] * f32_of(bq[k]));
+    }
+    float lam = 0.f;
+#pragma unroll
+    for (int k = K - 1; k >= 0; --k)  // backwards from a zero gradient: λ_k = gy C_k + a_k+1 λ_k+1
+        lam = (k == K - 1) ? gyv[k] * f32_of(cq[k]) : fmaf(av[k + 1], lam, gyv[k] * f32_of(cq[k]));
+    qr = av[0] * lam;
+}
+
+// The second pass for one row, from the true entering state hin and arriving gradient gin: accumulates S1, S2, the
+// gB / gC partials, and returns gA's partial for this state.
+__device__ __forceinline__ float pass_true(const float an, const float hin, const float gin, const TBC (&bq)[K],
+                                           const TBC (&cq)[K], const float (&av)[K], const float (&dlt)[K],
+                                           const float (&dlu)[K], const float (&gyv)[K], float (&S1)[K],
+                                           float (&S2)[K], float (&gBp)[K], float (&gCp)[K]) {
+    float hv[K];
+    float h = hin;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        h = fmaf(av[k], h, dlu[k] * f32_of(bq[k]));  // (the compiler keeps Δu·B from the first pass)
+        hv[k] = h;
+        gCp[k] = fmaf(gyv[k], h, gCp[k]);
+    }
+    float gAl = 0.f;
+    float lam = gin;
+#pragma unroll
+    for (int k = K - 1; k >= 0; --k) {
+        const float gyc = gyv[k] * f32_of(cq[k]);
+        lam = (k == K - 1) ? lam + gyc : fmaf(av[k + 1], lam, gyc);
+        gBp[k] = fmaf(lam, dlu[k], gBp[k]);
+        S1[k] = fmaf(lam, f32_of(bq[k]), S1[k]);
+        const float tt = lam * (av[k] * (k > 0 ? hv[k > 0 ? k - 1 : 0] : hin));  // λ a_t h_t-1 = λ (h - b)
+        S2[k] = fmaf(an, tt, S2[k]);
+        gAl = fmaf(dlt[k], tt, gAl);
+    }
+    return gAl;
+}
+
+#if TSCAN
+// float2 position p (0..31) of one scan in the transposed-scan buffer: 16-byte units swizzled so that the group
+// reads (E = 2·ROWS positions per lane) and the lanes' writes avoid bank conflicts at ROWS 2.
+__device__ __forceinline__ int spos(int p) {
+    int u = p >> 1;
+    u ^= (u >> 3) & 1;
+    return 2 * u + (p & 1);
+}
+
+// The 2·ROWS warp scans of one state (per row: the states forwards, the gradients backwards), transposed: each
+// lane writes its (decay product, value) pair per scan into X — the backward scans in reversed lane order, so that
+// all are prefix scans with one combine, (P, V) then (p, v) = (p·P, p·V + v) — then a group of M = 32 / (2·ROWS)
+// lanes scans each: E = 2·ROWS positions serially per lane and log2(M) shuffle rounds across the group, and writes
+// every position's exclusive prefix back. Two warp barriers, 2·log2(M) + 2 shuffles, instead of 4·ROWS rounds of
+// 5 with 4 shuffles each.
+__device__ __forceinline__ void group_scan(float2* __restrict__ X, int lane) {
+    constexpr int G = 2 * ROWS, M = 32 / G, E = G;
+    const int g = lane / M, i = lane - g * M;
+    float2* mine = X + g * 32;
+    float2 el[E];
+#pragma unroll
+    for (int v = 0; v < E / 2; ++v) {
+        const float4 q = *reinterpret_cast<const float4*>(mine + spos(i * E + 2 * v));
+        el[2 * v] = make_float2(q.x, q.y);
+        el[2 * v + 1] = make_float2(q.z, q.w);
+    }
+    float P = el[0].x, V = el[0].y;
+#pragma unroll
+    for (int e = 1; e < E; ++e) { V = fmaf(el[e].x, V, el[e].y); P *= el[e].x; }
+#pragma unroll
+    for (int off = 1; off < M; off <<= 1) {
+        const float P2 = __shfl_up_sync(0xffffffffu, P, off, M);
+        const float V2 = __shfl_up_sync(0xffffffffu, V, off, M);
+        if (i >= off) { V = fmaf(P, V2, V); P *= P2; }
+    }
+    float Pe = __shfl_up_sync(0xffffffffu, P, 1, M);
+    float Ve = __shfl_up_sync(0xffffffffu, V, 1, M);
+    if (i == 0) { Pe = 1.f; Ve = 0.f; }
+#pragma unroll
+    for (int v = 0; v < E / 2; ++v) {
+        float4 q;
+        q.x = Pe; q.y = Ve;
+        Ve = fmaf(el[2 * v].x, Ve, el[2 * v].y); Pe *= el[2 * v].x;
+        q.z = Pe; q.w = Ve;
+        Ve = fmaf(el[2 * v + 1].x, Ve, el[2 * v + 1].y); Pe *= el[2 * v + 1].x;
+        *reinterpret_cast<float4*>(mine + spos(i * E + 2 * v)) = q;
+    }
+}
+
+// State n of one block for this warp's rows with the transposed scans (TSCAN): every row's first pass, one
+// group_scan for all rows, then every row's second pass. X: this warp's scan buffer for this state's parity.
+__device__ __forceinline__ void bwd_state(int n, int lane, const int N, const TBC (&bq)[K],
+                                          const TBC (&cq)[K], const float (&a2)[ROWS], const float (&hblk)[ROWS],
+                                          float (&Gc)[ROWS], const float (&dlt)[ROWS][K],
+                                          const float (&dlu)[ROWS][K], const float (&gyv)[ROWS][K],
+                                          const float (&sdt)[ROWS], float (&S1)[ROWS][K], float (&S2)[ROWS][K],
+                                          float* __restrict__ sA, float (&gBp)[K], float (&gCp)[K],
+                                          float2* __restrict__ X) {
+    const unsigned FULL = 0xffffffffu;
+#pragma unroll
+    for (int k = 0; k < K; ++k) { gBp[k] = 0.f; gCp[k] = 0.f; }
+    float an[ROWS], av[ROWS][K], pl[ROWS], ql[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        an[r] = __shfl_sync(FULL, a2[r], n);
+        float hf;
+        pass_zero(an[r], bq, cq, dlt[r], dlu[r], gyv[r], av[r], hf, ql[r]);
+        pl[r] = ex2(sdt[r] * an[r]);  // the lane's decay product
+        X[2 * r * 32 + spos(lane)] = make_float2(pl[r], hf);
+        X[(2 * r + 1) * 32 + spos(31 - lane)] = make_float2(pl[r], ql[r]);
+    }
+    __syncwarp();
+    group_scan(X, lane);
+    __syncwarp();
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const float hc = __shfl_sync(FULL, hblk[r], n);
+        const float gc = __shfl_sync(FULL, Gc[r], n);
+        const float2 ef = X[2 * r * 32 + spos(lane)];
+        const float2 er = X[(2 * r + 1) * 32 + spos(31 - lane)];
+        const float hin = fmaf(ef.x, hc, ef.y);  // the state entering this lane's steps
+        const float gin = fmaf(er.x, gc, er.y);  // ∂L/∂h at this lane's last step, from the steps after it
+        const float g0 = __shfl_sync(FULL, fmaf(pl[r], gin, ql[r]), 0);  // lane 0: ∂L/∂h_n before the block
+        if (lane == n) Gc[r] = g0;
+        sA[(r * N + n) * 32 + lane] += pass_true(an[r], hin, gin, bq, cq, av[r], dlt[r], dlu[r], gyv[r], S1[r],
+                                                  S2[r], gBp, gCp);
+    }
+}
+#else
 // State n of one block for this warp's rows: recompute h and λ, accumulate the per-(t, d) sums over n
 // (S1 = Σ λ B, S2 = Σ λ A (h - b), log2 units), gA's partial into sA, and the rows' gB / gC partials.
 __device__ __forceinline__ void bwd_state(int n, int lane, const int N, const TBC (&bq)[K],
@@ -74,7 +212,7 @@ __device__ __forceinline__ void bwd_state(int n, int lane, const int N, const TB
                                           float (&Gc)[ROWS], const float (&dlt)[ROWS][K],
                                           const float (&dlu)[ROWS][K], const float (&gyv)[ROWS][K],
                                           const float (&sdt)[ROWS], float (&S1)[ROWS][K], float (&S2)[ROWS][K],
-                                          float* __restrict__ sA, float (&gBp)[K], float (&gCp)[K]) {
+                                          float* __restrict__ sA, float (&gBp)[K], float (&gCp)[K], float2*) {
     const unsigned FULL = 0xffffffffu;
 #pragma unroll
     for (int k = 0; k < K; ++k) { gBp[k] = 0.f; gCp[k] = 0.f; }
@@ -83,18 +221,8 @@ __device__ __forceinline__ void bwd_state(int n, int lane, const int N, const TB
         const float an = __shfl_sync(FULL, a2[r], n);
         const float hc = __shfl_sync(FULL, hblk[r], n);
         const float gc = __shfl_sync(FULL, Gc[r], n);
-        float av[K];
-        float hf = 0.f;
-#pragma unroll
-        for (int k = 0; k < K; ++k) {  // forwards from a zero state
-            av[k] = ex2(dlt[r][k] * an);
-            hf = fmaf(av[k], hf, dlu[r][k] * f32_of(bq[k]));
-        }
-        float lam = 0.f;
-#pragma unroll
-        for (int k = K - 1; k >= 0; --k)  // backwards from a zero gradient: λ_k = gy C_k + a_k+1 λ_k+1
-            lam = (k == K - 1) ? gyv[r][k] * f32_of(cq[k]) : fmaf(av[k + 1], lam, gyv[r][k] * f32_of(cq[k]));
-        float qr = av[0] * lam;  // the lane's contribution to ∂L/∂(state before it)
+        float av[K], hf, qr;
+        pass_zero(an, bq, cq, dlt[r], dlu[r], gyv[r], av, hf, qr);
         float pf = ex2(sdt[r] * an), pr = pf;  // the lane's decay product
 #pragma unroll
         for (int off = 1; off < 32; off <<= 1) {  // forward scan up, reverse scan down, interleaved
@@ -116,29 +244,11 @@ __device__ __forceinline__ void bwd_state(int n, int lane, const int N, const TB
         const float p0 = __shfl_sync(FULL, pr, 0);
         const float q0 = __shfl_sync(FULL, qr, 0);
         if (lane == n) Gc[r] = fmaf(p0, gc, q0);  // ∂L/∂h_n before the block
-        float hv[K];
-        float h = hin;
-#pragma unroll
-        for (int k = 0; k < K; ++k) {
-            h = fmaf(av[k], h, dlu[r][k] * f32_of(bq[k]));  // (the compiler keeps Δu·B from the first pass)
-            hv[k] = h;
-            gCp[k] = fmaf(gyv[r][k], h, gCp[k]);
-        }
-        float gAl = 0.f;
-        lam = gin;
-#pragma unroll
-        for (int k = K - 1; k >= 0; --k) {
-            const float gyc = gyv[r][k] * f32_of(cq[k]);
-            lam = (k == K - 1) ? lam + gyc : fmaf(av[k + 1], lam, gyc);
-            gBp[k] = fmaf(lam, dlu[r][k], gBp[k]);
-            S1[r][k] = fmaf(lam, f32_of(bq[k]), S1[r][k]);
-            const float tt = lam * (av[k] * (k > 0 ? hv[k > 0 ? k - 1 : 0] : hin));  // λ a_t h_t-1 = λ (h - b)
-            S2[r][k] = fmaf(an, tt, S2[r][k]);
-            gAl = fmaf(dlt[r][k], tt, gAl);
-        }
-        sA[(r * N + n) * 32 + lane] += gAl;
+        sA[(r * N + n) * 32 + lane] += pass_true(an, hin, gin, bq, cq, av, dlt[r], dlu[r], gyv[r], S1[r], S2[r],
+                                                  gBp, gCp);
     }
 }
+#endif
 
 // This warp's gB_m / gC_m partials (gBp, gCp: its lane's K steps, summed over its rows) into slot set `set`.
 // 16-byte slots: chunk c (steps 4c..4c+3) at chunk position c ^ ((c >> 3) & 7), so that the 8 lanes of each
@@ -224,7 +334,8 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
                                           const long long (&dd)[ROWS], const bool (&ok)[ROWS],
                                           const float (&a2)[ROWS], float (&Gc)[ROWS], const float (&dskip)[ROWS],
                                           const float (&dbias)[ROWS], float (&gDl)[ROWS], float (&gbl)[ROWS],
-                                          float* __restrict__ slots, float* __restrict__ sA, int& buf) {
+                                          float* __restrict__ slots, float* __restrict__ sA, float2* __restrict__ xs,
+                                          int& buf) {
     const long long L = g.L;
     const long long tb = blk * BLK;
     const long long t0 = tb + lane * K;
@@ -301,7 +412,7 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
                     Bx += g.sbn;
                     Cx += g.scn;
                 }
-                bwd_state(m, lane, g.N, bq0, cq0, a2, hblk, Gc, dlt, dlu, gyv, sdt, S1, S2, sA, gBp, gCp);
+                bwd_state(m, lane, g.N, bq0, cq0, a2, hblk, Gc, dlt, dlu, gyv, sdt, S1, S2, sA, gBp, gCp, xs);
             } else {
                 if (m + 1 < g.N) {
                     load_raw<FULLV>(Bx, t0, L, bq0);
@@ -309,7 +420,8 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
                     Bx += g.sbn;
                     Cx += g.scn;
                 }
-                bwd_state(m, lane, g.N, bq1, cq1, a2, hblk, Gc, dlt, dlu, gyv, sdt, S1, S2, sA, gBp, gCp);
+                bwd_state(m, lane, g.N, bq1, cq1, a2, hblk, Gc, dlt, dlu, gyv, sdt, S1, S2, sA, gBp, gCp,
+                          xs + 2 * ROWS * 32);
             }
             slot_write(slots, PAIRBAR ? 2 * buf + half : buf, w, lane, gBp, gCp);
 #if !PAIRBAR
@@ -368,7 +480,9 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
     const long long b = blockIdx.y;
     const int d0 = (blockIdx.x * WARPS + w) * ROWS;
     float* slots = smem;  // [NSETS slot sets][WARPS][gB, gC][SLOT]
-    float* sA = smem + NSETS * WARPS * 2 * SLOT + w * ROWS * g.N * 32;  // this warp's gA partials [ROWS][N][32]
+    // this warp's transposed-scan buffers (TSCAN: [state parity][2·ROWS scans][32] float2), then its gA partials
+    float2* xs = reinterpret_cast<float2*>(smem + NSETS * WARPS * 2 * SLOT) + w * XS2;
+    float* sA = smem + NSETS * WARPS * 2 * SLOT + WARPS * 2 * XS2 + w * ROWS * g.N * 32;  // [ROWS][N][32]
     for (int i = lane; i < ROWS * g.N * 32; i += 32) sA[i] = 0.f;
     float a2[ROWS], Gc[ROWS], dskip[ROWS], dbias[ROWS], gDl[ROWS], gbl[ROWS];
     bool ok[ROWS];
@@ -387,9 +501,9 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
     int buf = 0;
     for (long long blk = g.nch - 1; blk >= 0; --blk) {
         if (VEC && (blk + 1) * BLK <= g.L)
-            bwd_block<true>(g, b, blk, lane, w, dd, ok, a2, Gc, dskip, dbias, gDl, gbl, slots, sA, buf);
+            bwd_block<true>(g, b, blk, lane, w, dd, ok, a2, Gc, dskip, dbias, gDl, gbl, slots, sA, xs, buf);
         else
-            bwd_block<false>(g, b, blk, lane, w, dd, ok, a2, Gc, dskip, dbias, gDl, gbl, slots, sA, buf);
+            bwd_block<false>(g, b, blk, lane, w, dd, ok, a2, Gc, dskip, dbias, gDl, gbl, slots, sA, xs, buf);
     }
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
@@ -411,14 +525,14 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
 
 @functools.lru_cache(maxsize=256)  # one str object per specialisation: the module cache's key hashes once
 def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, v4: bool = False, minb: int = 1,
-           pairbar: bool = False, *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool, vec: bool = True,
+           pairbar: bool = False, tscan: bool = False, *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool, vec: bool = True,
            atom16: bool = True) -> str:
     """The backward's source for one specialisation (the compile-time constants as #defines).
     ``atom16``: the target has 16-byte atomics (sm_90 and newer; NVRTC refuses them below). Chosen from
     the device in Python: testing ``__CUDA_ARCH__`` in the source instead compiled to 255 registers and a
     15 % slower kernel under the H200's NVRTC 13.0 (249 with 12.9; kernels/NOTES.md v12)."""
     defs = dict(TU=_cuda._CODES[tu], TBC=_cuda._CODES[tbc], K=K, ROWS=rows, WARPS=warps, V4=int(v4), MINB=minb,
-                PAIRBAR=int(pairbar),
+                PAIRBAR=int(pairbar), TSCAN=int(tscan),
                 ATOM16=int(atom16),
                 HAS_D=int(has_d), HAS_Z=int(has_z), HAS_BIAS=int(has_bias),
                 SOFTPLUS=int(softplus), VEC=int(vec))
@@ -435,20 +549,22 @@ def enabled() -> bool:
     return os.environ.get("EVALKIT_SCAN_CUDA_BWD", "1") != "0"
 
 
-_DEFAULTS = (None, None, None, False, 1, False)
+_DEFAULTS = (None, None, None, False, 1, False, False)
 
 
-def _full(config: tuple | None) -> tuple[int, int, int, bool, int, bool]:
-    """A config with its options filled in: (K, ROWS, WARPS, V4, MINB, PAIRBAR). V4: 16-byte shared-memory slots
-    and atomics; MINB asks the compiler for MINB resident blocks per SM (a register cap; 1: none; every cap tried
-    was slower: kernels/NOTES.md v14); PAIRBAR: one block barrier per two states (four slot sets) instead of one
-    per state."""
+def _full(config: tuple | None) -> tuple[int, int, int, bool, int, bool, bool]:
+    """A config with its options filled in: (K, ROWS, WARPS, V4, MINB, PAIRBAR, TSCAN). V4: 16-byte shared-memory
+    slots and atomics; MINB asks the compiler for MINB resident blocks per SM (a register cap; 1: none; every cap
+    tried was slower: kernels/NOTES.md v14); PAIRBAR: one block barrier per two states (four slot sets) instead of
+    one per state; TSCAN: each state's 2·ROWS warp scans transposed through shared memory and done by groups of
+    32 / (2·ROWS) lanes (kernels/NOTES.md v15) instead of 4·ROWS five-round shuffle scans."""
     c = tuple(config or BWD_CONFIG)
     return c + _DEFAULTS[len(c):]
 
 
-def _shared_bytes(K: int, rows: int, warps: int, N: int, pairbar: bool = False) -> int:
-    return 4 * ((4 if pairbar else 2) * warps * 2 * (32 * K + K) + warps * rows * N * 32)
+def _shared_bytes(K: int, rows: int, warps: int, N: int, pairbar: bool = False, tscan: bool = False) -> int:
+    xs = warps * 2 * 2 * rows * 32 * 2 if tscan else 0
+    return 4 * ((4 if pairbar else 2) * warps * 2 * (32 * K + K) + xs + warps * rows * N * 32)
 
 
 class _BArgs(ctypes.Structure):  # the kernel's ``struct BArgs``, passed by value
@@ -463,10 +579,10 @@ def _src_for(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config) -> 
     """The source for these inputs and whether it takes 16-byte accesses: every row of u, delta, z, the
     pre-gate y, B and C 16-byte aligned (the output gradient is made so where it is not; the gradient
     buffers are fresh)."""
-    K, rows, warps, v4, minb, pairbar = _full(config)
+    K, rows, warps, v4, minb, pairbar, tscan = _full(config)
     vec = _cuda._vec_ok(u.element_size(), u, delta, z, ypre) and _cuda._vec_ok(B.element_size(), B, C)
     atom16 = torch.cuda.get_device_capability(u.device) >= (9, 0)
-    return source(u.dtype, B.dtype, K, rows, warps, v4, minb, pairbar, has_d=D is not None, has_z=z is not None,
+    return source(u.dtype, B.dtype, K, rows, warps, v4, minb, pairbar, tscan, has_d=D is not None, has_z=z is not None,
                   has_bias=delta_bias is not None, softplus=delta_softplus, vec=vec, atom16=atom16), vec
 
 
@@ -490,7 +606,7 @@ def selective_scan_bwd_cuda(
     ``cuda.available`` takes them."""
     from evalkit.kernels.selective_scan.triton_bwd import _grad_buffers, _grads_out
 
-    K, rows, warps, _, _, pairbar = _full(config)
+    K, rows, warps, _, _, pairbar, tscan = _full(config)
     batch, Dm, L = u.shape
     N = A.shape[1]
     nch = -(-L // (32 * K))
@@ -522,5 +638,5 @@ def selective_scan_bwd_cuda(
     grid = (-(-Dm // (rows * warps)), batch, 1)
     with torch.cuda.device(u.device):
         f(grid, 32 * warps, args, torch.cuda.current_stream(u.device),
-          shared=_shared_bytes(K, rows, warps, N, pairbar))
+          shared=_shared_bytes(K, rows, warps, N, pairbar, tscan))
     return _grads_out(bufs, A, B, C, D, delta_bias, initial_state)
