@@ -97,7 +97,8 @@ def main() -> None:
 
         src = cuda_bwd.source(torch.bfloat16, torch.bfloat16, a.TB, a.BD, a.warps, bool(os.environ.get("SASS_V4")),
                               int(os.environ.get("SASS_MINB", 1)), bool(os.environ.get("SASS_PAIRBAR")),
-                              bool(os.environ.get("SASS_TSCAN")), has_d=True, has_z=True, has_bias=True, softplus=True, vec=True)
+                              bool(os.environ.get("SASS_TSCAN")), has_d=True, has_z=True, has_bias=True, softplus=True,
+                              vec=True)
         return report(ss_cuda.compile_source(src, "90"), f"cuda bwd K {a.TB} ROWS {a.BD} warps {a.warps} "
                       "(NVRTC, sm_90)", a.TB * a.BD)
     consts = {**FLAGS, "TB": a.TB, "BD": a.BD}

@@ -525,7 +525,8 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
 
 @functools.lru_cache(maxsize=256)  # one str object per specialisation: the module cache's key hashes once
 def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, v4: bool = False, minb: int = 1,
-           pairbar: bool = False, tscan: bool = False, *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool, vec: bool = True,
+           pairbar: bool = False, tscan: bool = False, *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool,
+           vec: bool = True,
            atom16: bool = True) -> str:
     """The backward's source for one specialisation (the compile-time constants as #defines).
     ``atom16``: the target has 16-byte atomics (sm_90 and newer; NVRTC refuses them below). Chosen from
