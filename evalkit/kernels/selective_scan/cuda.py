@@ -63,15 +63,29 @@ __device__ __forceinline__ bf16_t out_of(float f, bf16_t*) { bf16_t r; asm("cvt.
 __device__ __forceinline__ f16_t out_of(float f, f16_t*) { f16_t r; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.x) : "f"(f)); return r; }
 __device__ __forceinline__ float ex2(float x) { float r; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
 
-// K items of one row starting at step t0: 16-byte loads (FULLV: the whole run in range and aligned),
+// A lane's run of K items of T: the widest access (<= 16 bytes) that it divides into (K·sizeof(T) can be less
+// than 16 bytes, e.g. K 4 of a 16-bit type).
+template <int NB> struct VecOf;
+template <> struct VecOf<16> { typedef uint4 t; };
+template <> struct VecOf<8> { typedef uint2 t; };
+template <> struct VecOf<4> { typedef unsigned t; };
+template <> struct VecOf<2> { typedef unsigned short t; };
+template <typename T> struct Run {
+    static constexpr int NB = K * (int)sizeof(T) < 16 ? K * (int)sizeof(T) : 16;
+    static constexpr int V = NB / (int)sizeof(T);
+    typedef typename VecOf<NB>::t vec;
+};
+
+// K items of one row starting at step t0: vector loads (FULLV: the whole run in range and aligned),
 // else element by element with zeros past L.
 template <bool FULLV, typename T>
 __device__ __forceinline__ void load_raw(const T* __restrict__ p, long long t0, long long L, T (&q)[K]) {
-    constexpr int V = 16 / sizeof(T);
+    typedef typename Run<T>::vec W;
+    constexpr int V = Run<T>::V;
     if (FULLV) {
 #pragma unroll
         for (int v = 0; v < K / V; ++v)
-            *reinterpret_cast<uint4*>(&q[v * V]) = __ldg(reinterpret_cast<const uint4*>(p + t0 + v * V));
+            *reinterpret_cast<W*>(&q[v * V]) = __ldg(reinterpret_cast<const W*>(p + t0 + v * V));
     } else {
 #pragma unroll
         for (int i = 0; i < K; ++i) {
@@ -82,14 +96,15 @@ __device__ __forceinline__ void load_raw(const T* __restrict__ p, long long t0, 
 
 template <bool FULLV, typename T>
 __device__ __forceinline__ void store_items(T* __restrict__ p, long long t0, long long L, const float (&v)[K]) {
-    constexpr int V = 16 / sizeof(T);
-    T q[K];
+    typedef typename Run<T>::vec W;
+    constexpr int V = Run<T>::V;
+    alignas(16) T q[K];
 #pragma unroll
     for (int i = 0; i < K; ++i) q[i] = out_of(v[i], (T*)nullptr);
     if (FULLV) {
 #pragma unroll
         for (int w = 0; w < K / V; ++w)
-            *reinterpret_cast<uint4*>(p + t0 + w * V) = *reinterpret_cast<const uint4*>(&q[w * V]);
+            *reinterpret_cast<W*>(p + t0 + w * V) = *reinterpret_cast<const W*>(&q[w * V]);
     } else {
 #pragma unroll
         for (int i = 0; i < K; ++i) if (t0 + i < L) p[t0 + i] = q[i];

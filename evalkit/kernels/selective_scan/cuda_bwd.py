@@ -55,6 +55,7 @@ constexpr int BLK = 32 * K;
 constexpr int SLOT = BLK + K;  // one partial row of a block, one pad word per 32 (bank conflicts)
 constexpr int NSETS = PAIRBAR ? 4 : 2;  // slot sets: double-buffered states, or pairs of states
 constexpr int XS2 = TSCAN ? 2 * 2 * ROWS * 32 : 0;  // float2 per warp of the transposed scans' buffers
+constexpr int SBC_F = SBC ? 8 * BLK * (int)sizeof(TBC) / 4 : 0;  // floats of the staged B / C (two pairs of states)
 static_assert((K & (K - 1)) == 0 && K <= 32 && BLK % (32 * WARPS) == 0, "K a power of two, 32·WARPS divides 32·K");
 static_assert(!V4 || K % (2 * WARPS) == 0, "16-byte slots: each thread reduces whole chunks");
 static_assert(!TSCAN || (ROWS & (ROWS - 1)) == 0 && ROWS <= 8, "transposed scans: 2·ROWS divides 32");
@@ -328,6 +329,62 @@ __device__ __forceinline__ void slot_reduce(const float* __restrict__ slots, int
 #endif
 }
 
+#if SBC
+// B / C staged in shared memory for all the block's warps, a pair of states ahead, laid out [B_n, C_n, B_n+1,
+// C_n+1][BLK] per pair buffer. Aligned blocks go by cp.async, 16-byte chunk i = tid + j·32·WARPS of the pair per
+// thread (its source pointer kept and advanced by two rows per pair); the caller waits for them and passes a
+// block barrier before any warp reads the buffer.
+constexpr int SV = 16 / (int)sizeof(TBC), SCH = BLK / SV, SIT = (4 * SCH + 32 * WARPS - 1) / (32 * WARPS);
+
+__device__ __forceinline__ void stage_setup(const TBC* Bb, const TBC* Cb, long long sbn, long long scn, long long tb,
+                                            int tid, const TBC* (&src)[SIT], long long (&stp)[SIT]) {
+#pragma unroll
+    for (int j = 0; j < SIT; ++j) {
+        const int i = tid + j * 32 * WARPS, row = i / SCH, c = i - row * SCH;
+        src[j] = ((row & 1) ? Cb + (row >> 1) * scn : Bb + (row >> 1) * sbn) + tb + c * SV;
+        stp[j] = 2 * ((row & 1) ? scn : sbn);
+    }
+}
+
+__device__ __forceinline__ void stage_async(TBC* __restrict__ sb, const TBC* (&src)[SIT], const long long (&stp)[SIT],
+                                            bool has1, int tid) {
+    const unsigned base = (unsigned)__cvta_generic_to_shared(sb);
+#pragma unroll
+    for (int j = 0; j < SIT; ++j) {
+        const int i = tid + j * 32 * WARPS;
+        if (i < (has1 ? 4 : 2) * SCH)
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(base + 16 * i), "l"(src[j]) : "memory");
+        src[j] += stp[j];
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+// The ragged (or unaligned) block: element by element, zeros past L and past N (rows n, n + 1 from Bn, Cn).
+__device__ __forceinline__ void stage_plain(TBC* __restrict__ sb, const TBC* Bn, const TBC* Cn, long long sbn,
+                                            long long scn, bool has1, long long tb, long long L, int tid) {
+    for (int i = tid; i < 4 * BLK; i += 32 * WARPS) {
+        const int row = i / BLK, t = i - row * BLK;
+        const TBC* src = (row & 1) ? Cn + (row >> 1) * scn : Bn + (row >> 1) * sbn;
+        sb[i] = (tb + t < L && (row < 2 || has1)) ? src[tb + t] : TBC{0};
+    }
+}
+
+// This lane's K steps of the staged B and C rows of state s (0, 1) of the pair in sb.
+__device__ __forceinline__ void read_staged(const TBC* __restrict__ sb, int s, int lane, TBC (&bq)[K],
+                                            TBC (&cq)[K]) {
+    typedef typename Run<TBC>::vec W;
+    constexpr int V = Run<TBC>::V;
+    const TBC* pb = sb + 2 * s * BLK + lane * K;
+#pragma unroll
+    for (int v = 0; v < K / V; ++v) {
+        *reinterpret_cast<W*>(&bq[v * V]) = *reinterpret_cast<const W*>(pb + v * V);
+        *reinterpret_cast<W*>(&cq[v * V]) = *reinterpret_cast<const W*>(pb + BLK + v * V);
+    }
+}
+#endif
+
+__device__ __forceinline__ void stage_wait() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
 // One block of 32·K steps (tb: its first step). FULLV: every step in range and 16-byte accesses.
 template <bool FULLV>
 __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long blk, int lane, int w,
@@ -335,15 +392,27 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
                                           const float (&a2)[ROWS], float (&Gc)[ROWS], const float (&dskip)[ROWS],
                                           const float (&dbias)[ROWS], float (&gDl)[ROWS], float (&gbl)[ROWS],
                                           float* __restrict__ slots, float* __restrict__ sA, float2* __restrict__ xs,
-                                          int& buf) {
+                                          TBC* __restrict__ sbc, int& buf) {
     const long long L = g.L;
     const long long tb = blk * BLK;
     const long long t0 = tb + lane * K;
     const TBC* Bb = g.Bm + b * g.sbb;
     const TBC* Cb = g.Cm + b * g.scb;
+    const int tid = threadIdx.x;
+#if SBC  // B / C through shared memory, a pair of states ahead: the first pair now, waited for after the loads below
+    const TBC* ssrc[SIT];
+    long long sstp[SIT];
+    if (FULLV) {
+        stage_setup(Bb, Cb, g.sbn, g.scn, tb, tid, ssrc, sstp);
+        stage_async(sbc, ssrc, sstp, g.N > 1, tid);
+    } else {
+        stage_plain(sbc, Bb, Cb, g.sbn, g.scn, g.N > 1, tb, L, tid);
+    }
+#else
     TBC bq0[K], cq0[K], bq1[K], cq1[K];
     load_raw<FULLV>(Bb, t0, L, bq0);
     load_raw<FULLV>(Cb, t0, L, cq0);
+#endif
     float dlt[ROWS][K], dlu[ROWS][K], gyv[ROWS][K], S1[ROWS][K], S2[ROWS][K], sdt[ROWS], hblk[ROWS];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
@@ -391,7 +460,10 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
             S2[r][k] = 0.f;
         }
     }
-    const int tid = threadIdx.x;
+#if SBC
+    if (FULLV) stage_wait();
+    __syncthreads();
+#endif
     // running pointers, advanced once per state (cheaper than rebuilding 64-bit addresses from n in the loop):
     // the next state's B / C rows (the prefetch), and this state's gB / gC rows at this block's first step
     const TBC* Bx = Bb + g.sbn;
@@ -405,6 +477,20 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
         for (int half = 0; half < 2; ++half) {
             const int m = n + half;
             if (half == 1 && !has1) break;
+#if SBC
+            if (half == 0 && n + 2 < g.N) {  // the next pair into the other buffer (read before the last barrier)
+                TBC* nb = sbc + (((n >> 1) & 1) ^ 1) * 4 * BLK;
+                if (FULLV) stage_async(nb, ssrc, sstp, n + 3 < g.N, tid);
+                else stage_plain(nb, Bx + g.sbn, Cx + g.scn, g.sbn, g.scn, n + 3 < g.N, tb, L, tid);
+            }
+            {
+                TBC bq[K], cq[K];
+                read_staged(sbc + ((n >> 1) & 1) * 4 * BLK, half, lane, bq, cq);
+                bwd_state(m, lane, g.N, bq, cq, a2, hblk, Gc, dlt, dlu, gyv, sdt, S1, S2, sA, gBp, gCp,
+                          xs + half * 2 * ROWS * 32);
+                if (half == 1 || !has1) { Bx += 2 * g.sbn; Cx += 2 * g.scn; }
+            }
+#else
             if (half == 0) {
                 if (has1) {
                     load_raw<FULLV>(Bx, t0, L, bq1);
@@ -423,8 +509,10 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
                 bwd_state(m, lane, g.N, bq1, cq1, a2, hblk, Gc, dlt, dlu, gyv, sdt, S1, S2, sA, gBp, gCp,
                           xs + 2 * ROWS * 32);
             }
+#endif
             slot_write(slots, PAIRBAR ? 2 * buf + half : buf, w, lane, gBp, gCp);
 #if !PAIRBAR
+            if (SBC && FULLV && (half == 1 || !has1)) stage_wait();  // the next pair's copies, before its barrier
             __syncthreads();
             slot_reduce<FULLV>(slots, buf, tid, tb, L, gBrow, gCrow);
             gBrow += L;
@@ -433,6 +521,7 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
 #endif
         }
 #if PAIRBAR  // one barrier for both states of the pair: four slot sets, the pair's two read after it
+        if (SBC && FULLV) stage_wait();  // the next pair's copies, before the barrier after which they are read
         __syncthreads();
         slot_reduce<FULLV>(slots, 2 * buf, tid, tb, L, gBrow, gCrow);
         if (has1) slot_reduce<FULLV>(slots, 2 * buf + 1, tid, tb, L, gBrow + L, gCrow + L);
@@ -481,8 +570,9 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
     const int d0 = (blockIdx.x * WARPS + w) * ROWS;
     float* slots = smem;  // [NSETS slot sets][WARPS][gB, gC][SLOT]
     // this warp's transposed-scan buffers (TSCAN: [state parity][2·ROWS scans][32] float2), then its gA partials
-    float2* xs = reinterpret_cast<float2*>(smem + NSETS * WARPS * 2 * SLOT) + w * XS2;
-    float* sA = smem + NSETS * WARPS * 2 * SLOT + WARPS * 2 * XS2 + w * ROWS * g.N * 32;  // [ROWS][N][32]
+    TBC* sbc = reinterpret_cast<TBC*>(smem + NSETS * WARPS * 2 * SLOT);  // SBC: [2 pairs][B, C, B, C][BLK]
+    float2* xs = reinterpret_cast<float2*>(smem + NSETS * WARPS * 2 * SLOT + SBC_F) + w * XS2;
+    float* sA = smem + NSETS * WARPS * 2 * SLOT + SBC_F + WARPS * 2 * XS2 + w * ROWS * g.N * 32;  // [ROWS][N][32]
     for (int i = lane; i < ROWS * g.N * 32; i += 32) sA[i] = 0.f;
     float a2[ROWS], Gc[ROWS], dskip[ROWS], dbias[ROWS], gDl[ROWS], gbl[ROWS];
     bool ok[ROWS];
@@ -501,9 +591,9 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
     int buf = 0;
     for (long long blk = g.nch - 1; blk >= 0; --blk) {
         if (VEC && (blk + 1) * BLK <= g.L)
-            bwd_block<true>(g, b, blk, lane, w, dd, ok, a2, Gc, dskip, dbias, gDl, gbl, slots, sA, xs, buf);
+            bwd_block<true>(g, b, blk, lane, w, dd, ok, a2, Gc, dskip, dbias, gDl, gbl, slots, sA, xs, sbc, buf);
         else
-            bwd_block<false>(g, b, blk, lane, w, dd, ok, a2, Gc, dskip, dbias, gDl, gbl, slots, sA, xs, buf);
+            bwd_block<false>(g, b, blk, lane, w, dd, ok, a2, Gc, dskip, dbias, gDl, gbl, slots, sA, xs, sbc, buf);
     }
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
@@ -525,15 +615,14 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
 
 @functools.lru_cache(maxsize=256)  # one str object per specialisation: the module cache's key hashes once
 def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, v4: bool = False, minb: int = 1,
-           pairbar: bool = False, tscan: bool = False, *, has_d: bool, has_z: bool, has_bias: bool, softplus: bool,
-           vec: bool = True,
-           atom16: bool = True) -> str:
+           pairbar: bool = False, tscan: bool = False, sbc: bool = False, *, has_d: bool, has_z: bool,
+           has_bias: bool, softplus: bool, vec: bool = True, atom16: bool = True) -> str:
     """The backward's source for one specialisation (the compile-time constants as #defines).
     ``atom16``: the target has 16-byte atomics (sm_90 and newer; NVRTC refuses them below). Chosen from
     the device in Python: testing ``__CUDA_ARCH__`` in the source instead compiled to 255 registers and a
     15 % slower kernel under the H200's NVRTC 13.0 (249 with 12.9; kernels/NOTES.md v12)."""
     defs = dict(TU=_cuda._CODES[tu], TBC=_cuda._CODES[tbc], K=K, ROWS=rows, WARPS=warps, V4=int(v4), MINB=minb,
-                PAIRBAR=int(pairbar), TSCAN=int(tscan),
+                PAIRBAR=int(pairbar), TSCAN=int(tscan), SBC=int(sbc),
                 ATOM16=int(atom16),
                 HAS_D=int(has_d), HAS_Z=int(has_z), HAS_BIAS=int(has_bias),
                 SOFTPLUS=int(softplus), VEC=int(vec))
@@ -550,22 +639,26 @@ def enabled() -> bool:
     return os.environ.get("EVALKIT_SCAN_CUDA_BWD", "1") != "0"
 
 
-_DEFAULTS = (None, None, None, False, 1, False, False)
+_DEFAULTS = (None, None, None, False, 1, False, False, False)
 
 
-def _full(config: tuple | None) -> tuple[int, int, int, bool, int, bool, bool]:
-    """A config with its options filled in: (K, ROWS, WARPS, V4, MINB, PAIRBAR, TSCAN). V4: 16-byte shared-memory
+def _full(config: tuple | None) -> tuple[int, int, int, bool, int, bool, bool, bool]:
+    """A config with its options filled in: (K, ROWS, WARPS, V4, MINB, PAIRBAR, TSCAN, SBC). V4: 16-byte shared-memory
     slots and atomics; MINB asks the compiler for MINB resident blocks per SM (a register cap; 1: none; every cap
     tried was slower: kernels/NOTES.md v14); PAIRBAR: one block barrier per two states (four slot sets) instead of
     one per state; TSCAN: each state's 2·ROWS warp scans transposed through shared memory and done by groups of
-    32 / (2·ROWS) lanes (kernels/NOTES.md v15) instead of 4·ROWS five-round shuffle scans."""
+    32 / (2·ROWS) lanes (kernels/NOTES.md v15) instead of 4·ROWS five-round shuffle scans; SBC: B and C staged
+    in shared memory by cp.async a pair of states ahead, once for all the block's warps, instead of each lane
+    prefetching its own into registers."""
     c = tuple(config or BWD_CONFIG)
     return c + _DEFAULTS[len(c):]
 
 
-def _shared_bytes(K: int, rows: int, warps: int, N: int, pairbar: bool = False, tscan: bool = False) -> int:
+def _shared_bytes(K: int, rows: int, warps: int, N: int, pairbar: bool = False, tscan: bool = False,
+                  sbc: bool = False, bc_size: int = 2) -> int:
     xs = warps * 2 * 2 * rows * 32 * 2 if tscan else 0
-    return 4 * ((4 if pairbar else 2) * warps * 2 * (32 * K + K) + xs + warps * rows * N * 32)
+    staged = 8 * 32 * K * bc_size // 4 if sbc else 0
+    return 4 * ((4 if pairbar else 2) * warps * 2 * (32 * K + K) + staged + xs + warps * rows * N * 32)
 
 
 class _BArgs(ctypes.Structure):  # the kernel's ``struct BArgs``, passed by value
@@ -580,10 +673,11 @@ def _src_for(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config) -> 
     """The source for these inputs and whether it takes 16-byte accesses: every row of u, delta, z, the
     pre-gate y, B and C 16-byte aligned (the output gradient is made so where it is not; the gradient
     buffers are fresh)."""
-    K, rows, warps, v4, minb, pairbar, tscan = _full(config)
+    K, rows, warps, v4, minb, pairbar, tscan, sbc = _full(config)
     vec = _cuda._vec_ok(u.element_size(), u, delta, z, ypre) and _cuda._vec_ok(B.element_size(), B, C)
     atom16 = torch.cuda.get_device_capability(u.device) >= (9, 0)
-    return source(u.dtype, B.dtype, K, rows, warps, v4, minb, pairbar, tscan, has_d=D is not None, has_z=z is not None,
+    return source(u.dtype, B.dtype, K, rows, warps, v4, minb, pairbar, tscan, sbc, has_d=D is not None,
+                  has_z=z is not None,
                   has_bias=delta_bias is not None, softplus=delta_softplus, vec=vec, atom16=atom16), vec
 
 
@@ -607,7 +701,7 @@ def selective_scan_bwd_cuda(
     ``cuda.available`` takes them."""
     from evalkit.kernels.selective_scan.triton_bwd import _grad_buffers, _grads_out
 
-    K, rows, warps, _, _, pairbar, tscan = _full(config)
+    K, rows, warps, _, _, pairbar, tscan, sbc = _full(config)
     batch, Dm, L = u.shape
     N = A.shape[1]
     nch = -(-L // (32 * K))
@@ -639,5 +733,5 @@ def selective_scan_bwd_cuda(
     grid = (-(-Dm // (rows * warps)), batch, 1)
     with torch.cuda.device(u.device):
         f(grid, 32 * warps, args, torch.cuda.current_stream(u.device),
-          shared=_shared_bytes(K, rows, warps, N, pairbar, tscan))
+          shared=_shared_bytes(K, rows, warps, N, pairbar, tscan, sbc, B.element_size()))
     return _grads_out(bufs, A, B, C, D, delta_bias, initial_state)
