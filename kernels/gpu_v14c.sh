@@ -2,7 +2,7 @@
 # Session 14's backward sweeps (kernels/NOTES.md v14b-v14e, runs 2-5 and 12): GPU tests of the CUDA selective-scan
 # file, then the config sweep at 64k and the length table for the fastest config.
 # Usage (repo root, on the GPU machine):
-#   [CONFIGS=K:ROWS:WARPS[:V4[:MINB[:PAIRBAR[:TSCAN[:SBC]]]]],...] [PYTEST_K=backward] \
+#   [CONFIGS=K:ROWS:WARPS[:V4[:MINB[:PAIRBAR[:TSCAN[:SBC[:SIN]]]]]],...] [PYTEST_K=backward] \
 #   bash kernels/gpu_v14c.sh
 # Config fields 6 and 7 meant other options in some runs (BC32 / SCANX in run 2, SPB in run 4, DEFER in run 5, ILP in
 # run 12; all removed since): kernels/results-h200-v14.md gives each run's list and meaning. Runs 2 and 12 ran this

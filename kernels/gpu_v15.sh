@@ -2,7 +2,7 @@
 # Session 15's backward call (kernels/NOTES.md v15): the GPU tests of the CUDA selective-scan backward (the
 # transposed-scan configs among them), the config sweep at 16k / 64k and the length table for the fastest, then
 # Nsight Compute for the default and the transposed scans: stall reasons, issue rate and shared-memory bank conflicts.
-# Usage (repo root, on the GPU machine): [CONFIGS=K:ROWS:WARPS[:V4[:MINB[:PAIRBAR[:TSCAN[:SBC]]]]],...] \
+# Usage (repo root, on the GPU machine): [CONFIGS=K:ROWS:WARPS[:V4[:MINB[:PAIRBAR[:TSCAN[:SBC[:SIN]]]]]],...] \
 #   [NCU_CONFIGS=...] bash kernels/gpu_v15.sh
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD

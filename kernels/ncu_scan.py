@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--parallel", action="store_true", help="also the time-parallel kernel (cuda.py)")
     ap.add_argument("--bwd", action="store_true", help="also the CUDA backward (cuda_bwd.py)")
     ap.add_argument("--bwd-configs", default="",
-                    help="K:ROWS:WARPS[:V4[:MINB[:PAIRBAR[:TSCAN[:SBC]]]]],... (with --bwd)")
+                    help="K:ROWS:WARPS[:V4[:MINB[:PAIRBAR[:TSCAN[:SBC[:SIN]]]]]],... (with --bwd)")
     a = ap.parse_args()
     t = ss_inputs(1, 4096, a.L, 16, torch.bfloat16, seed=1)
     args = (t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True, None)

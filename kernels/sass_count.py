@@ -16,7 +16,7 @@ comparisons and as per-element budgets, not as what the H200 runs (kernels/NOTES
     PYTHONPATH=.:<same> python kernels/sass_count.py cudabwd 8 2 4    # the CUDA C++ backward (K, ROWS, warps;
         SASS_V4=1 16-byte shared-memory slots and atomics; SASS_MINB=3 launch bounds asking 3 blocks per SM;
         SASS_PAIRBAR=1 one barrier per two states; SASS_TSCAN=1 the transposed scans; SASS_SBC=1 B / C
-        staged in shared memory)
+        staged in shared memory; SASS_SIN=1 the inputs prefetched a block ahead)
 
 SASS_TOP=40 lists the 40 most frequent opcodes per loop instead of 14; SASS_IR=file keeps the TTGIR; SASS_DUMP=file
 the whole SASS.
@@ -98,7 +98,8 @@ def main() -> None:
 
         src = cuda_bwd.source(torch.bfloat16, torch.bfloat16, a.TB, a.BD, a.warps, bool(os.environ.get("SASS_V4")),
                               int(os.environ.get("SASS_MINB", 1)), bool(os.environ.get("SASS_PAIRBAR")),
-                              bool(os.environ.get("SASS_TSCAN")), bool(os.environ.get("SASS_SBC")), has_d=True,
+                              bool(os.environ.get("SASS_TSCAN")), bool(os.environ.get("SASS_SBC")),
+                              bool(os.environ.get("SASS_SIN")), has_d=True,
                               has_z=True, has_bias=True, softplus=True, vec=True)
         return report(ss_cuda.compile_source(src, "90"), f"cuda bwd K {a.TB} ROWS {a.BD} warps {a.warps} "
                       "(NVRTC, sm_90)", a.TB * a.BD)

@@ -40,10 +40,10 @@ TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 
 
 def _cfg(s: str) -> tuple:
-    """K:ROWS:WARPS[:V4[:MINB[:PAIRBAR[:TSCAN[:SBC]]]]] as ints (``cuda_bwd._full`` says what each option
+    """K:ROWS:WARPS[:V4[:MINB[:PAIRBAR[:TSCAN[:SBC[:SIN]]]]]] as ints (``cuda_bwd._full`` says what each option
     does)."""
     f = [int(x) for x in s.split(":")]
-    return tuple(bool(v) if i in (3, 5, 6, 7) else v for i, v in enumerate(f))
+    return tuple(bool(v) if i in (3, 5, 6, 7, 8) else v for i, v in enumerate(f))
 
 
 def pair(t, cfg, h0=None, gy=None, gT=None, softplus=True):
@@ -163,7 +163,7 @@ def sweep(cfgs, L=65536):
           "backward)")
     print(f"CUDA inference forward {fmt(ki)} ms; Triton time backward {TIME_BWD_CONFIG}: {fmt(kt)} ms "
           f"({kt / ki:.2f}x the forward)")
-    print("| K:ROWS:WARPS:V4[:MINB[:PAIRBAR[:TSCAN[:SBC]]]] | regs | train fwd ms | bwd ms | "
+    print("| K:ROWS:WARPS:V4[:MINB[:PAIRBAR[:TSCAN[:SBC[:SIN]]]]] | regs | train fwd ms | bwd ms | "
           "bwd ÷ inference fwd | "
           "max rel vs Triton |")
     print("|---|---|---|---|---|---|")

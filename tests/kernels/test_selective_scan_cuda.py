@@ -204,7 +204,8 @@ def test_training_forward_stores_time2s_states(case, dtype, monkeypatch):
 # the CUDA backward (cuda_bwd.py): the CUDA training forward storing every 32·K steps, then the backward
 
 # the default, other shapes, and the options (cuda_bwd._full): a register cap, one barrier per state or two, the
-# transposed scans (groups of 16 / 8 / 4 lanes at ROWS 1 / 2 / 4), B / C staged in shared memory
+# transposed scans (groups of 16 / 8 / 4 lanes at ROWS 1 / 2 / 4), B / C staged in shared memory, the inputs
+# prefetched a block ahead (SIN; without effect at K 4 in 16-bit types)
 BWD_CONFIGS = list(dict.fromkeys([cuda_bwd.BWD_CONFIG, (16, 1, 4), (16, 1, 8, True), (8, 1, 2), (16, 2, 2),
                                   (8, 2, 4, False), (8, 2, 4, True, 3), (8, 2, 4, True, 1, True),
                                   (8, 2, 4, False, 1, True), (16, 1, 4, False, 1, True), (8, 2, 4, True),
@@ -212,13 +213,19 @@ BWD_CONFIGS = list(dict.fromkeys([cuda_bwd.BWD_CONFIG, (16, 1, 4), (16, 1, 8, Tr
                                   (16, 1, 4, True, 1, True, True), (4, 4, 2, True, 1, True, True),
                                   (8, 1, 2, False, 1, False, True), (8, 2, 4, True, 1, True, False, True),
                                   (8, 2, 4, True, 1, True, True, True), (8, 2, 4, False, 1, False, False, True),
-                                  (16, 1, 4, True, 1, True, True, True), (4, 4, 2, True, 1, False, False, True)]))
+                                  (16, 1, 4, True, 1, True, True, True), (4, 4, 2, True, 1, False, False, True),
+                                  (8, 2, 4, True, 1, True, True, True, True),
+                                  (8, 2, 4, True, 1, True, False, True, True),
+                                  (8, 2, 4, True, 1, True, False, False, True),
+                                  (4, 4, 2, True, 1, True, True, True, True),
+                                  (16, 1, 4, False, 1, False, False, False, True)]))
 
 
 def _cfg_id(c: tuple) -> str:
-    K, R, W, v4, minb, pairbar, tscan, sbc = cuda_bwd._full(c)
+    K, R, W, v4, minb, pairbar, tscan, sbc, sin = cuda_bwd._full(c)
     return (f"K{K}-R{R}-W{W}" + ("-v4" if v4 else "") + (f"-minb{minb}" if minb > 1 else "")
-            + ("-pairbar" if pairbar else "") + ("-tscan" if tscan else "") + ("-sbc" if sbc else ""))
+            + ("-pairbar" if pairbar else "") + ("-tscan" if tscan else "") + ("-sbc" if sbc else "")
+            + ("-sin" if sin else ""))
 
 
 def _bwd_pair(t, cfg, h0, gy, gT, softplus=True):
@@ -402,11 +409,11 @@ def test_sources_compile_for_each_architecture(arch):
             for store_tb in (0, cuda_bwd.store_tb()):
                 ss_cuda.compile_source(ss_cuda.source(dtype, dtype, K, rows, warps, unroll, two_pass, prefetch,
                                                       has_h0=True, vec=vec, store_tb=store_tb, **flags), arch)
-            for v4, pairbar, tscan, sbc in ((True, False, False, False), (False, False, False, False),
-                                            (True, True, False, False), (False, True, False, True),
-                                            (True, True, True, True), (False, False, True, False)):
+            for v4, pairbar, tscan, sbc, sin in ((True, False, False, False, False), (False, False, False, False, True),
+                                                 (True, True, False, False, False), (False, True, False, True, False),
+                                                 (True, True, True, True, True), (False, False, True, False, False)):
                 ss_cuda.compile_source(cuda_bwd.source(dtype, dtype, *cuda_bwd.BWD_CONFIG[:3], v4, 1, pairbar, tscan,
-                                                       sbc,
+                                                       sbc, sin,
                                                        vec=vec,
                                                        atom16=int(arch) >= 90,
                                                        **flags), arch)

@@ -56,6 +56,7 @@ constexpr int SLOT = BLK + K;  // one partial row of a block, one pad word per 3
 constexpr int NSETS = PAIRBAR ? 4 : 2;  // slot sets: double-buffered states, or pairs of states
 constexpr int XS2 = TSCAN ? 2 * 2 * ROWS * 32 : 0;  // float2 per warp of the transposed scans' buffers
 constexpr int SBC_F = SBC ? 8 * BLK * (int)sizeof(TBC) / 4 : 0;  // floats of the staged B / C (two pairs of states)
+constexpr int SIN_B = SIN ? (HAS_Z ? 5 : 3) * ROWS * 32 * K * (int)sizeof(TU) : 0;  // bytes per SIN buffer and warp
 static_assert((K & (K - 1)) == 0 && K <= 32 && BLK % (32 * WARPS) == 0, "K a power of two, 32·WARPS divides 32·K");
 static_assert(!V4 || K % (2 * WARPS) == 0, "16-byte slots: each thread reduces whole chunks");
 static_assert(!TSCAN || (ROWS & (ROWS - 1)) == 0 && ROWS <= 8, "transposed scans: 2·ROWS divides 32");
@@ -385,6 +386,59 @@ __device__ __forceinline__ void read_staged(const TBC* __restrict__ sb, int s, i
 
 __device__ __forceinline__ void stage_wait() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 
+// A row's per-channel input a of this block: 0 u, 1 Δ, 2 the output gradient, 3 z, 4 the pre-gate y.
+__device__ __forceinline__ const TU* in_row(const BArgs& g, long long b, long long d, int a) {
+    switch (a) {
+        case 0: return g.u + b * g.sub + d * g.sud;
+        case 1: return g.dl + b * g.sdb + d * g.sdd;
+        case 2: return g.go + b * g.sgb + d * g.sgd;
+        case 3: return g.z + b * g.szb + d * g.szd;
+        default: return g.yp + b * g.syb + d * g.syd;
+    }
+}
+
+#if SIN
+// The per-channel inputs of the next block, a lane's own K steps of each (NIN arrays × ROWS rows) by cp.async into
+// its private runs of one of two buffers per warp, [array][row][lane][RUNB bytes]: issued at a block's start, read
+// back at the next block's start and end (no barrier: each lane reads only what it copied).
+constexpr int NIN = HAS_Z ? 5 : 3, RUNB = K * (int)sizeof(TU), SINB = NIN * ROWS * 32 * RUNB;
+static_assert(RUNB % 16 == 0, "SIN: a lane's K steps of an input are whole 16-byte chunks");
+
+__device__ __forceinline__ void prefetch_inputs(const BArgs& g, long long b, const long long (&dd)[ROWS],
+                                                long long tn, int lane, char* __restrict__ dst) {
+    const unsigned base = (unsigned)__cvta_generic_to_shared(dst);
+#pragma unroll
+    for (int a = 0; a < NIN; ++a) {
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+            const char* src = reinterpret_cast<const char*>(in_row(g, b, dd[r], a) + tn);
+#pragma unroll
+            for (int v = 0; v < RUNB / 16; ++v)
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
+                             :: "r"(base + ((a * ROWS + r) * 32 + lane) * RUNB + 16 * v), "l"(src + 16 * v)
+                             : "memory");
+        }
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+#endif
+
+// Input a of row r for this lane's K steps: from the staged buffer stg where this block's were prefetched (SIN),
+// else from global memory.
+template <bool FULLV>
+__device__ __forceinline__ void get_row(const BArgs& g, long long b, long long d, int a, int r, long long t0,
+                                        const char* stg, int lane, TU (&q)[K]) {
+#if SIN
+    if (stg != nullptr) {
+        const uint4* sp = reinterpret_cast<const uint4*>(stg + ((a * ROWS + r) * 32 + lane) * RUNB);
+#pragma unroll
+        for (int v = 0; v < RUNB / 16; ++v) *reinterpret_cast<uint4*>(&q[v * (16 / (int)sizeof(TU))]) = sp[v];
+        return;
+    }
+#endif
+    load_raw<FULLV>(in_row(g, b, d, a), t0, g.L, q);
+}
+
 // One block of 32·K steps (tb: its first step). FULLV: every step in range and 16-byte accesses.
 template <bool FULLV>
 __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long blk, int lane, int w,
@@ -392,13 +446,20 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
                                           const float (&a2)[ROWS], float (&Gc)[ROWS], const float (&dskip)[ROWS],
                                           const float (&dbias)[ROWS], float (&gDl)[ROWS], float (&gbl)[ROWS],
                                           float* __restrict__ slots, float* __restrict__ sA, float2* __restrict__ xs,
-                                          TBC* __restrict__ sbc, int& buf) {
+                                          TBC* __restrict__ sbc, char* __restrict__ xin, bool staged,
+                                          float (&hnx)[ROWS], int& buf) {
     const long long L = g.L;
     const long long tb = blk * BLK;
     const long long t0 = tb + lane * K;
     const TBC* Bb = g.Bm + b * g.sbb;
     const TBC* Cb = g.Cm + b * g.scb;
     const int tid = threadIdx.x;
+#if SIN  // this block's inputs were prefetched a block ago where staged (every aligned block but the last)
+    const char* stg = staged ? xin + (blk & 1) * SINB : nullptr;
+    if (staged) stage_wait();
+#else
+    const char* stg = nullptr;
+#endif
 #if SBC  // B / C through shared memory, a pair of states ahead: the first pair now, waited for after the loads below
     const TBC* ssrc[SIT];
     long long sstp[SIT];
@@ -413,20 +474,29 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
     load_raw<FULLV>(Bb, t0, L, bq0);
     load_raw<FULLV>(Cb, t0, L, cq0);
 #endif
+#if SIN
+    const bool pre = VEC && blk > 0;  // the next block (blk - 1) is whole: prefetch its inputs now
+    if (pre) prefetch_inputs(g, b, dd, tb - BLK + lane * K, lane, xin + ((blk - 1) & 1) * SINB);
+#endif
     float dlt[ROWS][K], dlu[ROWS][K], gyv[ROWS][K], S1[ROWS][K], S2[ROWS][K], sdt[ROWS], hblk[ROWS];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         sdt[r] = 0.f;
+#if SIN  // the state entering this block was loaded a block ago; load the next block's now
+        hblk[r] = hnx[r];
+        if (blk > 0) hnx[r] = lane < g.N ? g.st[((b * g.nch + blk - 1) * g.Dm + dd[r]) * g.N + lane] : 0.f;
+#else
         hblk[r] = lane < g.N ? g.st[((b * g.nch + blk) * g.Dm + dd[r]) * g.N + lane] : 0.f;
+#endif
         TU uq[K], xq[K], gq[K];
-        load_raw<FULLV>(g.u + b * g.sub + dd[r] * g.sud, t0, L, uq);
-        load_raw<FULLV>(g.dl + b * g.sdb + dd[r] * g.sdd, t0, L, xq);
-        load_raw<FULLV>(g.go + b * g.sgb + dd[r] * g.sgd, t0, L, gq);
+        get_row<FULLV>(g, b, dd[r], 0, r, t0, stg, lane, uq);
+        get_row<FULLV>(g, b, dd[r], 1, r, t0, stg, lane, xq);
+        get_row<FULLV>(g, b, dd[r], 2, r, t0, stg, lane, gq);
         float gzv[K];
         if (HAS_Z) {
             TU zq[K], yq[K];
-            load_raw<FULLV>(g.z + b * g.szb + dd[r] * g.szd, t0, L, zq);
-            load_raw<FULLV>(g.yp + b * g.syb + dd[r] * g.syd, t0, L, yq);
+            get_row<FULLV>(g, b, dd[r], 3, r, t0, stg, lane, zq);
+            get_row<FULLV>(g, b, dd[r], 4, r, t0, stg, lane, yq);
 #pragma unroll
             for (int k = 0; k < K; ++k) {
                 const float zz = f32_of(zq[k]), go = f32_of(gq[k]);
@@ -460,8 +530,15 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
             S2[r][k] = 0.f;
         }
     }
-#if SBC
+#if SBC  // the first pair's copies (not the inputs' prefetch, committed after them: it may stay in flight)
+#if SIN
+    if (FULLV) {
+        if (pre) asm volatile("cp.async.wait_group 1;" ::: "memory");
+        else stage_wait();
+    }
+#else
     if (FULLV) stage_wait();
+#endif
     __syncthreads();
 #endif
     // running pointers, advanced once per state (cheaper than rebuilding 64-bit addresses from n in the loop):
@@ -533,8 +610,8 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         TU uq[K], xq[K];
-        load_raw<FULLV>(g.u + b * g.sub + dd[r] * g.sud, t0, L, uq);
-        load_raw<FULLV>(g.dl + b * g.sdb + dd[r] * g.sdd, t0, L, xq);
+        get_row<FULLV>(g, b, dd[r], 0, r, t0, stg, lane, uq);
+        get_row<FULLV>(g, b, dd[r], 1, r, t0, stg, lane, xq);
         float guv[K], gdv[K];
 #pragma unroll
         for (int k = 0; k < K; ++k) {
@@ -573,6 +650,9 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
     TBC* sbc = reinterpret_cast<TBC*>(smem + NSETS * WARPS * 2 * SLOT);  // SBC: [2 pairs][B, C, B, C][BLK]
     float2* xs = reinterpret_cast<float2*>(smem + NSETS * WARPS * 2 * SLOT + SBC_F) + w * XS2;
     float* sA = smem + NSETS * WARPS * 2 * SLOT + SBC_F + WARPS * 2 * XS2 + w * ROWS * g.N * 32;  // [ROWS][N][32]
+    // SIN: this warp's two buffers of prefetched inputs, after every warp's gA partials
+    char* xin = reinterpret_cast<char*>(smem + NSETS * WARPS * 2 * SLOT + SBC_F + WARPS * 2 * XS2
+                                        + WARPS * ROWS * g.N * 32) + w * 2 * SIN_B;
     for (int i = lane; i < ROWS * g.N * 32; i += 32) sA[i] = 0.f;
     float a2[ROWS], Gc[ROWS], dskip[ROWS], dbias[ROWS], gDl[ROWS], gbl[ROWS];
     bool ok[ROWS];
@@ -588,12 +668,19 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
         gDl[r] = 0.f;
         gbl[r] = 0.f;
     }
+    float hnx[ROWS];  // SIN: the state entering the next block, loaded a block ahead
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+        hnx[r] = (SIN && lane < g.N) ? g.st[((b * g.nch + g.nch - 1) * g.Dm + dd[r]) * g.N + lane] : 0.f;
     int buf = 0;
     for (long long blk = g.nch - 1; blk >= 0; --blk) {
+        const bool staged = SIN && VEC && blk < g.nch - 1;
         if (VEC && (blk + 1) * BLK <= g.L)
-            bwd_block<true>(g, b, blk, lane, w, dd, ok, a2, Gc, dskip, dbias, gDl, gbl, slots, sA, xs, sbc, buf);
+            bwd_block<true>(g, b, blk, lane, w, dd, ok, a2, Gc, dskip, dbias, gDl, gbl, slots, sA, xs, sbc, xin, staged,
+                            hnx, buf);
         else
-            bwd_block<false>(g, b, blk, lane, w, dd, ok, a2, Gc, dskip, dbias, gDl, gbl, slots, sA, xs, sbc, buf);
+            bwd_block<false>(g, b, blk, lane, w, dd, ok, a2, Gc, dskip, dbias, gDl, gbl, slots, sA, xs, sbc, xin,
+                             staged, hnx, buf);
     }
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
@@ -615,18 +702,24 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
 
 @functools.lru_cache(maxsize=256)  # one str object per specialisation: the module cache's key hashes once
 def source(tu: torch.dtype, tbc: torch.dtype, K: int, rows: int, warps: int, v4: bool = False, minb: int = 1,
-           pairbar: bool = False, tscan: bool = False, sbc: bool = False, *, has_d: bool, has_z: bool,
-           has_bias: bool, softplus: bool, vec: bool = True, atom16: bool = True) -> str:
+           pairbar: bool = False, tscan: bool = False, sbc: bool = False, sin: bool = False, *, has_d: bool,
+           has_z: bool, has_bias: bool, softplus: bool, vec: bool = True, atom16: bool = True) -> str:
     """The backward's source for one specialisation (the compile-time constants as #defines).
     ``atom16``: the target has 16-byte atomics (sm_90 and newer; NVRTC refuses them below). Chosen from
     the device in Python: testing ``__CUDA_ARCH__`` in the source instead compiled to 255 registers and a
     15 % slower kernel under the H200's NVRTC 13.0 (249 with 12.9; kernels/NOTES.md v12)."""
     defs = dict(TU=_cuda._CODES[tu], TBC=_cuda._CODES[tbc], K=K, ROWS=rows, WARPS=warps, V4=int(v4), MINB=minb,
                 PAIRBAR=int(pairbar), TSCAN=int(tscan), SBC=int(sbc),
+                SIN=int(sin_on(sin, K, tu)),
                 ATOM16=int(atom16),
                 HAS_D=int(has_d), HAS_Z=int(has_z), HAS_BIAS=int(has_bias),
                 SOFTPLUS=int(softplus), VEC=int(vec))
     return "".join(f"#define {k} {v}\n" for k, v in defs.items()) + SOURCE
+
+
+def sin_on(sin: bool, K: int, tu: torch.dtype) -> bool:
+    """SIN takes effect where a lane's K steps of an input are whole 16-byte chunks (cp.async's widest copy)."""
+    return bool(sin) and K * tu.itemsize % 16 == 0
 
 
 def store_tb(config: tuple | None = None) -> int:
@@ -639,26 +732,31 @@ def enabled() -> bool:
     return os.environ.get("EVALKIT_SCAN_CUDA_BWD", "1") != "0"
 
 
-_DEFAULTS = (None, None, None, False, 1, False, False, False)
+_DEFAULTS = (None, None, None, False, 1, False, False, False, False)
 
 
-def _full(config: tuple | None) -> tuple[int, int, int, bool, int, bool, bool, bool]:
-    """A config with its options filled in: (K, ROWS, WARPS, V4, MINB, PAIRBAR, TSCAN, SBC). V4: 16-byte shared-memory
-    slots and atomics; MINB asks the compiler for MINB resident blocks per SM (a register cap; 1: none; every cap
-    tried was slower: kernels/NOTES.md v14); PAIRBAR: one block barrier per two states (four slot sets) instead of
-    one per state; TSCAN: each state's 2·ROWS warp scans transposed through shared memory and done by groups of
-    32 / (2·ROWS) lanes (kernels/NOTES.md v15) instead of 4·ROWS five-round shuffle scans; SBC: B and C staged
-    in shared memory by cp.async a pair of states ahead, once for all the block's warps, instead of each lane
-    prefetching its own into registers."""
+def _full(config: tuple | None) -> tuple[int, int, int, bool, int, bool, bool, bool, bool]:
+    """A config with its options filled in: (K, ROWS, WARPS, V4, MINB, PAIRBAR, TSCAN, SBC, SIN).
+    V4: 16-byte shared-memory slots and atomics; MINB asks the compiler for MINB resident blocks per SM (a register
+    cap; 1: none; every cap tried was slower: kernels/NOTES.md v14); PAIRBAR: one block barrier per two states (four
+    slot sets) instead of one per state; TSCAN: each state's 2·ROWS warp scans transposed through shared memory and
+    done by groups of 32 / (2·ROWS) lanes (kernels/NOTES.md v15) instead of 4·ROWS five-round shuffle scans; SBC: B
+    and C staged in shared memory by cp.async a pair of states ahead, once for all the block's warps, instead of
+    each lane prefetching its own into registers; SIN: each lane's per-channel inputs (u, Δ, output gradient, z,
+    pre-gate y) and entering state for the next block prefetched a block ahead, the inputs by cp.async into shared
+    memory (where a lane's K steps are whole 16-byte chunks)."""
     c = tuple(config or BWD_CONFIG)
     return c + _DEFAULTS[len(c):]
 
 
 def _shared_bytes(K: int, rows: int, warps: int, N: int, pairbar: bool = False, tscan: bool = False,
-                  sbc: bool = False, bc_size: int = 2) -> int:
+                  sbc: bool = False, bc_size: int = 2, sin: int = 0) -> int:
+    """Dynamic shared memory: the slot sets, the staged B / C (SBC), the scan buffers (TSCAN), the gA partials and
+    the inputs' prefetch buffers (``sin``: bytes per buffer and warp, 0 without SIN)."""
     xs = warps * 2 * 2 * rows * 32 * 2 if tscan else 0
     staged = 8 * 32 * K * bc_size // 4 if sbc else 0
-    return 4 * ((4 if pairbar else 2) * warps * 2 * (32 * K + K) + staged + xs + warps * rows * N * 32)
+    floats = (4 if pairbar else 2) * warps * 2 * (32 * K + K) + staged + xs + warps * rows * N * 32
+    return 4 * floats + warps * 2 * sin
 
 
 class _BArgs(ctypes.Structure):  # the kernel's ``struct BArgs``, passed by value
@@ -673,10 +771,10 @@ def _src_for(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config) -> 
     """The source for these inputs and whether it takes 16-byte accesses: every row of u, delta, z, the
     pre-gate y, B and C 16-byte aligned (the output gradient is made so where it is not; the gradient
     buffers are fresh)."""
-    K, rows, warps, v4, minb, pairbar, tscan, sbc = _full(config)
+    K, rows, warps, v4, minb, pairbar, tscan, sbc, sin = _full(config)
     vec = _cuda._vec_ok(u.element_size(), u, delta, z, ypre) and _cuda._vec_ok(B.element_size(), B, C)
     atom16 = torch.cuda.get_device_capability(u.device) >= (9, 0)
-    return source(u.dtype, B.dtype, K, rows, warps, v4, minb, pairbar, tscan, sbc, has_d=D is not None,
+    return source(u.dtype, B.dtype, K, rows, warps, v4, minb, pairbar, tscan, sbc, sin, has_d=D is not None,
                   has_z=z is not None,
                   has_bias=delta_bias is not None, softplus=delta_softplus, vec=vec, atom16=atom16), vec
 
@@ -701,7 +799,7 @@ def selective_scan_bwd_cuda(
     ``cuda.available`` takes them."""
     from evalkit.kernels.selective_scan.triton_bwd import _grad_buffers, _grads_out
 
-    K, rows, warps, _, _, pairbar, tscan, sbc = _full(config)
+    K, rows, warps, _, _, pairbar, tscan, sbc, sin = _full(config)
     batch, Dm, L = u.shape
     N = A.shape[1]
     nch = -(-L // (32 * K))
@@ -733,5 +831,7 @@ def selective_scan_bwd_cuda(
     grid = (-(-Dm // (rows * warps)), batch, 1)
     with torch.cuda.device(u.device):
         f(grid, 32 * warps, args, torch.cuda.current_stream(u.device),
-          shared=_shared_bytes(K, rows, warps, N, pairbar, tscan, sbc, B.element_size()))
+          shared=_shared_bytes(K, rows, warps, N, pairbar, tscan, sbc, B.element_size(),
+                               (5 if z is not None else 3) * rows * 32 * K * u.element_size()
+                               if sin_on(sin, K, u.dtype) else 0))
     return _grads_out(bufs, A, B, C, D, delta_bias, initial_state)
