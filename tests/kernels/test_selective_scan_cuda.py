@@ -218,7 +218,8 @@ BWD_CONFIGS = list(dict.fromkeys([cuda_bwd.BWD_CONFIG, (16, 1, 4), (16, 1, 8, Tr
                                   (8, 2, 4, True, 1, True, False, True, True),
                                   (8, 2, 4, True, 1, True, False, False, True),
                                   (4, 4, 2, True, 1, True, True, True, True),
-                                  (16, 1, 4, False, 1, False, False, False, True)]))
+                                  (16, 1, 4, False, 1, False, False, False, True),
+                                  (8, 2, 4, True, 3, True, False, True)]))
 
 
 def _cfg_id(c: tuple) -> str:
