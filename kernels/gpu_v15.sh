@@ -21,7 +21,8 @@ M="regex:smsp__average_warps_issue_stalled_(wait|short_scoreboard|long_scoreboar
 M="$M|lg_throttle|math_pipe_throttle|not_selected|branch_resolving)_per_issue_active\.ratio"
 M="$M,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,launch__registers_per_thread"
 M="$M,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum"
-M="$M,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,gpu__time_duration.sum"
+M="$M,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,gpu__time_duration.sum,launch__occupancy_limit_registers"
+M="$M,launch__occupancy_limit_shared_mem,sm__warps_active.avg.per_cycle_active"
 timeout 150 ncu --clock-control none -k regex:evalkit_selective_scan_bwd --metrics "$M" python kernels/ncu_scan.py \
   --serial "" --bwd --bwd-configs "${NCU_CONFIGS:-8:2:4:1:1:1,8:2:4:1:3:1:0:1,8:2:4:1:1:1:1:1:1}" 2>&1 \
   | grep -v "^==PROF==" | grep -E "evalkit_|^ +(smsp|l1tex|launch|gpu)__" | tail -60
