@@ -383,6 +383,11 @@ def test_cuda_backward_source_and_switch(monkeypatch):
                           softplus=True, vec=False)
     assert "#define K 16\n" in src and "#define HAS_Z 0\n" in src and "#define TBC float\n" in src
     assert "evalkit_selective_scan_bwd" in src
+    flags = dict(has_d=True, has_z=True, has_bias=True, softplus=True)
+    for K, on in ((4, 0), (8, 1)):  # SIN only where a lane's K steps are whole 16-byte chunks (8 bytes at K 4, bf16)
+        src = cuda_bwd.source(torch.bfloat16, torch.bfloat16, K, 2, 2, True, 1, True, True, True, True, **flags)
+        assert f"#define SIN {on}\n" in src and "#define TSCAN 1\n" in src and "#define SBC 1\n" in src
+    assert cuda_bwd._full((8, 2, 4)) == (8, 2, 4, False, 1, False, False, False, False)
     for cfg in BWD_CONFIGS:
         assert cuda_bwd.store_tb(cfg) == 32 * cfg[0] and ss_cuda.supports_store(cuda_bwd.store_tb(cfg))
     assert cuda_bwd.enabled()

@@ -27,6 +27,12 @@ state index n in turn (a runtime loop, so the registers hold one state's values 
    quarter-warp phase has a bank conflict either way, and added with 16-byte atomics
    (``red.global.add.v4.f32``) on sm_90 and newer where L % 4 == 0 (4-byte ones elsewhere; ``ATOM16``).
 
+Options measured against the default (``_full``; kernels/NOTES.md v15): TSCAN runs step 1's 2·ROWS warp scans as
+one transposed scan through a per-warp shared-memory buffer (13 % fewer instructions, but the B / C prefetch then
+lands late: no faster so far); SBC stages B / C for the whole block in shared memory by cp.async a pair of states
+ahead; SIN prefetches each lane's per-channel inputs for the next block the same way. SBC and SIN had not run on a
+GPU when they were written (session 15).
+
 The gradient of the state after the block for state n, ∂L/∂h_n, lives in lane n's register (N <= 32),
 as the carry does in the forward. On inputs the CUDA forward does not take (``cuda.available`` false)
 or where NVRTC refuses the module, the Triton time backward runs (``triton._SelectiveScanFn``).
@@ -645,12 +651,13 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const long long b = blockIdx.y;
     const int d0 = (blockIdx.x * WARPS + w) * ROWS;
+    // shared memory: the slot sets, the staged B / C (SBC), every warp's transposed-scan buffers (TSCAN), every
+    // warp's gA partials, every warp's two input buffers (SIN)
     float* slots = smem;  // [NSETS slot sets][WARPS][gB, gC][SLOT]
-    // this warp's transposed-scan buffers (TSCAN: [state parity][2·ROWS scans][32] float2), then its gA partials
     TBC* sbc = reinterpret_cast<TBC*>(smem + NSETS * WARPS * 2 * SLOT);  // SBC: [2 pairs][B, C, B, C][BLK]
+    // this warp's: scan buffers ([state parity][2·ROWS scans][32] float2), gA partials, input buffers
     float2* xs = reinterpret_cast<float2*>(smem + NSETS * WARPS * 2 * SLOT + SBC_F) + w * XS2;
     float* sA = smem + NSETS * WARPS * 2 * SLOT + SBC_F + WARPS * 2 * XS2 + w * ROWS * g.N * 32;  // [ROWS][N][32]
-    // SIN: this warp's two buffers of prefetched inputs, after every warp's gA partials
     char* xin = reinterpret_cast<char*>(smem + NSETS * WARPS * 2 * SLOT + SBC_F + WARPS * 2 * XS2
                                         + WARPS * ROWS * g.N * 32) + w * 2 * SIN_B;
     for (int i = lane; i < ROWS * g.N * 32; i += 32) sA[i] = 0.f;
@@ -775,8 +782,8 @@ def _src_for(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config) -> 
     vec = _cuda._vec_ok(u.element_size(), u, delta, z, ypre) and _cuda._vec_ok(B.element_size(), B, C)
     atom16 = torch.cuda.get_device_capability(u.device) >= (9, 0)
     return source(u.dtype, B.dtype, K, rows, warps, v4, minb, pairbar, tscan, sbc, sin, has_d=D is not None,
-                  has_z=z is not None,
-                  has_bias=delta_bias is not None, softplus=delta_softplus, vec=vec, atom16=atom16), vec
+                  has_z=z is not None, has_bias=delta_bias is not None, softplus=delta_softplus, vec=vec,
+                  atom16=atom16), vec
 
 
 def prepare(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config=None) -> None:
