@@ -281,6 +281,31 @@ def test_cuda_backward_odd_state_counts(cfg, n):
 
 
 @gpu
+@pytest.mark.parametrize("cfg", list(dict.fromkeys([cuda_bwd.BWD_CONFIG] + [c for c in BWD_CONFIGS
+                                                                              if any(cuda_bwd._full(c)[7:])])),
+                         ids=_cfg_id)
+def test_cuda_backward_unaligned_bc_every_option(cfg):
+    """B and C as views 2 bytes off 16-byte alignment (row stride L + 1) for each config with the staging options: no
+    block takes the 16-byte paths, so SBC stages B / C element by element and SIN stays off; the gradients still
+    match the reference (``test_cuda_backward_unaligned_rows`` covers the default through the public path)."""
+    b, d, L, n = 2, 19, 1500, 16
+    t = _inputs(b, d, L, n, torch.bfloat16, seed=77)
+    for k in ("B", "C"):
+        big = torch.zeros(b, n, L + 1, device="cuda", dtype=torch.bfloat16)
+        big[..., 1:] = t[k]
+        t[k] = big[..., 1:]
+    assert not ss_cuda._vec_ok(2, t["B"], t["C"])
+    f = {k: v.float().requires_grad_(True) for k, v in t.items()}
+    yr, hr = selective_scan_ref(**f, return_final_state=True)
+    gy = torch.randn_like(yr).to(torch.bfloat16)
+    gT = torch.randn_like(hr)
+    gr = torch.autograd.grad((yr * gy.float()).sum() + (hr * gT).sum(), list(f.values()))
+    _, _, g = _bwd_pair(t, cfg, None, gy, gT)
+    for name, a, r in zip(f, g, gr):
+        assert _rel(a, r) < 3e-2, name
+
+
+@gpu
 def test_cuda_backward_bare_and_views():
     """Without D, z, bias, softplus and initial state (their gradients None); and on the mixer's
     views (u, z halves of one tensor, B, C slices of another), through the public autograd path,
