@@ -18,6 +18,7 @@ import torch
 from evalkit.kernels.selective_scan import cuda as ss_cuda
 from evalkit.kernels.selective_scan import cuda_bwd, cuda_serial
 from kernels.bench import ss_inputs
+from kernels.scan_cuda_bwd import _cfg
 
 
 def main() -> None:
@@ -39,7 +40,7 @@ def main() -> None:
         print("time-parallel", ss_cuda.CONFIG, flush=True)
         ss_cuda._launch(*args, None, 0, None)
     if a.bwd:
-        cfgs = [tuple(int(x) for x in c.split(":")) for c in filter(None, a.bwd_configs.split(","))]
+        cfgs = [_cfg(c) for c in filter(None, a.bwd_configs.split(","))]
         gy = torch.randn_like(t["u"])
         for cfg in cfgs or [cuda_bwd.BWD_CONFIG]:
             print("backward", cfg, flush=True)
