@@ -55,13 +55,39 @@ typedef unsigned short u16;
 struct bf16_t { u16 x; };
 struct f16_t { u16 x; };
 
+// Every PTX instruction the kernels use, one function each, so that the host build of a kernel (``cuda_emu``: the
+// kernels run on the CPU in tests) supplies its own versions of exactly these.
+#ifndef EVALKIT_HOST
+__device__ __forceinline__ float f16_bits_to_f32(u16 x) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x)); return f; }
+__device__ __forceinline__ u16 f32_to_bf16_bits(float f) { u16 r; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f)); return r; }
+__device__ __forceinline__ u16 f32_to_f16_bits(float f) { u16 r; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(f)); return r; }
+__device__ __forceinline__ float ex2(float x) { float r; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
+__device__ __forceinline__ float lg2(float x) { float r; asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
+__device__ __forceinline__ float rcp(float x) { float r; asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
+// cp.async from global memory to the shared-memory address dst (shared_addr): 16 bytes bypassing L1 (cg), or 4 / 8
+// bytes (ca); its groups
+__device__ __forceinline__ unsigned shared_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(dst), "l"(src) : "memory");
+}
+template <int BYTES> __device__ __forceinline__ void cp_async_ca(unsigned dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" :: "r"(dst), "l"(src), "n"(BYTES) : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void cp_wait_one() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+__device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+// a 16-byte atomic add without return (sm_90)
+__device__ __forceinline__ void red_add_v4(float* p, float a, float b, float c, float d) {
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
+}
+#endif
+
 __device__ __forceinline__ float f32_of(float v) { return v; }
 __device__ __forceinline__ float f32_of(bf16_t v) { return __uint_as_float(((unsigned)v.x) << 16); }
-__device__ __forceinline__ float f32_of(f16_t v) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.x)); return f; }
+__device__ __forceinline__ float f32_of(f16_t v) { return f16_bits_to_f32(v.x); }
 __device__ __forceinline__ float out_of(float f, float*) { return f; }
-__device__ __forceinline__ bf16_t out_of(float f, bf16_t*) { bf16_t r; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.x) : "f"(f)); return r; }
-__device__ __forceinline__ f16_t out_of(float f, f16_t*) { f16_t r; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.x) : "f"(f)); return r; }
-__device__ __forceinline__ float ex2(float x) { float r; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
+__device__ __forceinline__ bf16_t out_of(float f, bf16_t*) { bf16_t r; r.x = f32_to_bf16_bits(f); return r; }
+__device__ __forceinline__ f16_t out_of(float f, f16_t*) { f16_t r; r.x = f32_to_f16_bits(f); return r; }
 
 // A lane's run of K items of T: the widest access (<= 16 bytes) that it divides into (K·sizeof(T) can be less
 // than 16 bytes, e.g. K 4 of a 16-bit type).
@@ -444,7 +470,12 @@ class _Args(ctypes.Structure):  # the kernel's ``struct Args``, passed by value
 _FUNCS: dict[tuple, _Function] = {}
 
 
-def _function(device: torch.device, src: str, name: str = "evalkit_selective_scan_fwd") -> _Function:
+def _function(device: torch.device, src: str, name: str = "evalkit_selective_scan_fwd"):
+    """The compiled kernel for ``device``; on a CPU device, the kernel under ``cuda_emu`` (tests)."""
+    if device.type == "cpu":
+        from evalkit.kernels import cuda_emu
+
+        return cuda_emu.function(src, name)
     key = (device.index, src)
     f = _FUNCS.get(key)
     if f is None:
@@ -457,6 +488,34 @@ def _function(device: torch.device, src: str, name: str = "evalkit_selective_sca
                 raise CompileError(str(e)) from e
         _FUNCS[key] = f
     return f
+
+
+def launch(f, device: torch.device, grid: tuple[int, int, int], block: int, args: ctypes.Structure,
+           shared: int = 0) -> None:
+    """Launch ``f`` (from ``_function``) on ``device``'s current stream, or in the emulator for a CPU device."""
+    if device.type == "cpu":
+        f(grid, block, args, shared=shared)
+        return
+    with torch.cuda.device(device):
+        f(grid, block, args, torch.cuda.current_stream(device), shared=shared)
+
+
+def capability(device: torch.device) -> tuple[int, int]:
+    """The device's compute capability; for a CPU device, the emulator's (``cuda_emu.CAPABILITY``)."""
+    if device.type == "cpu":
+        from evalkit.kernels import cuda_emu
+
+        return cuda_emu.CAPABILITY
+    return torch.cuda.get_device_capability(device)
+
+
+def sm_count(device: torch.device) -> int:
+    """The device's SMs; for a CPU device, the emulated part's (``cuda_emu.SMS``)."""
+    if device.type == "cpu":
+        from evalkit.kernels import cuda_emu
+
+        return cuda_emu.SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @functools.cache
@@ -574,7 +633,6 @@ def _launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, 
     f = _function(u.device, src)
     batch, Dm = u.shape[:2]
     grid = (-(-Dm // (rows * warps)), batch, 1)
-    with torch.cuda.device(u.device):
-        f(grid, 32 * warps, args, torch.cuda.current_stream(u.device))
+    launch(f, u.device, grid, 32 * warps, args)
     note_variant("selective_scan", "cuda")
     return y, final, states

@@ -305,8 +305,7 @@ __device__ __forceinline__ void slot_reduce(const float* __restrict__ slots, int
         float* dst = (q ? gCrow : gBrow) + 4 * c;
 #if ATOM16
         if (FULLV && (L & 3) == 0) {  // 16-byte atomics are sm_90's (4-byte ones below elsewhere)
-            asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};"
-                         :: "l"(dst), "f"(s.x), "f"(s.y), "f"(s.z), "f"(s.w) : "memory");
+            red_add_v4(dst, s.x, s.y, s.z, s.w);
         } else
 #endif
         {
@@ -355,15 +354,14 @@ __device__ __forceinline__ void stage_setup(const TBC* Bb, const TBC* Cb, long l
 
 __device__ __forceinline__ void stage_async(TBC* __restrict__ sb, const TBC* (&src)[SIT], const long long (&stp)[SIT],
                                             bool has1, int tid) {
-    const unsigned base = (unsigned)__cvta_generic_to_shared(sb);
+    const unsigned base = shared_addr(sb);
 #pragma unroll
     for (int j = 0; j < SIT; ++j) {
         const int i = tid + j * 32 * WARPS;
-        if (i < (has1 ? 4 : 2) * SCH)
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(base + 16 * i), "l"(src[j]) : "memory");
+        if (i < (has1 ? 4 : 2) * SCH) cp_async16(base + 16 * i, src[j]);
         src[j] += stp[j];
     }
-    asm volatile("cp.async.commit_group;" ::: "memory");
+    cp_commit();
 }
 
 // The ragged (or unaligned) block: element by element, zeros past L and past N (rows n, n + 1 from Bn, Cn).
@@ -390,7 +388,7 @@ __device__ __forceinline__ void read_staged(const TBC* __restrict__ sb, int s, i
 }
 #endif
 
-__device__ __forceinline__ void stage_wait() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+__device__ __forceinline__ void stage_wait() { cp_wait_all(); }
 
 // A row's per-channel input a of this block: 0 u, 1 Δ, 2 the output gradient, 3 z, 4 the pre-gate y.
 __device__ __forceinline__ const TU* in_row(const BArgs& g, long long b, long long d, int a) {
@@ -412,20 +410,17 @@ static_assert(RUNB % 16 == 0, "SIN: a lane's K steps of an input are whole 16-by
 
 __device__ __forceinline__ void prefetch_inputs(const BArgs& g, long long b, const long long (&dd)[ROWS],
                                                 long long tn, int lane, char* __restrict__ dst) {
-    const unsigned base = (unsigned)__cvta_generic_to_shared(dst);
+    const unsigned base = shared_addr(dst);
 #pragma unroll
     for (int a = 0; a < NIN; ++a) {
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
             const char* src = reinterpret_cast<const char*>(in_row(g, b, dd[r], a) + tn);
 #pragma unroll
-            for (int v = 0; v < RUNB / 16; ++v)
-                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
-                             :: "r"(base + ((a * ROWS + r) * 32 + lane) * RUNB + 16 * v), "l"(src + 16 * v)
-                             : "memory");
+            for (int v = 0; v < RUNB / 16; ++v) cp_async16(base + ((a * ROWS + r) * 32 + lane) * RUNB + 16 * v, src + 16 * v);
         }
     }
-    asm volatile("cp.async.commit_group;" ::: "memory");
+    cp_commit();
 }
 #endif
 
@@ -539,7 +534,7 @@ __device__ __forceinline__ void bwd_block(const BArgs& g, long long b, long long
 #if SBC  // the first pair's copies (not the inputs' prefetch, committed after them: it may stay in flight)
 #if SIN
     if (FULLV) {
-        if (pre) asm volatile("cp.async.wait_group 1;" ::: "memory");
+        if (pre) cp_wait_one();
         else stage_wait();
     }
 #else
@@ -780,7 +775,7 @@ def _src_for(u, delta, B, C, D, z, delta_bias, delta_softplus, ypre, config) -> 
     buffers are fresh)."""
     K, rows, warps, v4, minb, pairbar, tscan, sbc, sin = _full(config)
     vec = _cuda._vec_ok(u.element_size(), u, delta, z, ypre) and _cuda._vec_ok(B.element_size(), B, C)
-    atom16 = torch.cuda.get_device_capability(u.device) >= (9, 0)
+    atom16 = _cuda.capability(u.device) >= (9, 0)
     return source(u.dtype, B.dtype, K, rows, warps, v4, minb, pairbar, tscan, sbc, sin, has_d=D is not None,
                   has_z=z is not None, has_bias=delta_bias is not None, softplus=delta_softplus, vec=vec,
                   atom16=atom16), vec
@@ -836,9 +831,8 @@ def selective_scan_bwd_cuda(
                yp.stride(0), yp.stride(1), gy.stride(0), gy.stride(1))
     args = _BArgs(*ptrs, Dm, N, L, nch, *strides)
     grid = (-(-Dm // (rows * warps)), batch, 1)
-    with torch.cuda.device(u.device):
-        f(grid, 32 * warps, args, torch.cuda.current_stream(u.device),
-          shared=_shared_bytes(K, rows, warps, N, pairbar, tscan, sbc, B.element_size(),
-                               (5 if z is not None else 3) * rows * 32 * K * u.element_size()
-                               if sin_on(sin, K, u.dtype) else 0))
+    _cuda.launch(f, u.device, grid, 32 * warps, args,
+                 shared=_shared_bytes(K, rows, warps, N, pairbar, tscan, sbc, B.element_size(),
+                                      (5 if z is not None else 3) * rows * 32 * K * u.element_size()
+                                      if sin_on(sin, K, u.dtype) else 0))
     return _grads_out(bufs, A, B, C, D, delta_bias, initial_state)

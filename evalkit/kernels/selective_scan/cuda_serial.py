@@ -83,13 +83,6 @@ struct Args {
     long long sub, sud, sdb, sdd, sad, san, sbb, sbn, scb, scn, szb, szd, syb, syd;
 };
 
-__device__ __forceinline__ float lg2(float x) {
-    float r; asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r;
-}
-__device__ __forceinline__ float rcp(float x) {
-    float r; asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r;
-}
-
 __device__ __forceinline__ int boff(int t) { return t * BROW + (t >> 3) * 16; }
 
 // BC16: u16 offset of step t's row (NN B/C pairs, 4·NN bytes; + 64 bytes every 8 steps against conflicts)
@@ -376,15 +369,13 @@ __device__ __forceinline__ void store_state(const Args& g, long long b, long lon
 #if PIPE
 template <int BYTES>
 __device__ __forceinline__ void copy_async(char* dst, const void* src) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    const unsigned d = shared_addr(dst);
     if constexpr (BYTES % 16 == 0) {
 #pragma unroll
-        for (int i = 0; i < BYTES / 16; ++i)
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(d + 16 * i),
-                         "l"((const char*)src + 16 * i) : "memory");
+        for (int i = 0; i < BYTES / 16; ++i) cp_async16(d + 16 * i, (const char*)src + 16 * i);
     } else {
         static_assert(BYTES == 4 || BYTES == 8, "cp.async copies 4, 8 or 16 bytes");
-        asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" :: "r"(d), "l"(src), "n"(BYTES) : "memory");
+        cp_async_ca<BYTES>(d, src);
     }
 }
 
@@ -398,7 +389,7 @@ __device__ __forceinline__ void issue(const Ptrs& p, long long t0, char* st, int
     copy_async<RAW_X>(st + raw_x(0) + RAW_X * lane, p.u + t0);
     copy_async<RAW_X>(st + raw_x(1) + RAW_X * lane, p.dl + t0);
     if (HAS_Z) copy_async<RAW_X>(st + raw_x(2) + RAW_X * lane, p.z + t0);
-    asm volatile("cp.async.commit_group;" ::: "memory");
+    cp_commit();
 }
 
 template <int BYTES, typename T, int M>
@@ -417,7 +408,7 @@ __device__ __forceinline__ void read_raw(const char* src, T (&q)[M]) {
 
 // Wait until at most one cp.async group is in flight, then read this lane's inputs back from stage st.
 __device__ __forceinline__ void fetch(const char* st, int lane, Regs& r) {
-    asm volatile("cp.async.wait_group 1;" ::: "memory");
+    cp_wait_one();
 #pragma unroll
     for (int j = 0; j < SEGL; ++j) {
         read_raw<16>(st + raw_b(j) + 16 * lane, r.bq[j]);
@@ -522,7 +513,7 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) evalkit_selective_scan_
             finish<true>(g, m1, b, dd, live, t + K, c, q, v1, dskip);
             s0 = s2;
         }
-        asm volatile("cp.async.wait_all;" ::: "memory");
+        cp_wait_all();
         t0 = nblk * K;
     }
 #endif
@@ -576,7 +567,7 @@ def use(N: int, store_tb: int = 0, channels: int | None = None, device: torch.de
     if os.environ.get("EVALKIT_SCAN_SERIAL", "1") == "0" or not supports(N):
         return False
     if channels is not None and device is not None:
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        sms = cuda.sm_count(device)
         if channels * (N // CONFIG[0]) / 32 < FILL * 4 * sms:
             return False
     if store_tb:
@@ -634,7 +625,5 @@ def launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, c
     f = cuda._function(u.device, src, "evalkit_selective_scan_fwd_serial")
     cw = 32 // (N // S)
     grid = (-(-Dm // (cw * warps)), batch, 1)
-    with torch.cuda.device(u.device):
-        f(grid, 32 * warps, args, torch.cuda.current_stream(u.device),
-          shared=smem_bytes(N, config, u.element_size(), B.element_size()))
+    cuda.launch(f, u.device, grid, 32 * warps, args, shared=smem_bytes(N, config, u.element_size(), B.element_size()))
     return y, final, states
