@@ -19,7 +19,9 @@ for the CPU — and launched through ctypes on CPU tensors (``function``, used b
 - the PTX helpers the kernels define in one place (``cuda.HELPERS``, guarded by ``EVALKIT_HOST``) get host versions:
   ex2 / lg2 / rcp by the C library, the 16-bit conversions rounding to nearest even, atomics as plain adds.
 
-What it cannot show: timing, and data races between threads (fibers run in a fixed order at barriers). It models
+What it cannot show: timing; and a data race only where the schedule decides it — a fiber runs until it blocks, so
+between two barriers each thread's code runs whole, in thread order by default; ``EVALKIT_CUDA_EMU_ORDER`` picks
+other schedules (``order``), whose greedy ones expose a missing barrier between a writer and a later reader. It models
 an sm_90 part (``CAPABILITY``, ``SMS``), so a kernel built for the emulator takes sm_90's paths (16-byte atomics).
 It needs a C++17 compiler (``$CXX``, else g++ / c++); each specialisation is compiled once into
 ``$XDG_CACHE_HOME/evalkit/cuda_emu`` (about 2 s).
@@ -65,6 +67,35 @@ struct alignas(8) float2 { float x, y; };
 inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
 inline float2 make_float2(float a, float b) { return float2{a, b}; }
 
+#if defined(__x86_64__)
+// A fiber switch that saves only the callee-saved registers (ucontext's also saves the signal mask: a system call
+// per switch, most of the emulator's time): the current stack pointer into *save, then run on stack sp.
+extern "C" void evalkit_emu_switch(void** save, void* sp);
+asm(R"(
+.text
+.hidden evalkit_emu_switch
+.globl evalkit_emu_switch
+.type evalkit_emu_switch, @function
+evalkit_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+.size evalkit_emu_switch, .-evalkit_emu_switch
+)");
+#endif
+
 namespace evalkit_emu {
 
 struct Dim3 { unsigned x, y, z; };
@@ -72,7 +103,11 @@ struct Copy { char* dst; const char* src; int n; };
 struct Barrier { int members = 0, arrived = 0; unsigned gen = 0; };
 
 struct Thread {
+#if defined(__x86_64__)
+    void* sp = nullptr;
+#else
     ucontext_t ctx;
+#endif
     Dim3 idx;
     int warp = 0, lane = 0;
     bool done = false;
@@ -96,14 +131,36 @@ struct Launch {
     size_t smem_size = 0;
     char* stacks = nullptr;
     size_t stack_bytes = 0, stack_span = 0;
+#if defined(__x86_64__)
+    void* sched = nullptr;
+#else
     ucontext_t sched;
+#endif
     std::string error;
     void (*body)(const void*) = nullptr;
     const void* args = nullptr;
+    unsigned order = 0;
 };
 
 thread_local Launch* L_ = nullptr;
 thread_local Thread* cur = nullptr;
+
+// the running fiber hands control back to the block's scheduler, which resumes it (or not) later
+inline void to_sched() {
+#if defined(__x86_64__)
+    evalkit_emu_switch(&cur->sp, L_->sched);
+#else
+    swapcontext(&cur->ctx, &L_->sched);
+#endif
+}
+
+inline void to_thread(Thread& t) {
+#if defined(__x86_64__)
+    evalkit_emu_switch(&L_->sched, t.sp);
+#else
+    swapcontext(&L_->sched, &t.ctx);
+#endif
+}
 
 [[noreturn]] inline void fail(const std::string& what) {
     Launch& l = *L_;
@@ -114,8 +171,7 @@ thread_local Thread* cur = nullptr;
         l.error = what + where;
     }
     cur->done = true;
-    setcontext(&l.sched);  // back to the scheduler, which stops the launch
-    __builtin_unreachable();
+    for (;;) to_sched();  // the scheduler sees the error and stops the launch; this fiber is abandoned
 }
 
 inline void release(Barrier& b) { b.arrived = 0; ++b.gen; }
@@ -131,7 +187,7 @@ inline void wait_on(Barrier& b, unsigned gen, const char* where) {
     cur->waiting = &b;
     cur->wait_gen = gen;
     cur->where = where;
-    swapcontext(&cur->ctx, &L_->sched);
+    to_sched();
 }
 
 inline void arrive_warp(const char* where) {
@@ -208,6 +264,27 @@ static void trampoline() {
     Barrier& wb = l.warp_bar[t.warp];
     if (--wb.members > 0 && wb.arrived >= wb.members) release_warp(t.warp);
     if (--l.block_bar.members > 0 && l.block_bar.arrived >= l.block_bar.members) release(l.block_bar);
+#if defined(__x86_64__)
+    for (;;) to_sched();  // never resumed: the scheduler counts it done
+#endif
+}
+
+inline void start(Launch& l, Thread& t, char* stack) {
+#if defined(__x86_64__)
+    // the first switch to the fiber pops six zero registers and "returns" into trampoline, whose frame then sits as
+    // if called (the stack pointer 8 past a 16-byte boundary)
+    void** top = reinterpret_cast<void**>(stack + l.stack_bytes);
+    top[-1] = nullptr;
+    top[-2] = reinterpret_cast<void*>(&trampoline);
+    for (int i = 3; i <= 8; ++i) top[-i] = nullptr;
+    t.sp = top - 8;
+#else
+    getcontext(&t.ctx);
+    t.ctx.uc_stack.ss_sp = stack;
+    t.ctx.uc_stack.ss_size = l.stack_bytes;
+    t.ctx.uc_link = &l.sched;
+    makecontext(&t.ctx, trampoline, 0);
+#endif
 }
 
 inline int run_block(Launch& l) {
@@ -225,24 +302,36 @@ inline int run_block(Launch& l) {
         t.idx = Dim3{(unsigned)i, 0u, 0u};
         t.warp = i / 32;
         t.lane = i % 32;
-        getcontext(&t.ctx);
-        t.ctx.uc_stack.ss_sp = l.stacks + (size_t)i * l.stack_span + 4096;  // a guard page below each stack
-        t.ctx.uc_stack.ss_size = l.stack_bytes;
-        t.ctx.uc_link = &l.sched;
-        makecontext(&t.ctx, trampoline, 0);
+        start(l, t, l.stacks + (size_t)i * l.stack_span + 4096);  // a guard page below each stack
     }
+    // which runnable fiber gets the processor (``order``): 0 round robin in thread order, 1 round robin reversed —
+    // the warps then advance in near lockstep, a shuffle at a time; 2 (3) greedy: the first (last) warp runs until
+    // it blocks at a block barrier or ends, then the next; k >= 4 greedy in a pseudo-random thread order per block.
+    // A kernel whose result depends on the order has a race that its barriers leave open.
+    std::vector<int> perm(n);
+    for (int i = 0; i < n; ++i) perm[i] = (l.order == 1 || l.order == 3) ? n - 1 - i : i;
+    if (l.order >= 4) {
+        unsigned long long x = l.order * 0x9e3779b97f4a7c15ull + l.block_idx.x * 31 + l.block_idx.y * 131 + 1;
+        for (int i = n - 1; i > 0; --i) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            const int j = (int)(x % (unsigned long long)(i + 1));
+            const int tmp = perm[i]; perm[i] = perm[j]; perm[j] = tmp;
+        }
+    }
+    const bool greedy = l.order >= 2;
     int alive = n;
     while (alive > 0) {
         bool ran = false;
-        for (int i = 0; i < n; ++i) {
-            Thread& t = l.th[i];
+        for (int p = 0; p < n; ++p) {
+            Thread& t = l.th[perm[p]];
             if (t.done || (t.waiting != nullptr && t.waiting->gen == t.wait_gen)) continue;
             t.waiting = nullptr;
             cur = &t;
-            swapcontext(&l.sched, &t.ctx);
+            to_thread(t);
             ran = true;
             if (!l.error.empty()) return 1;
             if (t.done) --alive;
+            if (greedy) break;  // from the top of the order again
         }
         if (!ran) {
             std::string w;
@@ -259,8 +348,8 @@ inline int run_block(Launch& l) {
     for (int i = 0; i < CANARY; ++i)
         if ((unsigned char)l.smem[l.smem_size + i] != 0xff) {
             char msg[128];
-            std::snprintf(msg, sizeof msg, "a write past the end of the %zu bytes of shared memory (block (%u, %u, %u))",
-                          l.smem_size, l.block_idx.x, l.block_idx.y, l.block_idx.z);
+            std::snprintf(msg, sizeof msg, "a write past the end of the %zu bytes of shared memory "
+                          "(block (%u, %u, %u))", l.smem_size, l.block_idx.x, l.block_idx.y, l.block_idx.z);
             l.error = msg;
             return 1;
         }
@@ -268,8 +357,9 @@ inline int run_block(Launch& l) {
 }
 
 inline int launch(unsigned gx, unsigned gy, unsigned gz, unsigned block, unsigned long long shared,
-                  void (*body)(const void*), const void* args, char* err, int errlen) {
+                  void (*body)(const void*), const void* args, unsigned order, char* err, int errlen) {
     Launch l;
+    l.order = order;
     l.block_dim = Dim3{block, 1u, 1u};
     l.grid_dim = Dim3{gx, gy, gz};
     l.body = body;
@@ -345,7 +435,12 @@ inline float atomicAdd(float* p, float v) { const float o = *p; *p = o + v; retu
 
 // the host versions of cuda.HELPERS' PTX functions
 inline float f16_bits_to_f32(unsigned short x) { _Float16 h; std::memcpy(&h, &x, 2); return (float)h; }
-inline unsigned short f32_to_f16_bits(float f) { _Float16 h = (_Float16)f; unsigned short r; std::memcpy(&r, &h, 2); return r; }
+inline unsigned short f32_to_f16_bits(float f) {  // round to nearest even
+    const _Float16 h = (_Float16)f;
+    unsigned short r;
+    std::memcpy(&r, &h, 2);
+    return r;
+}
 inline unsigned short f32_to_bf16_bits(float f) {  // round to nearest even; NaN stays NaN
     unsigned u = __float_as_uint(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
@@ -385,13 +480,22 @@ inline void red_add_v4(float* p, float a, float b, float c, float d) {
 LAUNCHER = r"""
 static void evalkit_emu_body(const void* a) { ::evalkit_emu::call(EVALKIT_EMU_KERNEL, a); }
 extern "C" int evalkit_emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned block, unsigned long long shared,
-                                  const void* args, char* err, int errlen) {
-    return ::evalkit_emu::launch(gx, gy, gz, block, shared, evalkit_emu_body, args, err, errlen);
+                                  const void* args, unsigned order, char* err, int errlen) {
+    return ::evalkit_emu::launch(gx, gy, gz, block, shared, evalkit_emu_body, args, order, err, errlen);
 }
 """
 
 # ``extern __shared__ [__align__(16)] T name[];``: the dynamic shared memory, a per-block buffer here
 _DYN_SMEM = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?(\w+)\s+(\w+)\s*\[\s*\]\s*;")
+
+
+def order() -> int:
+    """The fibers' schedule, ``EVALKIT_CUDA_EMU_ORDER``: 0 round robin in thread order (the default), 1 reversed
+    (the warps advance in near lockstep); 2 / 3 greedy, the first / last warp running until it blocks at a block
+    barrier, then the next; k >= 4 greedy in the k-th pseudo-random thread order per block. Results that differ
+    between orders (beyond the order of float atomics) show a race that the kernel's barriers leave open; the greedy
+    orders expose a missing block barrier, which lockstep hides."""
+    return int(os.environ.get("EVALKIT_CUDA_EMU_ORDER", "0"))
 
 
 class EmulatorError(RuntimeError):
@@ -471,13 +575,13 @@ class Function:
         self._launch = self._lib.evalkit_emu_launch
         self._launch.restype = ctypes.c_int
         self._launch.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, ctypes.c_ulonglong,
-                                 ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+                                 ctypes.c_void_p, ctypes.c_uint, ctypes.c_char_p, ctypes.c_int]
 
     def __call__(self, grid: tuple[int, int, int], block: int, args: ctypes.Structure, stream: object = None,
                  shared: int = 0) -> None:
         err = ctypes.create_string_buffer(1024)
         rc = self._launch(grid[0], grid[1], grid[2], block, shared, ctypes.cast(ctypes.byref(args), ctypes.c_void_p),
-                          err, len(err))
+                          order(), err, len(err))
         if rc:
             raise EmulatorError(f"{self.name}: {err.value.decode(errors='replace')}")
 

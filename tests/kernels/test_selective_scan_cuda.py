@@ -1,7 +1,7 @@
-"""The CUDA C++ selective-scan forward (evalkit/kernels/selective_scan/cuda.py, compiled by NVRTC)
-against selective_scan_ref. It has no interpreter: the numerical tests need a GPU (they ran on the
-H200, kernels/results-h200-v10.md); without one, only the dispatch rules and the source generation
-are checked, and the Triton kernels (test_selective_scan_triton.py) cover the CPU path."""
+"""The CUDA C++ selective-scan forward (evalkit/kernels/selective_scan/cuda.py, compiled by NVRTC) and backward
+(cuda_bwd.py) against selective_scan_ref. The numerical tests here need a GPU and run the full grid there (the
+H200, kernels/results-h200-v*.md); without one, only the dispatch rules and the source generation are checked here,
+and test_cuda_emulated.py runs the same kernels at small sizes on the CPU under evalkit's CUDA emulator."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from evalkit.kernels.selective_scan import selective_scan, selective_scan_ref
 from tests.kernels.scan_cases import inputs as _inputs, ref as _ref, rel as _rel
 
 ON_GPU = torch.cuda.is_available()
-gpu = pytest.mark.skipif(not ON_GPU, reason="the CUDA C++ kernel needs a GPU (no interpreter)")
+gpu = pytest.mark.skipif(not ON_GPU, reason="needs a GPU (test_cuda_emulated.py runs the kernel on the CPU)")
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 # (batch, channels, L, state): ragged and 16-byte-aligned lengths, N up to 32, channels not a
 # multiple of ROWS · WARPS

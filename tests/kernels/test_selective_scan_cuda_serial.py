@@ -1,7 +1,8 @@
 """The state-split CUDA C++ selective-scan forward (evalkit/kernels/selective_scan/cuda_serial.py,
 kernels/NOTES.md v12) against selective_scan_ref and against the time-parallel CUDA forward's
-training stores. Like the other CUDA kernel it has no interpreter: the numerical tests need a GPU;
-without one only the shape rules and the source generation are checked."""
+training stores. The numerical tests here need a GPU; without one only the shape rules and the source generation
+are checked here, and test_cuda_emulated.py runs the kernel at small sizes on the CPU under evalkit's CUDA
+emulator."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from evalkit.kernels.selective_scan import cuda_serial
 from tests.kernels.scan_cases import inputs as _inputs, ref as _ref, rel as _rel
 
 ON_GPU = torch.cuda.is_available()
-gpu = pytest.mark.skipif(not ON_GPU, reason="the CUDA C++ kernel needs a GPU (no interpreter)")
+gpu = pytest.mark.skipif(not ON_GPU, reason="needs a GPU (test_cuda_emulated.py runs the kernel on the CPU)")
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 # (batch, channels, L, state): ragged and aligned lengths, shorter than one block, channels not a
 # multiple of a warp's or a block's, N from 4 (one lane per channel) to 32 (eight)

@@ -26,8 +26,9 @@ v12: 1.22–1.28× faster at d_inner 4096); this module's kernel is the default 
 
 No CUDA toolkit is needed: NVRTC ships with PyTorch's CUDA wheels (the nvidia-cuda-nvrtc package),
 and the compiled module is launched through the driver API (ctypes) on PyTorch's current stream, so
-CUDA graph capture works. This path has no Triton-interpreter equivalent: its tests run on a GPU only;
-CI checks the Triton kernels, which remain the fallback (``available()`` false: no NVRTC, compute
+CUDA graph capture works. On CPU tensors (tests only: ``available`` is false for them) the same source runs under
+``evalkit.kernels.cuda_emu``, the CPU emulator (tests/kernels/test_cuda_emulated.py, in CI); the GPU files run the
+full grid. The Triton kernels remain the fallback (``available()`` false: no NVRTC, compute
 capability < 8.0, N > 32, or strides this kernel does not take; or, once, NVRTC or the driver refused
 the module: ``disable`` warns and the Triton kernels run from then on).
 """
@@ -58,12 +59,24 @@ struct f16_t { u16 x; };
 // Every PTX instruction the kernels use, one function each, so that the host build of a kernel (``cuda_emu``: the
 // kernels run on the CPU in tests) supplies its own versions of exactly these.
 #ifndef EVALKIT_HOST
-__device__ __forceinline__ float f16_bits_to_f32(u16 x) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x)); return f; }
-__device__ __forceinline__ u16 f32_to_bf16_bits(float f) { u16 r; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f)); return r; }
-__device__ __forceinline__ u16 f32_to_f16_bits(float f) { u16 r; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(f)); return r; }
-__device__ __forceinline__ float ex2(float x) { float r; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
-__device__ __forceinline__ float lg2(float x) { float r; asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
-__device__ __forceinline__ float rcp(float x) { float r; asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
+__device__ __forceinline__ float f16_bits_to_f32(u16 x) {
+    float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x)); return f;
+}
+__device__ __forceinline__ u16 f32_to_bf16_bits(float f) {
+    u16 r; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f)); return r;
+}
+__device__ __forceinline__ u16 f32_to_f16_bits(float f) {
+    u16 r; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(f)); return r;
+}
+__device__ __forceinline__ float ex2(float x) {
+    float r; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r;
+}
+__device__ __forceinline__ float lg2(float x) {
+    float r; asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r;
+}
+__device__ __forceinline__ float rcp(float x) {
+    float r; asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r;
+}
 // cp.async from global memory to the shared-memory address dst (shared_addr): 16 bytes bypassing L1 (cg), or 4 / 8
 // bytes (ca); its groups
 __device__ __forceinline__ unsigned shared_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }

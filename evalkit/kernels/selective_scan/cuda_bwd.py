@@ -417,7 +417,8 @@ __device__ __forceinline__ void prefetch_inputs(const BArgs& g, long long b, con
         for (int r = 0; r < ROWS; ++r) {
             const char* src = reinterpret_cast<const char*>(in_row(g, b, dd[r], a) + tn);
 #pragma unroll
-            for (int v = 0; v < RUNB / 16; ++v) cp_async16(base + ((a * ROWS + r) * 32 + lane) * RUNB + 16 * v, src + 16 * v);
+            for (int v = 0; v < RUNB / 16; ++v)
+                cp_async16(base + ((a * ROWS + r) * 32 + lane) * RUNB + 16 * v, src + 16 * v);
         }
     }
     cp_commit();
