@@ -8,6 +8,7 @@ what checks a kernel option that has not yet run on a GPU. The emulator's own ch
 from __future__ import annotations
 
 import ctypes
+import os
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from evalkit.kernels.selective_scan import cuda as ss_cuda
 from evalkit.kernels.selective_scan import cuda_bwd, cuda_serial, selective_scan_ref
 from tests.kernels.scan_cases import inputs as _inputs, ref as _ref, rel as _rel
 from tests.kernels.test_selective_scan_cuda import BWD_CONFIGS, CONFIGS, _bwd_pair, _cfg_id
+from tests.kernels.test_selective_scan_cuda import CASES as GPU_CASES
 from tests.kernels.test_selective_scan_cuda_serial import CONFIGS as SERIAL_CONFIGS, _cfg_id as _serial_id, _run
 
 pytestmark = pytest.mark.skipif(not cuda_emu.available(), reason="the CUDA emulator needs a C++ compiler")
@@ -27,6 +29,11 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (batch, channels, L, state): a ragged block only; whole 16-byte rows with a ragged last block (L 1000 is
 # 16-byte aligned in 16-bit types); N 4 and 32; a length shorter than the serial kernel's block
 CASES = [(1, 8, 63, 16), (1, 4, 1000, 16), (2, 3, 37, 4), (1, 7, 272, 32), (1, 3, 9, 16)]
+# EVALKIT_EMU_FULL=1: the GPU files' cases instead (up to 2 × 130 channels × 4096 steps; about an hour on two cores)
+FULL = os.environ.get("EVALKIT_EMU_FULL") == "1"
+FWD_CASES = GPU_CASES + [CASES[4]] if FULL else CASES[:4]
+SERIAL_CASES = GPU_CASES + [CASES[4]] if FULL else [CASES[0], CASES[1], CASES[2], CASES[4]]
+BWD_CASES = GPU_CASES if FULL else [None]  # None: (2, 11, 600, 16), at K 16 (2, 6, 1100, 16)
 _case_id = "B{}-D{}-L{}-N{}".format
 _dt_id = lambda d: str(d)[6:]  # noqa: E731
 
@@ -48,7 +55,7 @@ def _forward_checks(run, case, dtype):
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(map(str, c)))
 @pytest.mark.parametrize("dtype", DTYPES, ids=_dt_id)
-@pytest.mark.parametrize("case", CASES[:4], ids=lambda c: _case_id(*c))
+@pytest.mark.parametrize("case", FWD_CASES, ids=lambda c: _case_id(*c))
 def test_time_parallel_forward(case, dtype, cfg):
     def run(t, h0=None, softplus=True):
         return ss_cuda.selective_scan_fwd_cuda(**t, delta_softplus=softplus, initial_state=h0, config=cfg)
@@ -58,7 +65,7 @@ def test_time_parallel_forward(case, dtype, cfg):
 
 @pytest.mark.parametrize("cfg", SERIAL_CONFIGS, ids=_serial_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=_dt_id)
-@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[2], CASES[4]], ids=lambda c: _case_id(*c))
+@pytest.mark.parametrize("case", SERIAL_CASES, ids=lambda c: _case_id(*c))
 def test_state_split_forward(case, dtype, cfg):
     if not cuda_serial.supports(case[3], cfg):
         pytest.skip(f"N {case[3]} is not split by {cfg}")
@@ -98,11 +105,12 @@ def _grads(t, h0, dtype):
 
 @pytest.mark.parametrize("cfg", BWD_CONFIGS, ids=_cfg_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=_dt_id)
-def test_backward_every_config(dtype, cfg):
+@pytest.mark.parametrize("case", BWD_CASES, ids=lambda c: "small" if c is None else _case_id(*c))
+def test_backward_every_config(case, dtype, cfg):
     """Every backward config (the options that never ran on a GPU included) against the reference's autograd:
     three blocks of 32·K steps or more with a ragged last one, so SIN's prefetched blocks and the staging paths
     run; in 16-bit types at K 4 a lane's run is 8 bytes (the shared row loaders' narrower accesses)."""
-    b, d, L, n = (2, 11, 600, 16) if cfg[0] <= 8 else (2, 6, 1100, 16)
+    b, d, L, n = case or ((2, 11, 600, 16) if cfg[0] <= 8 else (2, 6, 1100, 16))
     t = _inputs(b, d, L, n, dtype, seed=L + n, dev="cpu")
     h0 = torch.randn(b, d, n)
     f, hr, gy, gT, gr = _grads(t, h0, dtype)
