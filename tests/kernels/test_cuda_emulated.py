@@ -176,7 +176,8 @@ def test_other_schedules(order, monkeypatch):
 
 def test_a_missing_barrier_is_caught(monkeypatch):
     """The kernel tests can fail: without the block barrier between the warps' slot writes and the block's reduction
-    (one barrier per state, no PAIRBAR), a warp that runs ahead — the greedy schedule — reads slots nothing wrote."""
+    (one barrier per state, no PAIRBAR), a warp that runs ahead (here the greedy schedule runs warp 0 to its end
+    first) reduces slots the other warps have not written."""
     old = "            __syncthreads();\n            slot_reduce<FULLV>(slots, buf, tid, tb, L, gBrow, gCrow);"
     assert cuda_bwd.SOURCE.count(old) == 1
     monkeypatch.setattr(cuda_bwd, "SOURCE", cuda_bwd.SOURCE.replace(old, old.split("\n")[1]))
