@@ -536,6 +536,14 @@ def _cache_dir() -> str:
 
 
 _FLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-fno-strict-aliasing", "-w")
+# EVALKIT_CUDA_EMU_ASAN=1: AddressSanitizer checks every access of the kernels to the tensors (global memory) and to
+# shared memory; the Python process must load the runtime first (LD_PRELOAD=$(g++ -print-file-name=libasan.so)
+# ASAN_OPTIONS=detect_leaks=0)
+_ASAN = ("-fsanitize=address", "-fno-omit-frame-pointer")
+
+
+def _flags() -> tuple[str, ...]:
+    return _FLAGS + (_ASAN if os.environ.get("EVALKIT_CUDA_EMU_ASAN") == "1" else ())
 
 
 def build(src: str, name: str) -> str:
@@ -545,7 +553,8 @@ def build(src: str, name: str) -> str:
     if cxx is None:
         raise EmulatorCompileError("the CUDA emulator needs a C++ compiler (set CXX, or install g++)")
     text = host_source(src, name)
-    key = hashlib.sha256("\0".join((text, cxx, *_FLAGS)).encode()).hexdigest()[:32]
+    flags = _flags()
+    key = hashlib.sha256("\0".join((text, cxx, *flags)).encode()).hexdigest()[:32]
     d = _cache_dir()
     so = os.path.join(d, f"{key}.so")
     if os.path.exists(so):
@@ -555,7 +564,7 @@ def build(src: str, name: str) -> str:
     with open(cpp, "w") as f:
         f.write(text)
     try:
-        res = subprocess.run([cxx, *_FLAGS, "-o", tmp, cpp], capture_output=True, text=True)
+        res = subprocess.run([cxx, *flags, "-o", tmp, cpp], capture_output=True, text=True)
         if res.returncode != 0:
             raise EmulatorCompileError(f"{cxx} could not compile {name} for the CPU emulator:\n{res.stderr[-4000:]}")
         os.replace(tmp, so)  # atomic: concurrent builders of one source leave one library

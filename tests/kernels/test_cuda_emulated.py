@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -210,6 +212,49 @@ def test_a_missing_wait_is_caught(monkeypatch):
     finally:
         monkeypatch.undo()
         cuda_bwd.source.cache_clear()
+
+
+# AddressSanitizer: the default configs and the staging options, in 16-bit types (the narrowest accesses), aligned and
+# not; a subprocess, since ASan's runtime must be loaded before anything else
+_ASAN_SCRIPT = """
+import torch
+from evalkit.kernels.selective_scan import cuda as ss_cuda, cuda_bwd, cuda_serial
+from tests.kernels.test_cuda_emulated import _bwd_pair, _grads, _inputs, _ref, _rel, _run
+for dtype in (torch.bfloat16, torch.float16):
+    for L in (600, 601):
+        t = _inputs(2, 11, L, 16, dtype, seed=L, dev="cpu")
+        y_ref = _ref(t)[0]
+        assert _rel(_run(t, cuda_serial.CONFIG)[0], y_ref) < 1e-2
+        assert _rel(ss_cuda.selective_scan_fwd_cuda(**t, config=ss_cuda.CONFIG)[0], y_ref) < 1e-2
+        f, _, gy, gT, gr = _grads(t, None, dtype)
+        for cfg in (cuda_bwd.BWD_CONFIG, (8, 2, 4, True, 3, True, False, True), (4, 4, 2, True, 1, True, True),
+                    (8, 2, 4, True, 1, True, True, True, True)):
+            for a, r in zip(_bwd_pair(t, cfg, None, gy, gT)[2], gr):
+                assert _rel(a, r) < 3e-2, cfg
+print("in bounds")
+"""
+
+
+def _asan_env():
+    lib = subprocess.run([cuda_emu.compiler(), "-print-file-name=libasan.so"], capture_output=True, text=True).stdout
+    if not os.path.isabs(lib.strip()) or not os.path.exists(lib.strip()):
+        pytest.skip("the C++ compiler has no AddressSanitizer runtime")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return {**os.environ, "EVALKIT_CUDA_EMU_ASAN": "1", "LD_PRELOAD": lib.strip(), "ASAN_OPTIONS": "detect_leaks=0",
+            "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}, root
+
+
+def test_kernels_stay_in_bounds_under_asan():
+    """Every access of the kernels to the tensors (global memory) is in bounds, and a read one element past a tensor
+    is reported: the emulated kernels compiled with AddressSanitizer."""
+    env, root = _asan_env()
+    res = subprocess.run([sys.executable, "-c", _ASAN_SCRIPT], env=env, cwd=root, capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0 and "in bounds" in res.stdout, res.stderr[-4000:]
+    oob = ("from tests.kernels.test_cuda_emulated import _kernel, _launch\n"
+           "_launch(_kernel('    g.out[t] = g.inp[t + 1];'))\n")
+    res = subprocess.run([sys.executable, "-c", oob], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "heap-buffer-overflow" in res.stderr, res.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------------
