@@ -5,9 +5,9 @@ this module they ran only on a GPU, so CI checked that they compile and nothing 
 the same source is compiled by the host's C++ compiler against ``PRELUDE`` — the CUDA built-ins they use, written
 for the CPU — and launched through ctypes on CPU tensors (``function``, used by ``cuda._function`` for a CPU device):
 
-- every CUDA thread of a block is a fiber (``ucontext``) with its own stack; one OS thread runs the block's fibers
-  in turn, switching at barriers, so ``__syncthreads``, ``__syncwarp`` and the warp shuffles are exact, and blocks
-  run one after another;
+- every CUDA thread of a block is a fiber with its own stack (a guard page below it); one OS thread runs the block's
+  fibers in turn, switching at barriers (on x86-64 by a switch of the callee-saved registers, else ``ucontext``),
+  so ``__syncthreads``, ``__syncwarp`` and the warp shuffles are exact, and blocks run one after another;
 - shuffles go through a per-warp exchange; a shuffle that reads a lane which has exited, a mask other than the whole
   warp, and a barrier that can never complete (a deadlock, e.g. ``__syncthreads`` in divergent code) raise
   ``EmulatorError`` naming the block, thread and built-in;
@@ -17,14 +17,16 @@ for the CPU — and launched through ctypes on CPU tensors (``function``, used b
   a ``wait_group`` / ``wait_all`` retires its group, so a read before the wait (or before the barrier after another
   thread's wait) sees NaN; misaligned copies and copies outside shared memory raise;
 - the PTX helpers the kernels define in one place (``cuda.HELPERS``, guarded by ``EVALKIT_HOST``) get host versions:
-  ex2 / lg2 / rcp by the C library, the 16-bit conversions rounding to nearest even, atomics as plain adds.
+  ex2 / lg2 / rcp by the C library, the 16-bit conversions rounding to nearest even, atomics as plain adds;
+- ``EVALKIT_CUDA_EMU_ASAN=1`` compiles with AddressSanitizer, which then checks every access to the tensors (global
+  memory) as well; the process must load ASan's runtime first (``LD_PRELOAD``, see ``_ASAN``).
 
 What it cannot show: timing; and a data race only where the schedule decides it — a fiber runs until it blocks, so
 between two barriers each thread's code runs whole, in thread order by default; ``EVALKIT_CUDA_EMU_ORDER`` picks
 other schedules (``order``), whose greedy ones expose a missing barrier between a writer and a later reader. It models
 an sm_90 part (``CAPABILITY``, ``SMS``), so a kernel built for the emulator takes sm_90's paths (16-byte atomics).
 It needs a C++17 compiler (``$CXX``, else g++ / c++); each specialisation is compiled once into
-``$XDG_CACHE_HOME/evalkit/cuda_emu`` (about 2 s).
+``$XDG_CACHE_HOME/evalkit/cuda_emu`` (under a second), keyed by the hash of its text and flags.
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ struct alignas(16) float4 { float x, y, z, w; };
 struct alignas(8) float2 { float x, y; };
 inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
 inline float2 make_float2(float a, float b) { return float2{a, b}; }
+
+#if defined(__SANITIZE_ADDRESS__)
+extern "C" void __asan_unpoison_memory_region(void const volatile* addr, size_t size);
+#endif
 
 #if defined(__x86_64__)
 // A fiber switch that saves only the callee-saved registers (ucontext's also saves the signal mask: a system call
@@ -383,6 +389,10 @@ inline int launch(unsigned gx, unsigned gy, unsigned gz, unsigned block, unsigne
             }
     L_ = outer;
     cur = nullptr;
+#if defined(__SANITIZE_ADDRESS__)
+    // frames that never returned (finished or abandoned fibers) leave poisoned stack shadow behind
+    __asan_unpoison_memory_region(m, l.stack_span * block);
+#endif
     munmap(m, l.stack_span * block);
     if (rc) std::snprintf(err, errlen, "%s", l.error.c_str());
     return rc;
