@@ -15,9 +15,9 @@ import sys
 import pytest
 import torch
 
-from evalkit.kernels import cuda_emu
+from evalkit.kernels import cuda_emu, dispatch
 from evalkit.kernels.selective_scan import cuda as ss_cuda
-from evalkit.kernels.selective_scan import cuda_bwd, cuda_serial, selective_scan_ref
+from evalkit.kernels.selective_scan import cuda_bwd, cuda_serial, selective_scan, selective_scan_ref
 from tests.kernels.scan_cases import inputs as _inputs, ref as _ref, rel as _rel
 from tests.kernels.test_selective_scan_cuda import BWD_CONFIGS, CONFIGS, _bwd_pair, _cfg_id
 from tests.kernels.test_selective_scan_cuda import CASES as GPU_CASES
@@ -212,6 +212,70 @@ def test_a_missing_wait_is_caught(monkeypatch):
     finally:
         monkeypatch.undo()
         cuda_bwd.source.cache_clear()
+
+
+@pytest.fixture
+def emulated_dispatch(monkeypatch):
+    """The public ``selective_scan`` on CPU tensors takes the path it takes on a GPU, its CUDA kernels running in the
+    emulator: the kernel dispatch forced on (``EVALKIT_KERNELS=triton``), the Triton module's interpreter guard
+    lifted and ``cuda.available`` true (until ``disable``)."""
+    pytest.importorskip("triton")
+    from evalkit.kernels.selective_scan import triton as ss_triton
+
+    monkeypatch.setenv("EVALKIT_KERNELS", "triton")
+    monkeypatch.setattr(ss_triton, "_INTERPRET", False)
+    monkeypatch.setattr(ss_cuda, "_DISABLED", [])
+    monkeypatch.setattr(ss_cuda, "available", lambda *a: not ss_cuda._DISABLED)
+
+
+def _ran(before: dict) -> set:
+    return {k for k, v in dispatch.variant_calls().items() if v > before.get(k, 0)}
+
+
+def test_public_path_trains_through_the_cuda_pair(emulated_dispatch):
+    """Through autograd on the native Mamba mixer's views (u, z halves of one tensor; B, C slices of another), the
+    CUDA training forward stores its states and the CUDA backward reads them; the gradients are the reference's. And
+    without D, z, bias, softplus and initial state their gradients are None."""
+    b, d, L, n = 2, 24, 1500, 16
+    t = _inputs(b, d, L, n, torch.bfloat16, seed=22, dev="cpu")
+    xz = torch.randn(b, 2 * d, L, dtype=torch.bfloat16, requires_grad=True)
+    dbc = torch.randn(b, 8 + 2 * n, L, dtype=torch.bfloat16, requires_grad=True)
+    leaf = {k: t[k].clone().requires_grad_(True) for k in ("delta", "A", "D", "delta_bias")}
+    u, z = xz.chunk(2, dim=1)
+    _, B, C = dbc.split([8, n, n], dim=1)
+    before = dispatch.variant_calls()
+    out = selective_scan(u, leaf["delta"], leaf["A"], B, C, D=leaf["D"], z=z, delta_bias=leaf["delta_bias"])
+    w = torch.randn_like(out)
+    grads = torch.autograd.grad((out.float() * w.float()).sum(), [xz, dbc, *leaf.values()])
+    assert _ran(before) == {"selective_scan:cuda", "selective_scan_bwd:cuda"}
+    ref = [x.detach().float().requires_grad_(True) for x in (xz, dbc, *leaf.values())]
+    ur, zr = ref[0].chunk(2, dim=1)
+    _, Br, Cr = ref[1].split([8, n, n], dim=1)
+    out_r = selective_scan_ref(ur, ref[2], ref[3], Br, Cr, D=ref[4], z=zr, delta_bias=ref[5])
+    assert _rel(out, out_r) < 1e-2
+    for a, r in zip(grads, torch.autograd.grad((out_r * w.float()).sum(), ref)):
+        assert _rel(a, r) < 3e-2
+    bare = _inputs(1, 8, 700, 16, torch.float32, seed=21, full=False, dev="cpu")
+    bare["delta"] = torch.nn.functional.softplus(bare["delta"])
+    args = {k: v.clone().requires_grad_(True) for k, v in bare.items()}
+    out = selective_scan(**args, delta_softplus=False)
+    g = torch.autograd.grad(out.sum(), list(args.values()))
+    ref = {k: v.clone().requires_grad_(True) for k, v in bare.items()}
+    g_r = torch.autograd.grad(selective_scan_ref(**ref, delta_softplus=False).sum(), list(ref.values()))
+    for name, a, r in zip(args, g, g_r):
+        assert _rel(a, r) < 1e-4, name
+
+
+def test_default_inference_layout_follows_the_width(emulated_dispatch):
+    """Without grad, the default forward takes the state-split layout where its warps fill the (emulated, 132-SM)
+    GPU — d_inner 4096, state 16: 512 warps — and the time-parallel one for a narrow layer; both say which ran."""
+    for d, name in ((4096, "selective_scan:cuda-serial"), (64, "selective_scan:cuda")):
+        t = _inputs(1, d, 40, 16, torch.bfloat16, seed=d, dev="cpu")
+        before = dispatch.variant_calls()
+        with torch.no_grad():
+            y = selective_scan(**t)
+        assert _ran(before) == {name}
+        assert _rel(y, _ref(t)[0]) < 1e-2
 
 
 # AddressSanitizer: the default configs and the staging options, in 16-bit types (the narrowest accesses), aligned and
