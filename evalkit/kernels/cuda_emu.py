@@ -8,8 +8,8 @@ for the CPU — and launched through ctypes on CPU tensors (``function``, used b
 - every CUDA thread of a block is a fiber with its own stack (a guard page below it); one OS thread runs the block's
   fibers in turn, switching at barriers (on x86-64 by a switch of the callee-saved registers, else ``ucontext``),
   so ``__syncthreads``, ``__syncwarp`` and the warp shuffles are exact, and blocks run one after another;
-- shuffles go through a per-warp exchange; a shuffle that reads a lane which has exited, a mask other than the whole
-  warp, and a barrier that can never complete (a deadlock, e.g. ``__syncthreads`` in divergent code) raise
+- shuffles go through a per-warp exchange; a shuffle or ``__syncwarp`` whose mask names a lane that has exited, a
+  mask other than the whole warp, and a barrier that can never complete (a deadlock, e.g. ``__syncthreads`` in divergent code) raise
   ``EmulatorError`` naming the block, thread and built-in;
 - dynamic shared memory starts filled with 0xff bytes (NaN as fp32) and has a canary zone after its end: a read of
   shared memory nothing wrote, or past the end, gives NaN; a write past the end raises;
@@ -214,6 +214,10 @@ inline void arrive_block() {
 
 inline void check_mask(unsigned mask, const char* what) {
     if (mask != 0xffffffffu) fail(std::string(what) + ": the emulator takes whole-warp masks only");
+    const Launch& l = *L_;
+    const int w = cur->warp, size = (w + 1) * 32 <= (int)l.block_dim.x ? 32 : (int)l.block_dim.x - w * 32;
+    if (l.warp_bar[w].members < size)  // undefined on the GPU: the mask names lanes that are gone
+        fail(std::string(what) + ": the mask names lanes of this warp that have exited");
 }
 
 template <class T>

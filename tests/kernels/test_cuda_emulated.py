@@ -388,7 +388,7 @@ def test_emulator_reports_a_deadlock():
 
 def test_emulator_reports_a_shuffle_from_an_exited_lane():
     f = _kernel("    if (lane == 5) return; g.out[t] = __shfl_sync(0xffffffffu, 1.f, 5);")
-    with pytest.raises(cuda_emu.EmulatorError, match="reads lane 5, which has exited"):
+    with pytest.raises(cuda_emu.EmulatorError, match="names lanes of this warp that have exited"):
         _launch(f)
 
 
