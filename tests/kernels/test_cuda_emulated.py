@@ -18,7 +18,7 @@ import torch
 from evalkit.kernels import cuda_emu, dispatch
 from evalkit.kernels.selective_scan import cuda as ss_cuda
 from evalkit.kernels.selective_scan import cuda_bwd, cuda_serial, selective_scan, selective_scan_ref
-from tests.kernels.scan_cases import inputs as _inputs, ref as _ref, rel as _rel
+from tests.kernels.scan_cases import inputs as _inputs, mixer_views_grads, ref as _ref, rel as _rel
 from tests.kernels.test_selective_scan_cuda import BWD_CONFIGS, CONFIGS, _bwd_pair, _cfg_id
 from tests.kernels.test_selective_scan_cuda import CASES as GPU_CASES
 from tests.kernels.test_selective_scan_cuda_serial import CONFIGS as SERIAL_CONFIGS, _cfg_id as _serial_id, _run
@@ -238,25 +238,8 @@ def test_public_path_trains_through_the_cuda_pair(emulated_dispatch):
     """Through autograd on the native Mamba mixer's views (u, z halves of one tensor; B, C slices of another), the
     CUDA training forward stores its states and the CUDA backward reads them; the gradients are the reference's. And
     without D, z, bias, softplus and initial state their gradients are None."""
-    b, d, L, n = 2, 24, 1500, 16
-    t = _inputs(b, d, L, n, torch.bfloat16, seed=22, dev="cpu")
-    xz = torch.randn(b, 2 * d, L, dtype=torch.bfloat16, requires_grad=True)
-    dbc = torch.randn(b, 8 + 2 * n, L, dtype=torch.bfloat16, requires_grad=True)
-    leaf = {k: t[k].clone().requires_grad_(True) for k in ("delta", "A", "D", "delta_bias")}
-    u, z = xz.chunk(2, dim=1)
-    _, B, C = dbc.split([8, n, n], dim=1)
-    before = dispatch.variant_calls()
-    out = selective_scan(u, leaf["delta"], leaf["A"], B, C, D=leaf["D"], z=z, delta_bias=leaf["delta_bias"])
-    w = torch.randn_like(out)
-    grads = torch.autograd.grad((out.float() * w.float()).sum(), [xz, dbc, *leaf.values()])
-    assert _ran(before) == {"selective_scan:cuda", "selective_scan_bwd:cuda"}
-    ref = [x.detach().float().requires_grad_(True) for x in (xz, dbc, *leaf.values())]
-    ur, zr = ref[0].chunk(2, dim=1)
-    _, Br, Cr = ref[1].split([8, n, n], dim=1)
-    out_r = selective_scan_ref(ur, ref[2], ref[3], Br, Cr, D=ref[4], z=zr, delta_bias=ref[5])
+    out, out_r = mixer_views_grads(2, 24, 1500, 16, "cpu")
     assert _rel(out, out_r) < 1e-2
-    for a, r in zip(grads, torch.autograd.grad((out_r * w.float()).sum(), ref)):
-        assert _rel(a, r) < 3e-2
     bare = _inputs(1, 8, 700, 16, torch.float32, seed=21, full=False, dev="cpu")
     bare["delta"] = torch.nn.functional.softplus(bare["delta"])
     args = {k: v.clone().requires_grad_(True) for k, v in bare.items()}

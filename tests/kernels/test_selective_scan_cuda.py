@@ -12,7 +12,7 @@ from evalkit.kernels import dispatch
 from evalkit.kernels.selective_scan import cuda as ss_cuda
 from evalkit.kernels.selective_scan import cuda_bwd
 from evalkit.kernels.selective_scan import selective_scan, selective_scan_ref
-from tests.kernels.scan_cases import inputs as _inputs, ref as _ref, rel as _rel
+from tests.kernels.scan_cases import inputs as _inputs, mixer_views_grads, ref as _ref, rel as _rel
 
 ON_GPU = torch.cuda.is_available()
 gpu = pytest.mark.skipif(not ON_GPU, reason="needs a GPU (test_cuda_emulated.py runs the kernel on the CPU)")
@@ -320,26 +320,7 @@ def test_cuda_backward_bare_and_views():
     for a, r in zip(g[:5], gr):
         assert _rel(a, r) < 3e-2
     assert all(x is None for x in g[5:])
-    b, d, L, n = 2, 64, 3000, 16
-    t = _inputs(b, d, L, n, torch.bfloat16, seed=22)
-    xz = torch.randn(b, 2 * d, L, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    dbc = torch.randn(b, 8 + 2 * n, L, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    leaf = {k: t[k].clone().requires_grad_(True) for k in ("delta", "A", "D", "delta_bias")}
-    u, z = xz.chunk(2, dim=1)
-    _, B, C = dbc.split([8, n, n], dim=1)
-    before = dispatch.variant_calls()
-    out = selective_scan(u, leaf["delta"], leaf["A"], B, C, D=leaf["D"], z=z, delta_bias=leaf["delta_bias"])
-    w = torch.randn_like(out)
-    grads = torch.autograd.grad((out.float() * w.float()).sum(), [xz, dbc, *leaf.values()])
-    ran = {k for k, v in dispatch.variant_calls().items() if v > before.get(k, 0)}
-    assert ran == {"selective_scan:cuda", "selective_scan_bwd:cuda"}
-    ref = [x.detach().float().requires_grad_(True) for x in (xz, dbc, *leaf.values())]
-    ur, zr = ref[0].chunk(2, dim=1)
-    _, Br, Cr = ref[1].split([8, n, n], dim=1)
-    out_r = selective_scan_ref(ur, ref[2], ref[3], Br, Cr, D=ref[4], z=zr, delta_bias=ref[5])
-    g_r = torch.autograd.grad((out_r * w.float()).sum(), ref)
-    for a, r in zip(grads, g_r):
-        assert _rel(a, r) < 3e-2
+    mixer_views_grads(2, 64, 3000, 16, "cuda")
 
 
 @gpu
